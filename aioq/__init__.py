@@ -1,0 +1,29 @@
+"""aioq: an asyncio-native task queue on Redis streams."""
+
+from .app import App
+from .context import JobContext, current_job
+from .errors import AioqError, JobCancelled, JobNotFound, RedisUnavailable, Retry, TaskFailed
+from .job import Job, JobInfo, JobStatus
+from .task import Call, Task, TaskOptions
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AioqError",
+    "App",
+    "Call",
+    "Job",
+    "JobCancelled",
+    "JobContext",
+    "JobInfo",
+    "JobNotFound",
+    "JobStatus",
+    "RedisUnavailable",
+    "Retry",
+    "Task",
+    "TaskFailed",
+    "TaskOptions",
+    "Worker",
+    "current_job",
+]

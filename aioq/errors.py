@@ -1,0 +1,84 @@
+"""Every exception aioq raises or asks tasks to raise.
+
+    AioqError
+     ├── TaskFailed          job.result(): the job's last attempt raised
+     ├── JobCancelled        job.result(): the job was cancelled
+     ├── JobNotFound         a Job handle whose id exists in none of the app's queues
+     └── RedisUnavailable    the configured Redis does not answer
+
+    Retry                    raised *inside* a task to ask for another attempt
+
+Waiting for a result that is not ready in time raises the builtin ``TimeoutError``;
+arguments that cannot be encoded as JSON raise the builtin ``TypeError`` before anything
+is written to Redis.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+__all__ = [
+    "AioqError",
+    "JobCancelled",
+    "JobNotFound",
+    "RedisUnavailable",
+    "Retry",
+    "TaskFailed",
+]
+
+
+class AioqError(Exception):
+    """Base class of the errors aioq raises."""
+
+
+class TaskFailed(AioqError):
+    """Raised by ``job.result()`` when the job's final attempt raised an exception.
+
+    ``str()`` is the remote message; ``exc_type`` names the remote exception class and
+    ``traceback`` is the remote traceback as text.
+    """
+
+    def __init__(self, job_id: str, exc_type: str, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.exc_type = exc_type
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.job_id, self.exc_type, str(self), self.traceback))
+
+
+class JobCancelled(AioqError):
+    """Raised by ``job.result()`` when the job was cancelled before it finished."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} was cancelled")
+        self.job_id = job_id
+
+
+class JobNotFound(AioqError):
+    """Raised by ``Job`` methods when the job id exists in none of the app's known queues."""
+
+    def __init__(self, job_id: str, queues: list[str]) -> None:
+        names = ", ".join(repr(q) for q in queues)
+        super().__init__(f"no job {job_id!r} in queues {names} (finished jobs expire)")
+        self.job_id = job_id
+
+
+class RedisUnavailable(AioqError, ConnectionError):
+    """Raised when the configured Redis cannot be reached; the message names the URL."""
+
+
+class Retry(Exception):
+    """Raise inside a task to run it again after ``delay`` seconds.
+
+    The attempt counts (``current_job().attempt`` grows by one) but is not limited by the
+    task's ``retries``: the task's own code decides when to stop asking.
+    """
+
+    def __init__(self, delay: float | timedelta = 0.0) -> None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if seconds < 0:
+            raise ValueError(f"Retry(delay={delay!r}): the delay must not be negative")
+        super().__init__(f"retry requested in {seconds:g}s")
+        self.delay = seconds

@@ -1,0 +1,211 @@
+"""``Job[R]``: a handle to one enqueued job, and what can be learnt about it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import orjson
+
+from .errors import JobCancelled, JobNotFound, TaskFailed
+
+if TYPE_CHECKING:
+    from .app import App
+    from .keys import QueueKeys
+
+R = TypeVar("R")
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life; the values are the strings stored in Redis."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def finished(self) -> bool:
+        """True for the final states, after which the job never runs again."""
+        return self in _FINISHED
+
+
+_FINISHED = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
+)
+_STATE_FIELDS = ("status", "result", "error", "exc_type", "traceback")
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A snapshot of a job record (times are UTC datetimes, Redis server time)."""
+
+    id: str
+    task: str
+    queue: str
+    status: JobStatus
+    attempts: int
+    retries: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: Any
+    error: str | None
+    exc_type: str | None
+    traceback: str | None
+    progress: Any
+    worker: str | None
+
+
+class Job(Generic[R]):
+    """A handle to a job id; every method is one round trip to Redis (no polling).
+
+    ``app.job(id)`` makes one without I/O; without ``queue`` the first call finds the job in
+    the app's known queues.
+    """
+
+    __slots__ = ("_app", "_keys", "id")
+
+    def __init__(self, app: App, job_id: str, queue: str | None = None) -> None:
+        self._app = app
+        self.id = job_id
+        self._keys: QueueKeys | None = app.keys(queue) if queue is not None else None
+
+    @property
+    def queue(self) -> str | None:
+        """The job's queue, once known."""
+        return self._keys.queue if self._keys is not None else None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id!r} queue={self.queue!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id and other.queue == self.queue
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.queue))
+
+    async def _resolve(self) -> QueueKeys:
+        if self._keys is None:
+            self._keys = await self._app._find_job(self.id)
+        return self._keys
+
+    async def status(self) -> JobStatus:
+        """The job's current status; raises ``JobNotFound`` when there is no such job."""
+        keys = await self._resolve()
+        raw: bytes | None = await self._app.redis.hget(keys.job(self.id), "status")  # type: ignore[assignment]
+        if raw is None:
+            raise JobNotFound(self.id, [keys.queue])
+        return JobStatus(raw.decode())
+
+    async def info(self) -> JobInfo:
+        """Everything recorded about the job."""
+        keys = await self._resolve()
+        raw: dict[bytes, bytes] = await self._app.redis.hgetall(keys.job(self.id))  # type: ignore[assignment]
+        if not raw:
+            raise JobNotFound(self.id, [keys.queue])
+        return _info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()})
+
+    async def result(self, timeout: float | None = None) -> R:
+        """Wait for the job to finish and return its value.
+
+        Raises ``TaskFailed`` when its last attempt raised, ``JobCancelled`` when it was
+        cancelled, and the builtin ``TimeoutError`` when it has not finished in ``timeout``
+        seconds (``None`` waits for ever). The wait is pushed through the process's shared
+        subscription, never polled.
+        """
+        keys = await self._resolve()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        key = keys.job(self.id)
+        async with self._app._results().watch(keys.done(self.id)) as event:
+            while True:
+                event.clear()
+                state: list[bytes | None] = await self._app.redis.hmget(key, _STATE_FIELDS)  # type: ignore[assignment]
+                if state[0] is None:
+                    raise JobNotFound(self.id, [keys.queue])
+                status = JobStatus(state[0].decode())
+                if status.finished:
+                    return self._outcome(status, state)  # type: ignore[no-any-return]
+                if deadline is None:
+                    await event.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"job {self.id!r} did not finish within {timeout}s (status {status.value})"
+                    )
+                try:
+                    async with asyncio.timeout(remaining):
+                        await event.wait()
+                except TimeoutError:
+                    continue  # re-read once more, then raise above
+
+    def _outcome(self, status: JobStatus, state: list[bytes | None]) -> Any:
+        _, result, error, exc_type, tb = state
+        if status is JobStatus.SUCCEEDED:
+            return orjson.loads(result) if result is not None else None
+        if status is JobStatus.CANCELLED:
+            raise JobCancelled(self.id)
+        message = error.decode(errors="replace") if error else status.value
+        if status is JobStatus.EXPIRED:
+            raise TaskFailed(self.id, "JobExpired", message)
+        raise TaskFailed(
+            self.id,
+            exc_type.decode(errors="replace") if exc_type else "Error",
+            message,
+            tb.decode(errors="replace") if tb else "",
+        )
+
+
+def _ms(value: bytes | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode(errors="replace") if value else None
+
+
+def _json(value: bytes | None, default: Any = None) -> Any:
+    if value is None:
+        return default
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value.decode(errors="replace")
+
+
+def _info(job_id: str, queue: str, raw: dict[str, bytes]) -> JobInfo:
+    try:
+        status = JobStatus(raw.get("status", b"").decode())
+    except ValueError:
+        status = JobStatus.FAILED
+    return JobInfo(
+        id=job_id,
+        task=_text(raw.get("task")) or "",
+        queue=_text(raw.get("queue")) or queue,
+        status=status,
+        attempts=int(raw.get("attempts") or 0),
+        retries=int(raw.get("retries") or 0),
+        args=_json(raw.get("args"), []),
+        kwargs=_json(raw.get("kwargs"), {}),
+        enqueued_at=_ms(raw.get("enqueued_at")),
+        started_at=_ms(raw.get("started_at")),
+        finished_at=_ms(raw.get("finished_at")),
+        result=_json(raw.get("result")),
+        error=_text(raw.get("error")),
+        exc_type=_text(raw.get("exc_type")),
+        traceback=_text(raw.get("traceback")),
+        progress=_json(raw.get("progress")),
+        worker=_text(raw.get("worker")),
+    )

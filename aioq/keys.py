@@ -1,0 +1,74 @@
+"""The Redis key layout: the one place that knows what every key is called.
+
+Every key of one queue carries the hash tag ``{<app>:<queue>}``, so each Lua script touches a
+single cluster slot and two apps (or two queues) never collide::
+
+    aioq:{shop:default}:stream          stream of queued and running jobs; consumer group "aioq".
+                                        Each entry is one field, ``id=<job id>``; finished
+                                        entries are XACKed and XDELed, so the stream stays bounded.
+    aioq:{shop:default}:scheduled       sorted set: job id -> epoch milliseconds it is due
+                                        (delays, retry backoff); promoted into the stream by Lua.
+    aioq:{shop:default}:dead            dead-letter stream: poison, garbage and unknown-task
+                                        entries, each with the reason and the raw entry.
+    aioq:{shop:default}:job:<id>        hash: the job record (see ``message.JobFields``).
+    aioq:{shop:default}:done:<id>       pub/sub channel: the job's final status is published here.
+
+Job ids are unique per queue: a job's record lives beside its stream, so one script can write
+both atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "aioq"
+"""The consumer group every worker of every queue reads with."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """All key names of one queue of one app."""
+
+    app: str
+    queue: str
+
+    @property
+    def tag(self) -> str:
+        return f"aioq:{{{self.app}:{self.queue}}}:"
+
+    @property
+    def stream(self) -> str:
+        return self.tag + "stream"
+
+    @property
+    def scheduled(self) -> str:
+        return self.tag + "scheduled"
+
+    @property
+    def dead(self) -> str:
+        return self.tag + "dead"
+
+    @property
+    def job_prefix(self) -> str:
+        return self.tag + "job:"
+
+    @property
+    def done_prefix(self) -> str:
+        return self.tag + "done:"
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+    def done(self, job_id: str) -> str:
+        return self.done_prefix + job_id
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Reject names that would break the key layout (braces end a hash tag early)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
+    bad = set(name) & set("{}:\r\n ")
+    if bad:
+        chars = "".join(sorted(bad))
+        raise ValueError(f"{kind} name {name!r} must not contain any of {chars!r}")
+    return name

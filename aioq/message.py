@@ -1,0 +1,130 @@
+"""Encoding jobs for Redis and validating what comes back.
+
+A job record is a Redis hash (key layout in ``keys.py``) with these fields::
+
+    task         registered task name
+    queue        queue name
+    args         JSON array of positional arguments
+    kwargs       JSON object of keyword arguments
+    status       a ``JobStatus`` value
+    attempts     attempts started so far (aioq's own counter; survives Redis restarts)
+    deliveries   deliveries of the current attempt that did not finish (poison detection)
+    retries      extra attempts allowed after a failure
+    timeout      seconds one attempt may run ("" = no limit)
+    enqueued_at, started_at, finished_at    epoch milliseconds, Redis server time
+    worker       consumer name of the worker that started the last attempt
+    result       JSON of the return value (succeeded)
+    error, exc_type, traceback              the last failure
+    progress     JSON value set by ``current_job().set_progress``
+
+Everything is JSON through orjson; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+def encode_call(task: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, bytes]:
+    """JSON-encode a call's arguments, or raise ``TypeError`` naming the task and argument."""
+    try:
+        return orjson.dumps(args), orjson.dumps(kwargs)
+    except TypeError as exc:
+        for i, value in enumerate(args):
+            _check(task, f"positional argument {i}", value)
+        for name, value in kwargs.items():
+            _check(task, f"argument {name!r}", value)
+        raise TypeError(f"arguments of task {task!r} are not JSON-serialisable: {exc}") from None
+
+
+def _check(task: str, where: str, value: Any) -> None:
+    try:
+        orjson.dumps(value)
+    except TypeError as exc:
+        raise TypeError(
+            f"{where} of task {task!r} is not JSON-serialisable "
+            f"({type(value).__name__}: {exc}); aioq sends arguments as JSON"
+        ) from None
+
+
+def encode_result(task: str, value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:
+        raise TypeError(
+            f"the return value of task {task!r} is not JSON-serialisable "
+            f"({type(value).__name__}: {exc})"
+        ) from None
+
+
+def job_fields(
+    task: str,
+    queue: str,
+    args: bytes,
+    kwargs: bytes,
+    retries: int,
+    timeout: float | None,
+) -> list[Any]:
+    """The field/value pairs the enqueue script writes (it adds status and timestamps)."""
+    return [
+        "task", task,
+        "queue", queue,
+        "args", args,
+        "kwargs", kwargs,
+        "retries", retries,
+        "timeout", "" if timeout is None else repr(float(timeout)),
+    ]  # fmt: skip
+
+
+class Delivery:
+    """One started job as the fetch/start/reclaim scripts return it, validated."""
+
+    __slots__ = ("args", "attempt", "entry_id", "job_id", "kwargs", "retries", "task", "timeout")
+
+    entry_id: bytes
+    job_id: str
+    attempt: int
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    timeout: float | None
+    retries: int
+
+
+def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
+    """Decode one started job; the second value names the problem when it is not runnable.
+
+    Whatever another program wrote into the record, this never raises: a bad record becomes
+    a problem string and the job is failed with it and kept in the dead-letter stream.
+    """
+    d = Delivery()
+    d.entry_id = row[0]
+    d.job_id = row[1].decode("utf-8", "replace")
+    d.attempt = int(row[2])
+    d.task = ""
+    d.args = []
+    d.kwargs = {}
+    d.timeout = None
+    d.retries = 0
+    task, args, kwargs, timeout, retries = row[3:8]
+    if task is None:
+        return d, "job record has no 'task' field"
+    try:
+        d.task = task.decode()
+        a = orjson.loads(args) if args is not None else []
+        k = orjson.loads(kwargs) if kwargs is not None else {}
+    except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+        return d, f"job record of task {task!r} holds arguments that are not JSON: {exc}"
+    if not isinstance(a, list):
+        return d, f"job 'args' must be a JSON array, got {type(a).__name__}"
+    if not isinstance(k, dict):
+        return d, f"job 'kwargs' must be a JSON object, got {type(k).__name__}"
+    d.args, d.kwargs = a, k
+    try:
+        d.timeout = float(timeout) if timeout else None
+        d.retries = int(retries) if retries else 0
+    except ValueError:
+        return d, f"job 'timeout'/'retries' are not numbers: {timeout!r}, {retries!r}"
+    return d, None

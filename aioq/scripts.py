@@ -1,0 +1,401 @@
+"""Every Lua script aioq runs, with typed Python wrappers.
+
+Each script touches the keys of exactly one queue (one hash tag, one cluster slot) and is one
+round trip. Times come from Redis ``TIME`` so workers with skewed clocks agree. Field names
+of the job hash are listed in ``message.py``; key names in ``keys.py``.
+
+The worker's hot path is two calls per *batch*, never per job: ``fetch`` (read up to the free
+slots and mark them running) and ``complete`` (write results, XACK, XDEL, publish).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from .keys import GROUP, QueueKeys
+
+# Shared Lua: helpers, and `start`, which turns delivered stream entries into started jobs.
+# ARGV for every script using `start`: 1 group, 2 consumer, 3 max deliveries, 4 result ttl (s),
+# 5 dead-letter stream length cap; KEYS: 1 stream, 2 dead-letter stream.
+_PRELUDE = r"""
+if redis.replicate_commands then redis.replicate_commands() end
+local STREAM, DEAD = KEYS[1], KEYS[2]
+local GROUP, CONSUMER = ARGV[1], ARGV[2]
+local MAX_DELIVERIES, TTL, DEAD_MAX = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local TAG = string.sub(STREAM, 1, #STREAM - 6)          -- "aioq:{app:queue}:"
+local JOBP, DONEP = TAG .. 'job:', TAG .. 'done:'
+local TERMINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] end
+  end
+  return nil
+end
+
+-- Keep the raw entry (and the job record, if any) in the dead-letter stream with the reason.
+local function bury(eid, jid, reason, fields, now)
+  local args = {'XADD', DEAD, 'MAXLEN', '~', DEAD_MAX, '*',
+                'reason', reason, 'entry', eid, 'at', now, 'fields', cjson.encode(fields)}
+  if jid then
+    args[#args + 1] = 'id'; args[#args + 1] = jid
+    local rec = redis.call('HGETALL', JOBP .. jid)
+    if #rec > 0 then args[#args + 1] = 'job'; args[#args + 1] = cjson.encode(rec) end
+  end
+  redis.call(unpack(args))
+end
+
+-- Finish a job for good: final status, fields, expiry, and the pushed notification.
+local function finish(jid, status, now, ...)
+  local key = JOBP .. jid
+  redis.call('HSET', key, 'status', status, 'finished_at', now, ...)
+  if TTL > 0 then redis.call('EXPIRE', key, TTL) end
+  redis.call('PUBLISH', DONEP .. jid, status)
+end
+
+local function drop(eid)
+  redis.call('XACK', STREAM, GROUP, eid)
+  redis.call('XDEL', STREAM, eid)
+end
+
+-- Mark delivered entries as started jobs; bury what is not a job or is poison.
+local function start(entries, now)
+  local out = {}
+  for _, e in ipairs(entries) do
+    local eid, fields = e[1], e[2]
+    if not fields then
+      redis.call('XACK', STREAM, GROUP, eid)               -- deleted while pending
+    else
+      local jid, problem
+      if #fields == 2 and fields[1] == 'id' and fields[2] ~= '' then
+        jid = fields[2]
+      else
+        jid = field(fields, 'id')
+        if jid == '' then jid = nil end
+        local names = {}
+        for i = 1, #fields, 2 do names[#names + 1] = fields[i] end
+        problem = 'malformed stream entry ' .. eid .. ': expected the single field "id", got '
+                  .. cjson.encode(names)
+      end
+      local status = jid and redis.call('HGET', JOBP .. jid, 'status')
+      if not problem and not status then
+        problem = 'job record ' .. JOBP .. jid .. ' is missing'
+      end
+      if problem then
+        bury(eid, jid, problem, fields, now)
+        if jid and not TERMINAL[status] then finish(jid, 'failed', now, 'error', problem) end
+        drop(eid)
+      elseif TERMINAL[status] or status == 'scheduled' then
+        drop(eid)                                           -- cancelled while queued, or stale
+      else
+        local key = JOBP .. jid
+        local d = redis.call('HINCRBY', key, 'deliveries', 1)
+        if d > MAX_DELIVERIES then
+          problem = 'poison: delivered ' .. (d - 1) .. ' times without finishing'
+          bury(eid, jid, problem, fields, now)
+          finish(jid, 'failed', now, 'error', problem, 'exc_type', 'PoisonJob')
+          drop(eid)
+        else
+          local a = redis.call('HINCRBY', key, 'attempts', 1)
+          redis.call('HSET', key, 'status', 'running', 'started_at', now, 'worker', CONSUMER)
+          local v = redis.call('HMGET', key, 'task', 'args', 'kwargs', 'timeout', 'retries')
+          out[#out + 1] = {eid, jid, a, v[1], v[2], v[3], v[4], v[5]}
+        end
+      end
+    end
+  end
+  return out
+end
+
+local function ensure_group()
+  redis.pcall('XGROUP', 'CREATE', STREAM, GROUP, '0', 'MKSTREAM')
+end
+"""
+
+# KEYS: job, stream, scheduled. ARGV: 1 job id, 2 delay ms, 3 eta epoch ms (0: none),
+# 4.. field/value pairs. Returns 1 when the job was written, 0 when the id already existed
+# (then nothing at all is written: a retried enqueue cannot duplicate a job).
+ENQUEUE = r"""
+if redis.replicate_commands then redis.replicate_commands() end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = now + tonumber(ARGV[2])
+if tonumber(ARGV[3]) > 0 then due = tonumber(ARGV[3]) end
+local status = 'queued'
+if due > now then status = 'scheduled' end
+redis.call('HSET', KEYS[1], 'status', status, 'enqueued_at', now, 'attempts', 0,
+           unpack(ARGV, 4))
+if due > now then
+  redis.call('ZADD', KEYS[3], due, ARGV[1])
+else
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('XGROUP', 'CREATE', KEYS[2], '__GROUP__', '0', 'MKSTREAM')
+  end
+  redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
+end
+return 1
+""".replace("__GROUP__", GROUP)
+
+# Read up to ARGV[6] new entries without blocking and start them. Returns started jobs.
+FETCH = (
+    _PRELUDE
+    + r"""
+local read = {'XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', ARGV[6], 'STREAMS', STREAM, '>'}
+local r = redis.pcall(unpack(read))
+if type(r) == 'table' and r.err then
+  if not string.find(r.err, 'NOGROUP') then return redis.error_reply(r.err) end
+  ensure_group()                                -- Redis lost the group (restart without data)
+  r = redis.call(unpack(read))
+end
+if not r then return {} end
+return start(r[1][2], now_ms())
+"""
+)
+
+# Start entries a blocking XREADGROUP already delivered to this consumer. ARGV[6..]: entry ids.
+START = (
+    _PRELUDE
+    + r"""
+local entries = {}
+for i = 6, #ARGV do
+  local e = redis.call('XRANGE', STREAM, ARGV[i], ARGV[i])
+  if e[1] then entries[#entries + 1] = e[1] else entries[#entries + 1] = {ARGV[i], false} end
+end
+return start(entries, now_ms())
+"""
+)
+
+# Take over entries whose lease lapsed (idle > ARGV[6] ms), at most ARGV[7], scanning from
+# cursor ARGV[8]. Returns {next cursor, started jobs}.
+RECLAIM = (
+    _PRELUDE
+    + r"""
+local claim = {'XAUTOCLAIM', STREAM, GROUP, CONSUMER, ARGV[6], ARGV[8], 'COUNT', ARGV[7]}
+local r = redis.pcall(unpack(claim))
+if type(r) == 'table' and r.err then
+  if not string.find(r.err, 'NOGROUP') then return redis.error_reply(r.err) end
+  ensure_group()
+  return {'0-0', {}}
+end
+return {r[1], start(r[2], now_ms())}
+"""
+)
+
+# Finish a batch of jobs. KEYS: stream, dead, scheduled. ARGV 1-5 as the prelude, then records
+# of 8 values: op, entry id, job id, attempt, a, b, c, d. A record is applied only while this
+# consumer still owns the entry and the attempt is the current one (fencing): a worker that was
+# frozen past its lease writes nothing over the new owner's work. Returns the fenced job ids.
+#   ok       a = result JSON
+#   fail     a = error, b = exc_type, c = traceback
+#   retry    a, b, c as fail; d = delay ms (0: back on the stream now)
+#   dead     a = reason: the job fails and the raw entry goes to the dead-letter stream
+#   release  hand an unfinished job back to the stream (worker shutdown)
+COMPLETE = (
+    _PRELUDE
+    + r"""
+local SCHEDULED = KEYS[3]
+local now = now_ms()
+local fenced = {}
+for i = 6, #ARGV, 8 do
+  local op, eid, jid, att = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local key = JOBP .. jid
+  local p = redis.call('XPENDING', STREAM, GROUP, eid, eid, 1)
+  if not p[1] or p[1][2] ~= CONSUMER or redis.call('HGET', key, 'attempts') ~= att then
+    fenced[#fenced + 1] = jid
+  else
+    if op == 'ok' then
+      finish(jid, 'succeeded', now, 'result', ARGV[i + 4])
+    elseif op == 'fail' then
+      finish(jid, 'failed', now, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5],
+             'traceback', ARGV[i + 6])
+    elseif op == 'dead' then
+      local e = redis.call('XRANGE', STREAM, eid, eid)
+      bury(eid, jid, ARGV[i + 4], (e[1] and e[1][2]) or {}, now)
+      finish(jid, 'failed', now, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5])
+    elseif op == 'retry' then
+      local delay = tonumber(ARGV[i + 7])
+      redis.call('HSET', key, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5],
+                 'traceback', ARGV[i + 6], 'deliveries', 0)
+      if delay > 0 then
+        redis.call('HSET', key, 'status', 'scheduled')
+        redis.call('ZADD', SCHEDULED, now + delay, jid)
+      else
+        redis.call('HSET', key, 'status', 'queued')
+        redis.call('XADD', STREAM, '*', 'id', jid)
+      end
+    elseif op == 'release' then
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('HINCRBY', key, 'deliveries', -1)
+      redis.call('XADD', STREAM, '*', 'id', jid)
+    end
+    drop(eid)
+  end
+end
+return fenced
+"""
+)
+
+# Renew the leases of entries this consumer still owns (XCLAIM ... JUSTID resets their idle
+# time without counting a delivery). ARGV: group, consumer, entry ids. Returns the ids that are
+# no longer ours: their lease lapsed and another worker took them, or they were finished.
+RENEW = r"""
+local mine, lost = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}, {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then mine[#mine + 1] = ARGV[i] else lost[#lost + 1] = ARGV[i] end
+end
+if #mine > 5 then
+  mine[#mine + 1] = 'JUSTID'
+  redis.call(unpack(mine))
+end
+return lost
+"""
+
+# Hand every entry still pending for this consumer back to the stream at once (shutdown), then
+# remove the consumer. ARGV: group, consumer. Returns how many jobs went back.
+RELEASE_ALL = r"""
+local STREAM, GROUP, CONSUMER = KEYS[1], ARGV[1], ARGV[2]
+local JOBP = string.sub(STREAM, 1, #STREAM - 6) .. 'job:'
+local n = 0
+while true do
+  local p = redis.pcall('XPENDING', STREAM, GROUP, '-', '+', 500, CONSUMER)
+  if type(p) ~= 'table' or p.err or #p == 0 then break end
+  for _, row in ipairs(p) do
+    local eid = row[1]
+    local e = redis.call('XRANGE', STREAM, eid, eid)
+    local jid = e[1] and e[1][2][1] == 'id' and e[1][2][2]
+    if jid then
+      local key = JOBP .. jid
+      local status = redis.call('HGET', key, 'status')
+      if status == 'running' then
+        redis.call('HSET', key, 'status', 'queued')
+        redis.call('HINCRBY', key, 'deliveries', -1)
+      end
+      if status == 'running' or status == 'queued' then
+        redis.call('XADD', STREAM, '*', 'id', jid)
+        n = n + 1
+      end
+    end
+    redis.call('XACK', STREAM, GROUP, eid)
+    redis.call('XDEL', STREAM, eid)
+  end
+end
+redis.pcall('XGROUP', 'DELCONSUMER', STREAM, GROUP, CONSUMER)
+return n
+"""
+
+# Move due scheduled jobs onto the stream. KEYS: scheduled, stream. ARGV: limit.
+# Returns {moved, next due ms or -1, now ms}. ZREM decides who moves a job, so several workers
+# promoting at once never duplicate one.
+PROMOTE = r"""
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local JOBP = string.sub(KEYS[2], 1, #KEYS[2] - 6) .. 'job:'
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
+local moved = 0
+for _, jid in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], jid)
+  local key = JOBP .. jid
+  if redis.call('HGET', key, 'status') == 'scheduled' then
+    redis.call('HSET', key, 'status', 'queued')
+    redis.call('XADD', KEYS[2], '*', 'id', jid)
+    moved = moved + 1
+  end
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {moved, tonumber(nxt[2]) or -1, now}
+"""
+
+
+class Scripts:
+    """The scripts registered on one Redis client, called through typed methods."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._enqueue = redis.register_script(ENQUEUE)
+        self._fetch = redis.register_script(FETCH)
+        self._start = redis.register_script(START)
+        self._reclaim = redis.register_script(RECLAIM)
+        self._complete = redis.register_script(COMPLETE)
+        self._renew = redis.register_script(RENEW)
+        self._release_all = redis.register_script(RELEASE_ALL)
+        self._promote = redis.register_script(PROMOTE)
+
+    def enqueue(
+        self,
+        keys: QueueKeys,
+        job_id: str,
+        delay_ms: int,
+        eta_ms: int,
+        fields: Sequence[Any],
+        client: Any = None,
+    ) -> Any:
+        """Write a job if its id is new (returns 1) or nothing at all (returns 0).
+
+        With ``client`` (a pipeline) the call is queued on it instead of awaited.
+        """
+        return self._enqueue(
+            keys=[keys.job(job_id), keys.stream, keys.scheduled],
+            args=[job_id, delay_ms, eta_ms, *fields],
+            client=client,
+        )
+
+    async def fetch(self, keys: QueueKeys, worker: WorkerArgs, count: int) -> list[Any]:
+        result: list[Any] = await self._fetch(
+            keys=[keys.stream, keys.dead], args=[*worker.args, count]
+        )
+        return result
+
+    async def start(self, keys: QueueKeys, worker: WorkerArgs, entry_ids: list[Any]) -> list[Any]:
+        result: list[Any] = await self._start(
+            keys=[keys.stream, keys.dead], args=[*worker.args, *entry_ids]
+        )
+        return result
+
+    async def reclaim(
+        self, keys: QueueKeys, worker: WorkerArgs, min_idle_ms: int, count: int, cursor: bytes
+    ) -> tuple[bytes, list[Any]]:
+        cur, jobs = await self._reclaim(
+            keys=[keys.stream, keys.dead], args=[*worker.args, min_idle_ms, count, cursor]
+        )
+        return cur, jobs
+
+    async def complete(
+        self, keys: QueueKeys, worker: WorkerArgs, records: list[Any]
+    ) -> list[bytes]:
+        fenced: list[bytes] = await self._complete(
+            keys=[keys.stream, keys.dead, keys.scheduled], args=[*worker.args, *records]
+        )
+        return fenced
+
+    async def renew(self, keys: QueueKeys, consumer: str, entry_ids: list[Any]) -> list[bytes]:
+        lost: list[bytes] = await self._renew(
+            keys=[keys.stream], args=[GROUP, consumer, *entry_ids]
+        )
+        return lost
+
+    async def release_all(self, keys: QueueKeys, consumer: str) -> int:
+        n: int = await self._release_all(keys=[keys.stream], args=[GROUP, consumer])
+        return n
+
+    async def promote(self, keys: QueueKeys, limit: int = 1000) -> tuple[int, int, int]:
+        moved, next_due, now = await self._promote(keys=[keys.scheduled, keys.stream], args=[limit])
+        return int(moved), int(next_due), int(now)
+
+
+class WorkerArgs:
+    """The ARGV prefix every worker-side script shares (see ``_PRELUDE``)."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, consumer: str, max_deliveries: int, result_ttl: int, dead_max: int) -> None:
+        self.args = (GROUP, consumer, max_deliveries, result_ttl, dead_max)

@@ -1,0 +1,201 @@
+"""``Task[P, R]``: a registered function, its options, and typed enqueueing."""
+
+from __future__ import annotations
+
+import inspect
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from .message import encode_call, job_fields
+
+if TYPE_CHECKING:
+    from .app import App
+    from .job import Job
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Backoff = float | Callable[[int], float]
+"""Base seconds of exponential backoff with jitter, or a function attempt -> seconds."""
+
+MAX_JOB_ID = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What one enqueue asks for; ``None`` means the task's default."""
+
+    job_id: str | None = None
+    queue: str | None = None
+    retries: int | None = None
+    timeout: float | None = None
+    delay: float = 0.0
+    eta: datetime | None = None
+
+
+class Call(Generic[R]):
+    """One call of a task, ready to be enqueued alone or in bulk by ``app.enqueue_many``."""
+
+    __slots__ = ("args", "kwargs", "options", "task")
+
+    def __init__(
+        self, task: Task[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any], options: Options
+    ) -> None:
+        self.task = task
+        self.args = args
+        self.kwargs = kwargs
+        self.options = options
+
+    def prepare(self) -> tuple[str, str, int, int, list[Any]]:
+        """Validate and encode: (job id, queue, delay ms, eta ms, fields). Writes nothing."""
+        task, opts = self.task, self.options
+        task.check_arguments(self.args, self.kwargs)
+        args, kwargs = encode_call(task.name, self.args, self.kwargs)
+        queue = opts.queue or task.queue
+        retries = task.retries if opts.retries is None else opts.retries
+        timeout = task.timeout if opts.timeout is None else opts.timeout
+        job_id = opts.job_id or uuid.uuid4().hex
+        eta_ms = 0 if opts.eta is None else _epoch_ms(opts.eta)
+        fields = job_fields(task.name, queue, args, kwargs, retries, timeout)
+        return job_id, queue, round(opts.delay * 1000), eta_ms, fields
+
+
+class Task(Generic[P, R]):
+    """A function registered with ``@app.task``.
+
+    Calling it runs the function directly; ``await task.enqueue(...)`` sends it to a worker
+    and returns a ``Job[R]``, typed by the function's own signature.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[P, Any],
+        *,
+        name: str,
+        queue: str,
+        retries: int = 0,
+        backoff: Backoff = 1.0,
+        timeout: float | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"@app.task needs a function, got {fn!r}")
+        if retries < 0:
+            raise ValueError(f"task {name!r}: retries must be >= 0, got {retries!r}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"task {name!r}: timeout must be > 0 seconds, got {timeout!r}")
+        if not callable(backoff) and backoff < 0:
+            raise ValueError(f"task {name!r}: backoff must be >= 0 seconds, got {backoff!r}")
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.retries = retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._signature = inspect.signature(fn)
+        self._defaults = Options()
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} queue={self.queue!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def options(
+        self,
+        *,
+        job_id: str | None = None,
+        queue: str | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+    ) -> TaskOptions[P, R]:
+        """The same task with per-enqueue options (see ``Options``)."""
+        return TaskOptions(self, _options(self.name, job_id, queue, retries, timeout, delay, eta))
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Send one call to the task's queue; returns its ``Job`` (one round trip)."""
+        return await self.app._enqueue_call(Call(self, args, kwargs, self._defaults))
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
+        """A call to enqueue later, e.g. many at once with ``app.enqueue_many``."""
+        return Call(self, args, kwargs, self._defaults)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise ``TypeError`` naming the task when the arguments do not fit its signature."""
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self.name!r} called with bad arguments: {exc}") from None
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Seconds to wait before the attempt after ``attempt`` failed: exponential, jittered."""
+        if callable(self.backoff):
+            return max(0.0, float(self.backoff(attempt)))
+        base = self.backoff * (2 ** min(attempt - 1, 16))
+        return float(base * random.uniform(0.5, 1.0))
+
+
+class TaskOptions(Generic[P, R]):
+    """A task with options applied by ``task.options(...)``; enqueue it like the task."""
+
+    __slots__ = ("_options", "task")
+
+    def __init__(self, task: Task[P, R], options: Options) -> None:
+        self.task = task
+        self._options = options
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        return await self.task.app._enqueue_call(Call(self.task, args, kwargs, self._options))
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
+        return Call(self.task, args, kwargs, self._options)
+
+    def options(self, **changes: Any) -> TaskOptions[P, R]:
+        merged = {k: getattr(self._options, k) for k in Options.__slots__}
+        merged.update(changes)
+        return self.task.options(**merged)
+
+
+def _options(
+    task: str,
+    job_id: str | None,
+    queue: str | None,
+    retries: int | None,
+    timeout: float | None,
+    delay: float | timedelta | None,
+    eta: datetime | None,
+) -> Options:
+    if job_id is not None and (not isinstance(job_id, str) or not job_id):
+        raise ValueError(f"task {task!r}: job_id must be a non-empty string, got {job_id!r}")
+    if job_id is not None and len(job_id) > MAX_JOB_ID:
+        raise ValueError(f"task {task!r}: job_id is longer than {MAX_JOB_ID} characters")
+    if retries is not None and retries < 0:
+        raise ValueError(f"task {task!r}: retries must be >= 0, got {retries!r}")
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"task {task!r}: timeout must be > 0 seconds, got {timeout!r}")
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay or 0.0)
+    if seconds < 0:
+        raise ValueError(f"task {task!r}: delay must not be negative, got {delay!r}")
+    if eta is not None and not isinstance(eta, datetime):
+        raise TypeError(f"task {task!r}: eta must be a datetime, got {eta!r}")
+    return replace(
+        Options(), job_id=job_id, queue=queue, retries=retries, timeout=timeout,
+        delay=seconds, eta=eta,
+    )  # fmt: skip
+
+
+def _epoch_ms(when: datetime) -> int:
+    """Naive datetimes are taken as UTC (documented); aware ones keep their offset."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(1, round(when.timestamp() * 1000))

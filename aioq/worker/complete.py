@@ -1,0 +1,98 @@
+"""Writing finished jobs back: one ``complete`` script call per batch, never per job.
+
+A job's record sits in a per-queue buffer from the moment its function returns until the
+flush lands; the flusher takes everything buffered at once, so the batch grows by itself
+under load. Buffered entries are still ours in the stream, so the lease renewer keeps
+renewing them until they are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..keys import QueueKeys
+from ..scripts import Scripts, WorkerArgs
+
+log = logging.getLogger("aioq.worker")
+
+RECORD = 8  # values per record, see scripts.COMPLETE
+Record = tuple[str, bytes, str, int, bytes | str, str, str, int]
+
+
+class Completer:
+    def __init__(
+        self,
+        scripts: Callable[[], Scripts],
+        worker_args: WorkerArgs,
+        on_written: Callable[[int], None],
+    ) -> None:
+        self._scripts = scripts
+        self._worker_args = worker_args
+        self._on_written = on_written
+        self._buffers: dict[QueueKeys, list[Record]] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._lock = asyncio.Lock()
+
+    def add(self, keys: QueueKeys, record: Record) -> None:
+        buf = self._buffers.get(keys)
+        if buf is None:
+            buf = self._buffers[keys] = []
+        buf.append(record)
+        self._idle.clear()
+        self._wake.set()
+
+    def pending(self, keys: QueueKeys) -> list[bytes]:
+        """Entry ids written into the buffer but not yet to Redis (their leases still count)."""
+        return [r[1] for r in self._buffers.get(keys, ())]
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buffers.values())
+
+    async def run(self) -> None:
+        """Flush whenever something is buffered; retries on connection errors for ever."""
+        delay = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+                delay = 0.05
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("writing results failed (%s); retrying in %.2fs", exc, delay)
+                self._wake.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def flush(self) -> None:
+        """Write everything buffered now; on error the records stay buffered."""
+        async with self._lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        for keys, buf in list(self._buffers.items()):
+            while buf:
+                batch = buf[:500]
+                args: list[object] = []
+                for rec in batch:
+                    args.extend(rec)
+                fenced = await self._scripts().complete(keys, self._worker_args, args)
+                del buf[: len(batch)]
+                if fenced:
+                    names = ", ".join(f.decode(errors="replace") for f in fenced)
+                    log.warning(
+                        "lost the lease of %d job(s) before writing their outcome; the new "
+                        "owner's outcome stands: %s", len(fenced), names,
+                    )  # fmt: skip
+                self._on_written(len(batch))
+        if not len(self):
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()

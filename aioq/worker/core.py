@@ -1,0 +1,223 @@
+"""``Worker``: starts the fetch, run, complete, lease and schedule loops, and stops them.
+
+Stopping (``worker.stop()``, SIGTERM/SIGINT under the CLI, leaving ``async with``): fetching
+stops at once, running jobs get ``shutdown_timeout`` seconds to finish, the rest are cancelled,
+every outcome is written, and whatever this worker still holds is handed back to its stream at
+once, so another worker starts it without waiting for the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..app import App
+from ..keys import GROUP, QueueKeys
+from ..scripts import WorkerArgs
+from .complete import Completer
+from .fetch import fetch_loop
+from .lease import reclaim_loop, renew_loop
+from .run import Runner
+from .schedule import promote_loop
+from .slots import Slots
+
+log = logging.getLogger("aioq.worker")
+
+
+class Worker:
+    """Runs an app's jobs in the current event loop.
+
+    ``concurrency`` jobs run at once; ``queues`` defaults to every queue the app knows;
+    ``burst`` stops the worker once every queue is empty and nothing scheduled is due.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        concurrency: int = 100,
+        queues: Iterable[str] | None = None,
+        burst: bool = False,
+        *,
+        shutdown_timeout: float = 10.0,
+        batch_size: int = 200,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
+        self.app = app
+        self.concurrency = concurrency
+        names = list(queues) if queues is not None else app.queues
+        if not names:
+            raise ValueError("a worker needs at least one queue")
+        self.queue_keys = [app.keys(q) for q in dict.fromkeys(names)]
+        self.burst = burst
+        self.shutdown_timeout = shutdown_timeout
+        self.batch_size = max(1, batch_size)
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.script_args = WorkerArgs(
+            self.consumer, app.max_deliveries, app.result_ttl, app.dead_letter_max
+        )
+        self.slots = Slots(concurrency)
+        self.runner = Runner(self)
+        self.completer = Completer(lambda: self.app.scripts, self.script_args, self._written)
+        self.idle: set[QueueKeys] = set()
+        self.wake = asyncio.Event()
+        self.jobs_done = 0
+        self.started_at: float | None = None
+        self._stop = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._main: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    def __repr__(self) -> str:
+        queues = ",".join(k.queue for k in self.queue_keys)
+        return f"<Worker {self.consumer} app={self.app.name!r} queues={queues}>"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully (safe to call from a signal handler)."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until ``stop()``, cancellation, or (burst) an empty queue; then drain."""
+        await self._open()
+        try:
+            if self.burst:
+                await self._until_drained()
+            else:
+                await self._stop.wait()
+        finally:
+            await asyncio.shield(self._close())
+
+    async def __aenter__(self) -> Worker:
+        self._main = asyncio.get_running_loop().create_task(self.run(), name="aioq-worker")
+        ready = asyncio.ensure_future(self._ready.wait())
+        await asyncio.wait({ready, self._main}, return_when=asyncio.FIRST_COMPLETED)
+        if self._main.done():
+            ready.cancel()
+            await self._main  # raises the start-up error
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._main is not None:
+            await self._main
+
+    async def _open(self) -> None:
+        await self.app.ping()
+        redis = self.app.redis
+        for keys in self.queue_keys:
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+                await redis.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
+        loop = asyncio.get_running_loop()
+        spawn = loop.create_task
+        self._loops.append(spawn(self.completer.run(), name="aioq-complete"))
+        self._loops.append(spawn(renew_loop(self), name="aioq-renew"))
+        for keys in self.queue_keys:
+            self._loops.append(spawn(promote_loop(self, keys), name=f"aioq-promote-{keys.queue}"))
+            self._loops.append(spawn(reclaim_loop(self, keys), name=f"aioq-reclaim-{keys.queue}"))
+        self._fetchers = [
+            spawn(fetch_loop(self, keys), name=f"aioq-fetch-{keys.queue}")
+            for keys in self.queue_keys
+        ]
+        self.started_at = time.time()
+        self._ready.set()
+        log.info(
+            "worker %s started: app %r, queues %s, concurrency %d",
+            self.consumer, self.app.name, [k.queue for k in self.queue_keys], self.concurrency,
+        )  # fmt: skip
+
+    async def _until_drained(self) -> None:
+        while not self._stop.is_set():
+            await asyncio.sleep(0.02)
+            if len(self.idle) < len(self.queue_keys) or len(self.runner) or len(self.completer):
+                continue
+            moved = 0
+            for keys in self.queue_keys:
+                moved += (await self.app.scripts.promote(keys))[0]
+            if moved:
+                self.woken()
+                continue
+            if len(self.idle) == len(self.queue_keys) and not len(self.runner):
+                return
+
+    async def _close(self) -> None:
+        for t in self._fetchers:
+            t.cancel()
+        await asyncio.gather(*self._fetchers, return_exceptions=True)
+        running = [t for r in self.runner.running.values() for t in r.values()]
+        if running:
+            log.info("waiting up to %gs for %d running job(s)", self.shutdown_timeout, len(running))
+            _, pending = await asyncio.wait(running, timeout=self.shutdown_timeout)
+            if pending:
+                log.warning("handing back %d job(s) still running", len(pending))
+                self.runner.interrupt_all()
+                await asyncio.wait(pending, timeout=2.0)
+        for t in self._loops[1:]:  # everything but the completer
+            t.cancel()
+        await asyncio.gather(*self._loops[1:], return_exceptions=True)
+        await self._write_back()
+        self._loops[0].cancel()
+        await asyncio.gather(self._loops[0], return_exceptions=True)
+        self._loops.clear()
+        log.info("worker %s stopped after %d job(s)", self.consumer, self.jobs_done)
+
+    async def _write_back(self) -> None:
+        """Write every buffered outcome and hand back what is left, retrying for a while."""
+        deadline = time.monotonic() + max(5.0, self.app.visibility_timeout)
+        while True:
+            try:
+                await self.completer.flush()
+                released = 0
+                for keys in self.queue_keys:
+                    released += await self.app.scripts.release_all(keys, self.consumer)
+                if released:
+                    log.info("handed %d job(s) back to their queue", released)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    log.error("could not write back before stopping (%s); leases will lapse", exc)
+                    return
+                await asyncio.sleep(0.2)
+
+    # -- callbacks from the loops ---------------------------------------------------------
+
+    def woken(self) -> None:
+        """New work may be on a stream: wake burst-mode fetchers."""
+        self.idle.clear()
+        self.wake.set()
+
+    def _written(self, n: int) -> None:
+        self.jobs_done += n
+        if self.burst:
+            self.woken()
+
+    @property
+    def running(self) -> int:
+        """How many jobs are running now."""
+        return len(self.runner)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "consumer": self.consumer,
+            "running": self.running,
+            "done": self.jobs_done,
+            "concurrency": self.concurrency,
+        }

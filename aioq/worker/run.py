@@ -1,0 +1,141 @@
+"""Running one started job and turning its outcome into a completion record."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+
+from ..context import JobContext, _current
+from ..errors import Retry
+from ..keys import QueueKeys
+from ..message import Delivery, encode_result, parse_delivery
+
+if TYPE_CHECKING:
+    from .core import Worker
+
+log = logging.getLogger("aioq.worker")
+
+
+class Runner:
+    """Starts an asyncio task per delivered job and tracks what is running, per queue."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.running: dict[QueueKeys, dict[bytes, asyncio.Task[None]]] = {}
+        self._threads = anyio.CapacityLimiter(min(worker.concurrency, 64))
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.running.values())
+
+    def start(self, keys: QueueKeys, rows: list[Any]) -> None:
+        """Run every job of a batch the fetch/start/reclaim scripts returned."""
+        running = self.running.setdefault(keys, {})
+        loop = asyncio.get_running_loop()
+        complete = self.worker.completer.add
+        for row in rows:
+            d, problem = parse_delivery(row)
+            if problem is None and d.task not in self.app.tasks:
+                known = ", ".join(sorted(self.app.tasks)) or "none"
+                problem = f"unknown task {d.task!r} (this worker knows: {known})"
+            if problem is not None:
+                log.error("job %s is not runnable: %s", d.job_id, problem)
+                complete(keys, ("dead", d.entry_id, d.job_id, d.attempt, problem, "BadJob", "", 0))
+                self.worker.slots.give(1)
+                continue
+            t = loop.create_task(self._run(keys, d))
+            running[d.entry_id] = t
+
+    def interrupt(self, keys: QueueKeys, entry_id: bytes) -> bool:
+        """Cancel a running job without recording an outcome (lease lost, or shutdown)."""
+        t = self.running.get(keys, {}).get(entry_id)
+        if t is None or t.done():
+            return False
+        t.cancel()
+        return True
+
+    def interrupt_all(self) -> int:
+        n = 0
+        for keys, running in self.running.items():
+            for entry_id in list(running):
+                n += self.interrupt(keys, entry_id)
+        return n
+
+    async def _run(self, keys: QueueKeys, d: Delivery) -> None:
+        task = self.app.tasks[d.task]
+        token = _current.set(JobContext(self.app.redis, keys, d.job_id, d.task, d.attempt))
+        timeout = d.timeout
+        record: tuple[str, bytes, str, int, bytes | str, str, str, int] | None = None
+        deadline: asyncio.Timeout | None = None
+        try:
+            if timeout is None and task.is_async:  # the hot path: no timer, no thread
+                value = await task.fn(*d.args, **d.kwargs)
+            else:
+                deadline = asyncio.timeout(timeout)
+                async with deadline:
+                    if task.is_async:
+                        value = await task.fn(*d.args, **d.kwargs)
+                    else:
+                        value = await self._in_thread(
+                            functools.partial(task.fn, *d.args, **d.kwargs)
+                        )
+            result = encode_result(d.task, value)
+            record = ("ok", d.entry_id, d.job_id, d.attempt, result, "", "", 0)
+        except Retry as exc:
+            record = self._retry(d, exc, round(exc.delay * 1000))
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise  # lease lost or worker stopping: whoever runs it next records it
+            record = self._failure(d, task.backoff_delay, _describe(asyncio.CancelledError()))
+        except TimeoutError as exc:
+            if deadline is not None and deadline.expired():
+                msg = f"task {d.task!r} timed out after {timeout:g}s (attempt {d.attempt})"
+                record = self._failure(d, task.backoff_delay, ("TimeoutError", msg, _tb(exc)))
+            else:
+                record = self._failure(d, task.backoff_delay, _describe(exc))
+        except (Exception, SystemExit) as exc:
+            record = self._failure(d, task.backoff_delay, _describe(exc))
+        finally:
+            _current.reset(token)
+            self.running[keys].pop(d.entry_id, None)
+            self.worker.slots.give(1)
+            if record is not None:
+                self.worker.completer.add(keys, record)
+
+    async def _in_thread(self, call: functools.partial[Any]) -> Any:
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._threads)
+
+    def _retry(
+        self, d: Delivery, exc: BaseException, delay_ms: int
+    ) -> tuple[str, bytes, str, int, str, str, str, int]:
+        exc_type, message, tb = _describe(exc)
+        return ("retry", d.entry_id, d.job_id, d.attempt, message, exc_type, tb, delay_ms)
+
+    def _failure(
+        self, d: Delivery, backoff: Any, described: tuple[str, str, str]
+    ) -> tuple[str, bytes, str, int, str, str, str, int]:
+        exc_type, message, tb = described
+        if d.attempt <= d.retries:
+            delay_ms = round(backoff(d.attempt) * 1000)
+            log.info(
+                "job %s (%s) attempt %d failed: %s: %s; retrying in %.2fs",
+                d.job_id, d.task, d.attempt, exc_type, message, delay_ms / 1000,
+            )  # fmt: skip
+            return ("retry", d.entry_id, d.job_id, d.attempt, message, exc_type, tb, delay_ms)
+        log.warning("job %s (%s) failed: %s: %s", d.job_id, d.task, exc_type, message)
+        return ("fail", d.entry_id, d.job_id, d.attempt, message, exc_type, tb, 0)
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str]:
+    return type(exc).__name__, str(exc) or type(exc).__name__, _tb(exc)
+
+
+def _tb(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
