@@ -1,5 +1,7 @@
 """aioq: an asyncio-native task queue on Redis streams."""
 
+import logging
+
 from .app import App
 from .context import JobContext, current_job
 from .errors import AioqError, JobCancelled, JobNotFound, RedisUnavailable, Retry, TaskFailed
@@ -8,6 +10,8 @@ from .task import Call, Task, TaskOptions
 from .worker import Worker
 
 __version__ = "0.1.0"
+
+logging.getLogger("aioq").addHandler(logging.NullHandler())
 
 __all__ = [
     "AioqError",

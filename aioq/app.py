@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry as RedisRetry
 
 from .errors import JobNotFound, RedisUnavailable
 from .job import Job

@@ -1,0 +1,174 @@
+"""Producer side: typed, validated, idempotent enqueueing in one round trip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from aioq import App, JobNotFound, JobStatus, RedisUnavailable
+
+pytestmark = pytest.mark.anyio
+
+
+async def _dump(app: App) -> dict[bytes, Any]:
+    """Every key of the app with its type (the app's name isolates it)."""
+    keys = [k async for k in app.redis.scan_iter(match=f"aioq:{{{app.name}:*")]
+    return {k: await app.redis.type(k) for k in sorted(keys)}
+
+
+async def test_enqueue_writes_one_record_and_one_entry(app: App) -> None:
+    """One enqueue leaves one job hash and one stream entry, with the call's arguments."""
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    job = await add.enqueue(2, y=3)
+    info = await job.info()
+    assert info.status is JobStatus.QUEUED
+    assert (info.task, info.args, info.kwargs, info.attempts) == ("add", [2], {"y": 3}, 0)
+    assert info.enqueued_at is not None
+    assert await app.redis.xlen(app.keys().stream) == 1
+
+
+async def test_same_job_id_returns_existing_job_and_writes_nothing(app: App) -> None:
+    """Enqueueing an id that exists returns that job; the record and stream are untouched."""
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    first = await add.options(job_id="order-42").enqueue(1, 2)
+    before = await app.redis.hgetall(app.keys().job("order-42"))
+    second = await add.options(job_id="order-42").enqueue(100, 200)
+    assert first == second
+    assert await app.redis.hgetall(app.keys().job("order-42")) == before
+    assert await app.redis.xlen(app.keys().stream) == 1
+
+
+async def test_retry_after_ambiguous_network_error_cannot_duplicate(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script ran but its reply was lost: redis-py's retry resends it, nothing doubles."""
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    await app.ping()
+    original = AbstractConnection.read_response
+    dropped = []
+
+    async def lose_first_evalsha_reply(self: AbstractConnection, *a: Any, **kw: Any) -> Any:
+        reply = await original(self, *a, **kw)
+        if not dropped and reply == 1:  # the enqueue script's "written" answer
+            dropped.append(reply)
+            raise RedisConnectionError("connection reset after the command ran")
+        return reply
+
+    monkeypatch.setattr(AbstractConnection, "read_response", lose_first_evalsha_reply)
+    job = await add.options(job_id="ambiguous").enqueue(1, 2)
+    monkeypatch.undo()
+    assert dropped, "the reply was never dropped: the test did not exercise the retry"
+    assert job.id == "ambiguous"
+    assert await app.redis.xlen(app.keys().stream) == 1
+    assert (await job.info()).args == [1, 2]
+
+
+async def test_non_json_arguments_raise_type_error_before_writing(app: App) -> None:
+    @app.task
+    async def store(blob: object) -> None:
+        return None
+
+    with pytest.raises(TypeError, match=r"positional argument 0 of task 'store'.*JSON"):
+        await store.enqueue(object())
+    with pytest.raises(TypeError, match=r"argument 'blob' of task 'store'"):
+        await store.enqueue(blob={1, 2})
+    assert await _dump(app) == {}
+
+
+async def test_arguments_that_do_not_fit_the_signature_are_rejected(app: App) -> None:
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(TypeError, match=r"task 'add' called with bad arguments"):
+        await add.enqueue(1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"task 'add'.*unexpected keyword argument 'z'"):
+        await add.enqueue(1, 2, z=3)  # type: ignore[call-arg]
+    assert await _dump(app) == {}
+
+
+async def test_enqueue_many_pipelines_and_stays_idempotent(app: App) -> None:
+    @app.task
+    async def square(x: int) -> int:
+        return x * x
+
+    calls = [square.call(i) for i in range(500)]
+    calls.append(square.options(job_id="fixed").call(1))
+    calls.append(square.options(job_id="fixed").call(2))
+    jobs = await app.enqueue_many(calls)
+    assert len(jobs) == 502
+    assert jobs[-1] == jobs[-2]
+    assert await app.redis.xlen(app.keys().stream) == 501
+    with pytest.raises(TypeError):
+        await app.enqueue_many([square.call(1), square.call(object())])  # validated first
+    assert await app.redis.xlen(app.keys().stream) == 501
+
+
+async def test_enqueue_by_name_and_options(app: App) -> None:
+    """Producers that do not import the task enqueue by name; queue= routes it."""
+    job = await app.enqueue("reports.build", 2024, fmt="pdf")
+    assert (await job.info()).task == "reports.build"
+    other = await app.options("emails.send", queue="emails", job_id="e1").enqueue("a@b.c")
+    assert other.queue == "emails"
+    assert (await app.job("e1").info()).queue == "emails"  # found among known queues
+
+
+async def test_job_handle_for_unknown_id(app: App) -> None:
+    with pytest.raises(JobNotFound, match="nope"):
+        await app.job("nope").status()
+
+
+async def test_duplicate_task_name_raises(app: App) -> None:
+    @app.task
+    async def a() -> None: ...
+
+    with pytest.raises(ValueError, match="already registered"):
+
+        @app.task(name="a")
+        async def b() -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"retries": -1}, "retries must be >= 0"),
+        ({"timeout": 0}, "timeout must be > 0"),
+        ({"delay": -1}, "delay must not be negative"),
+        ({"job_id": ""}, "job_id must be a non-empty string"),
+        ({"queue": "a{b}"}, "queue name 'a{b}'"),
+    ],
+)
+async def test_bad_options_name_the_value(app: App, options: dict[str, Any], message: str) -> None:
+    @app.task
+    async def noop() -> None: ...
+
+    with pytest.raises(ValueError, match=message):
+        await noop.options(**options).enqueue()
+    assert await _dump(app) == {}
+
+
+async def test_unreachable_redis_names_the_url(tmp_path: Any) -> None:
+    url = f"unix://{tmp_path}/nothing-here.sock"
+    app = App("unreachable", redis_url=url)
+
+    @app.task
+    async def noop() -> None: ...
+
+    with pytest.raises(RedisUnavailable, match=r"nothing-here\.sock"):
+        await noop.enqueue()
+    await app.aclose()
