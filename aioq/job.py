@@ -115,6 +115,19 @@ class Job(Generic[R]):
             raise JobNotFound(self.id, [keys.queue])
         return _info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()})
 
+    async def cancel(self) -> bool:
+        """Cancel the job; ``False`` when it had already finished (nothing changes then).
+
+        A queued or scheduled job never starts. A running job's coroutine is cancelled by its
+        worker, signalled over Redis; its status becomes ``cancelled`` and ``result()``
+        raises ``JobCancelled``.
+        """
+        keys = await self._resolve()
+        outcome = await self._app.scripts.cancel(keys, self.id, self._app.result_ttl)
+        if outcome < 0:
+            raise JobNotFound(self.id, [keys.queue])
+        return outcome > 0
+
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the job to finish and return its value.
 

@@ -12,6 +12,8 @@ single cluster slot and two apps (or two queues) never collide::
                                         entries, each with the reason and the raw entry.
     aioq:{shop:default}:job:<id>        hash: the job record (see ``message.JobFields``).
     aioq:{shop:default}:done:<id>       pub/sub channel: the job's final status is published here.
+    aioq:{shop:default}:cancel          pub/sub channel: ids of running jobs to cancel; every
+                                        worker serving the queue listens.
 
 Job ids are unique per queue: a job's record lives beside its stream, so one script can write
 both atomically.
@@ -55,6 +57,10 @@ class QueueKeys:
     @property
     def done_prefix(self) -> str:
         return self.tag + "done:"
+
+    @property
+    def cancel(self) -> str:
+        return self.tag + "cancel"
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id

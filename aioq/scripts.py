@@ -316,6 +316,31 @@ local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {moved, tonumber(nxt[2]) or -1, now}
 """
 
+# Cancel a job. KEYS: job, scheduled. ARGV: job id, result ttl (s). Returns 1 when a queued or
+# scheduled job was cancelled (it will never start: its stream entry is dropped at delivery),
+# 2 when a running job was flagged and its workers were signalled, 0 when it had finished,
+# -1 when there is no such job.
+CANCEL = r"""
+if redis.replicate_commands then redis.replicate_commands() end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+local TAG = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1] - 4)        -- "aioq:{app:queue}:"
+if status == 'queued' or status == 'scheduled' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now)
+  if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+  redis.call('PUBLISH', TAG .. 'done:' .. ARGV[1], 'cancelled')
+  return 1
+elseif status == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  redis.call('PUBLISH', TAG .. 'cancel', ARGV[1])
+  return 2
+end
+return 0
+"""
+
 
 class Scripts:
     """The scripts registered on one Redis client, called through typed methods."""
@@ -329,6 +354,7 @@ class Scripts:
         self._renew = redis.register_script(RENEW)
         self._release_all = redis.register_script(RELEASE_ALL)
         self._promote = redis.register_script(PROMOTE)
+        self._cancel = redis.register_script(CANCEL)
 
     def enqueue(
         self,
@@ -390,6 +416,12 @@ class Scripts:
     async def promote(self, keys: QueueKeys, limit: int = 1000) -> tuple[int, int, int]:
         moved, next_due, now = await self._promote(keys=[keys.scheduled, keys.stream], args=[limit])
         return int(moved), int(next_due), int(now)
+
+    async def cancel(self, keys: QueueKeys, job_id: str, result_ttl: int) -> int:
+        n: int = await self._cancel(
+            keys=[keys.job(job_id), keys.scheduled], args=[job_id, result_ttl]
+        )
+        return n
 
 
 class WorkerArgs:
