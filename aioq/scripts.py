@@ -85,7 +85,11 @@ local function start(entries, now)
         problem = 'malformed stream entry ' .. eid .. ': expected the single field "id", got '
                   .. cjson.encode(names)
       end
-      local status = jid and redis.call('HGET', JOBP .. jid, 'status')
+      local status, cancel = false, false
+      if jid then
+        local st = redis.call('HMGET', JOBP .. jid, 'status', 'cancel')
+        status, cancel = st[1], st[2]
+      end
       if not problem and not status then
         problem = 'job record ' .. JOBP .. jid .. ' is missing'
       end
@@ -95,6 +99,9 @@ local function start(entries, now)
         drop(eid)
       elseif TERMINAL[status] or status == 'scheduled' then
         drop(eid)                                           -- cancelled while queued, or stale
+      elseif cancel then
+        finish(jid, 'cancelled', now)                       -- cancelled while its worker died
+        drop(eid)
       else
         local key = JOBP .. jid
         local d = redis.call('HINCRBY', key, 'deliveries', 1)
@@ -199,6 +206,8 @@ return {r[1], start(r[2], now_ms())}
 #   retry    a, b, c as fail; d = delay ms (0: back on the stream now)
 #   dead     a = reason: the job fails and the raw entry goes to the dead-letter stream
 #   release  hand an unfinished job back to the stream (worker shutdown)
+#   cancelled  the running coroutine was cancelled by job.cancel()
+# A job flagged by job.cancel() ends "cancelled" whatever the record says.
 COMPLETE = (
     _PRELUDE
     + r"""
@@ -209,10 +218,14 @@ for i = 6, #ARGV, 8 do
   local op, eid, jid, att = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = JOBP .. jid
   local p = redis.call('XPENDING', STREAM, GROUP, eid, eid, 1)
-  if not p[1] or p[1][2] ~= CONSUMER or redis.call('HGET', key, 'attempts') ~= att then
+  local rec = redis.call('HMGET', key, 'attempts', 'cancel')
+  if not p[1] or p[1][2] ~= CONSUMER or rec[1] ~= att then
     fenced[#fenced + 1] = jid
   else
-    if op == 'ok' then
+    if rec[2] then op = 'cancelled' end        -- job.cancel() won the race with the outcome
+    if op == 'cancelled' then
+      finish(jid, 'cancelled', now)
+    elseif op == 'ok' then
       finish(jid, 'succeeded', now, 'result', ARGV[i + 4])
     elseif op == 'fail' then
       finish(jid, 'failed', now, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5],

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from aioq import App, JobStatus, Retry, TaskFailed, Worker, current_job
+from aioq import App, JobCancelled, JobStatus, Retry, TaskFailed, Worker, current_job
 
 pytestmark = pytest.mark.anyio
 
@@ -314,3 +314,73 @@ async def test_non_json_result_fails_the_job(app: App) -> None:
         job = await weird.enqueue()
         with pytest.raises(TaskFailed, match="return value of task 'weird'"):
             await job.result(timeout=5)
+
+
+async def test_cancel_queued_job_never_starts(app: App) -> None:
+    """Cancelling a queued job makes it cancelled; no worker ever starts it."""
+    ran: list[str] = []
+
+    @app.task
+    async def work() -> None:
+        ran.append(current_job().id)
+
+    job = await work.enqueue()
+    assert await job.cancel() is True
+    assert await job.status() is JobStatus.CANCELLED
+    await asyncio.wait_for(Worker(app, burst=True).run(), 10)
+    assert ran == []
+    with pytest.raises(JobCancelled):
+        await job.result(timeout=1)
+    assert await app.redis.xlen(app.keys().stream) == 0
+
+
+async def test_cancel_scheduled_job_never_starts(app: App) -> None:
+    @app.task
+    async def work() -> None:
+        raise AssertionError("must not run")
+
+    job = await work.options(delay=0.2).enqueue()
+    assert await job.cancel() is True
+    assert await app.redis.zcard(app.keys().scheduled) == 0
+    async with Worker(app):
+        await asyncio.sleep(0.4)
+    assert await job.status() is JobStatus.CANCELLED
+
+
+async def test_cancel_running_job_cancels_its_coroutine(app: App) -> None:
+    """A running job's coroutine is cancelled promptly through the worker's signal."""
+    started = asyncio.Event()
+    cancelled_at: list[float] = []
+
+    @app.task
+    async def long() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled_at.append(time.monotonic())
+            raise
+
+    async with Worker(app):
+        job = await long.enqueue()
+        await asyncio.wait_for(started.wait(), 5)
+        t0 = time.monotonic()
+        assert await job.cancel() is True
+        with pytest.raises(JobCancelled):
+            await job.result(timeout=5)
+    assert cancelled_at
+    assert cancelled_at[0] - t0 < 1.0
+    assert await job.status() is JobStatus.CANCELLED
+
+
+async def test_cancel_finished_job_returns_false(app: App) -> None:
+    @app.task
+    async def one() -> int:
+        return 1
+
+    async with Worker(app):
+        job = await one.enqueue()
+        await job.result(timeout=5)
+    assert await job.cancel() is False
+    assert await job.status() is JobStatus.SUCCEEDED
+    assert await job.result() == 1

@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..app import App
 from ..keys import GROUP, QueueKeys
 from ..scripts import WorkerArgs
+from .cancel import cancel_loop
 from .complete import Completer
 from .fetch import fetch_loop
 from .lease import reclaim_loop, renew_loop
@@ -130,6 +131,7 @@ class Worker:
         spawn = loop.create_task
         self._loops.append(spawn(self.completer.run(), name="aioq-complete"))
         self._loops.append(spawn(renew_loop(self), name="aioq-renew"))
+        self._loops.append(spawn(cancel_loop(self), name="aioq-cancel"))
         for keys in self.queue_keys:
             self._loops.append(spawn(promote_loop(self, keys), name=f"aioq-promote-{keys.queue}"))
             self._loops.append(spawn(reclaim_loop(self, keys), name=f"aioq-reclaim-{keys.queue}"))

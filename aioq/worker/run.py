@@ -29,6 +29,8 @@ class Runner:
         self.worker = worker
         self.app = worker.app
         self.running: dict[QueueKeys, dict[bytes, asyncio.Task[None]]] = {}
+        self.entries: dict[tuple[QueueKeys, str], bytes] = {}  # (queue, job id) -> entry id
+        self.cancelling: set[bytes] = set()  # entries whose job.cancel() arrived
         self._threads = anyio.CapacityLimiter(min(worker.concurrency, 64))
 
     def __len__(self) -> int:
@@ -51,6 +53,7 @@ class Runner:
                 continue
             t = loop.create_task(self._run(keys, d))
             running[d.entry_id] = t
+            self.entries[keys, d.job_id] = d.entry_id
 
     def interrupt(self, keys: QueueKeys, entry_id: bytes) -> bool:
         """Cancel a running job without recording an outcome (lease lost, or shutdown)."""
@@ -58,6 +61,14 @@ class Runner:
         if t is None or t.done():
             return False
         t.cancel()
+        return True
+
+    def cancel_job(self, keys: QueueKeys, job_id: str) -> bool:
+        """Cancel a running job on behalf of ``job.cancel()``: it ends ``cancelled``."""
+        entry_id = self.entries.get((keys, job_id))
+        if entry_id is None or not self.interrupt(keys, entry_id):
+            return False
+        self.cancelling.add(entry_id)
         return True
 
     def interrupt_all(self) -> int:
@@ -90,6 +101,9 @@ class Runner:
         except Retry as exc:
             record = self._retry(d, exc, round(exc.delay * 1000))
         except asyncio.CancelledError:
+            if d.entry_id in self.cancelling:
+                record = ("cancelled", d.entry_id, d.job_id, d.attempt, "", "", "", 0)
+                return
             me = asyncio.current_task()
             if me is not None and me.cancelling():
                 raise  # lease lost or worker stopping: whoever runs it next records it
@@ -105,6 +119,8 @@ class Runner:
         finally:
             _current.reset(token)
             self.running[keys].pop(d.entry_id, None)
+            self.entries.pop((keys, d.job_id), None)
+            self.cancelling.discard(d.entry_id)
             self.worker.slots.give(1)
             if record is not None:
                 self.worker.completer.add(keys, record)

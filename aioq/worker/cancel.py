@@ -1,0 +1,63 @@
+"""Cancelling running jobs: ``job.cancel()`` publishes the job id on the queue's ``cancel``
+channel; every worker serving the queue listens, and the one running it cancels the coroutine
+(within a round trip, no polling). The job record also carries a ``cancel`` flag, checked
+after every (re)subscription and by the completion and start scripts, so a signal missed
+while disconnected still cancels the job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if TYPE_CHECKING:
+    from .core import Worker
+
+log = logging.getLogger("aioq.worker")
+
+
+async def cancel_loop(worker: Worker) -> None:
+    by_channel = {keys.cancel.encode(): keys for keys in worker.queue_keys}
+    delay = 0.05
+    while True:
+        pubsub: Any = worker.app.redis.pubsub()
+        try:
+            await pubsub.subscribe(*by_channel)
+            confirmed = 0
+            while confirmed < len(by_channel):  # subscribed for sure before the sweep reads
+                msg = await pubsub.get_message(timeout=None)
+                confirmed += msg is not None and msg.get("type") == "subscribe"
+            await _sweep(worker)  # cancels published before the subscription
+            delay = 0.05
+            while True:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                if msg is None or msg.get("type") != "message":
+                    continue
+                keys = by_channel.get(msg["channel"])
+                if keys is not None:
+                    job_id = msg["data"].decode(errors="replace")
+                    if worker.runner.cancel_job(keys, job_id):
+                        log.info("job %s cancelled while running", job_id)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.debug("cancel subscription lost (%s); reconnecting", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        finally:
+            await pubsub.aclose()
+
+
+async def _sweep(worker: Worker) -> None:
+    """Cancel running jobs whose record is flagged (their signal may have been missed)."""
+    running = list(worker.runner.entries)
+    if not running:
+        return
+    async with worker.app.redis.pipeline(transaction=False) as pipe:
+        for keys, job_id in running:
+            pipe.hget(keys.job(job_id), "cancel")
+        flags = await pipe.execute()
+    for (keys, job_id), flag in zip(running, flags, strict=True):
+        if flag:
+            worker.runner.cancel_job(keys, job_id)
