@@ -1,0 +1,96 @@
+"""The `aioq` command: worker start-up errors, burst mode, the demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aioq import App, JobStatus
+
+from .conftest import unique_name
+from .helpers import ROOT
+
+pytestmark = pytest.mark.anyio
+
+
+def aioq(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "aioq", *args],
+        cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_module_that_does_not_import_is_one_line_exit_2() -> None:
+    """A MODULE:APP that cannot be imported gives one clear line and exit code 2."""
+    r = aioq("worker", "no_such_module_xyz:app")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "aioq: cannot import module 'no_such_module_xyz': "
+        "ModuleNotFoundError: No module named 'no_such_module_xyz'"
+    ]
+
+
+def test_target_that_is_not_an_app_or_malformed() -> None:
+    r = aioq("worker", "tests.apps.basic:add")
+    assert r.returncode == 2
+    assert "tests.apps.basic:add is a Task, not an aioq.App" in r.stderr
+    r = aioq("worker", "tests.apps.basic")
+    assert r.returncode == 2
+    assert "expected MODULE:APP" in r.stderr
+
+
+def test_unknown_queue_is_rejected_naming_it(redis_url: str) -> None:
+    r = aioq("worker", "tests.apps.basic:app", "--queue", "nope", env={"AIOQ_REDIS_URL": redis_url})
+    assert r.returncode == 2
+    assert "unknown queue(s) 'nope'" in r.stderr
+    assert "'default', 'emails'" in r.stderr
+
+
+def test_unreachable_redis_is_one_line_exit_2(tmp_path: Path) -> None:
+    url = f"unix://{tmp_path}/absent.sock"
+    r = aioq("worker", "tests.apps.basic:app", "--burst", env={"AIOQ_REDIS_URL": url})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(f"aioq: cannot reach Redis at {url}")
+    assert "Traceback" not in r.stderr
+
+
+async def test_burst_worker_processes_every_queue_and_exits_0(redis_url: str) -> None:
+    """`aioq worker --burst` drains the default and emails queues, then exits 0."""
+    name = unique_name()
+    app = App(name, redis_url=redis_url)  # a producer that knows the tasks only by name
+    jobs = [await app.enqueue("add", i, 1) for i in range(20)]
+    jobs.append(await app.options("send", queue="emails").enqueue("ops@example.com"))
+    r = aioq(
+        "worker", "tests.apps.basic:app", "--burst", "--concurrency", "5",
+        env={"AIOQ_REDIS_URL": redis_url, "AIOQ_APP_NAME": name},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert [await j.result(timeout=1) for j in jobs[:20]] == [i + 1 for i in range(20)]
+    assert await jobs[-1].result(timeout=1) == "sent to ops@example.com"
+    assert await jobs[-1].status() is JobStatus.SUCCEEDED
+    await app.aclose()
+
+
+def test_embedded_redis_burst_worker() -> None:
+    """--embedded-redis starts (and removes) a private redis-server for the worker."""
+    r = aioq("worker", "tests.apps.basic:app", "--embedded-redis", "--burst")
+    assert r.returncode == 0, r.stderr
+    assert "embedded redis-server at unix://" in r.stderr
+
+
+def test_demo_runs_end_to_end() -> None:
+    """`aioq demo` runs its jobs on a private Redis and prints the outcome table."""
+    r = aioq("demo", "--jobs", "40", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "40 jobs in" in r.stdout
+    assert "charge_card" in r.stdout
+    assert "succeeded" in r.stdout
+    assert "failed: ValueError" in r.stdout
