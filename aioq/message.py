@@ -67,15 +67,9 @@ def job_fields(
     retries: int,
     timeout: float | None,
 ) -> list[Any]:
-    """The field/value pairs the enqueue script writes (it adds status and timestamps)."""
-    return [
-        "task", task,
-        "queue", queue,
-        "args", args,
-        "kwargs", kwargs,
-        "retries", retries,
-        "timeout", "" if timeout is None else repr(float(timeout)),
-    ]  # fmt: skip
+    """The values the enqueue script writes, in its order: task, queue, args, kwargs, retries,
+    timeout (it adds status, attempts and the enqueue time itself)."""
+    return [task, queue, args, kwargs, retries, "" if timeout is None else repr(float(timeout))]
 
 
 class Delivery:

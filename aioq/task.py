@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import os
 import random
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -58,7 +58,7 @@ class Call(Generic[R]):
         queue = opts.queue or task.queue
         retries = task.retries if opts.retries is None else opts.retries
         timeout = task.timeout if opts.timeout is None else opts.timeout
-        job_id = opts.job_id or uuid.uuid4().hex
+        job_id = opts.job_id or os.urandom(16).hex()
         eta_ms = 0 if opts.eta is None else _epoch_ms(opts.eta)
         fields = job_fields(task.name, queue, args, kwargs, retries, timeout)
         return job_id, queue, round(opts.delay * 1000), eta_ms, fields
@@ -99,6 +99,10 @@ class Task(Generic[P, R]):
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
+        params = self._signature.parameters.values()
+        plain = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
+        # positional calls of a plain signature are checked by counting, not by bind()
+        self._plain_arity = len(params) if plain else -1
         self._defaults = Options()
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -132,6 +136,8 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` naming the task when the arguments do not fit its signature."""
+        if not kwargs and len(args) == self._plain_arity:
+            return
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
