@@ -174,6 +174,12 @@ class App:
         if conn is not None:
             await conn.aclose()
 
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def ping(self) -> None:
         """Check that Redis answers; raises ``RedisUnavailable`` naming the URL if not."""
         await self._call(self.redis.ping())

@@ -134,6 +134,12 @@ class Task(Generic[P, R]):
         """A call to enqueue later, e.g. many at once with ``app.enqueue_many``."""
         return Call(self, args, kwargs, self._defaults)
 
+    def job(self, job_id: str) -> Job[R]:
+        """A typed handle to an existing job of this task (no I/O)."""
+        from .job import Job
+
+        return Job(self.app, job_id, self.queue)
+
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` naming the task when the arguments do not fit its signature."""
         if not kwargs and len(args) == self._plain_arity:

@@ -59,3 +59,9 @@ async def consumer() -> None:
     ctx = current_job()
     assert_type(ctx.attempt, int)
     assert_type(ctx.id, str)
+
+
+async def handles() -> None:
+    assert_type(add.job("order-42"), Job[int])
+    async with app as entered:
+        assert_type(entered, App)

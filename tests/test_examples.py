@@ -1,0 +1,181 @@
+"""The examples run as documented: FastAPI and aiohttp apps with the worker in their lifespan,
+the embedded-worker script, and ``aioq worker examples.tasks:app``, each against real Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from types import ModuleType
+
+import anyio
+import httpx
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from .conftest import unique_name
+from .helpers import ROOT
+
+pytestmark = pytest.mark.anyio
+
+SCRIPT = ROOT / "examples" / "embedded_worker.py"
+
+
+def _forget_examples() -> None:
+    for name in [m for m in sys.modules if m.partition(".")[0] == "examples"]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+async def shop(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    """The examples' settings, as in production: Redis and app name from the environment.
+
+    The examples read both when imported, so each test imports them afresh under a unique
+    app name (which isolates its keys) and forgets them afterwards.
+    """
+    name = unique_name("shop")
+    monkeypatch.setenv("AIOQ_REDIS_URL", redis_url)
+    monkeypatch.setenv("AIOQ_APP_NAME", name)
+    _forget_examples()
+    yield name
+    tasks = sys.modules.get("examples.tasks")
+    if tasks is not None:
+        await tasks.app.aclose()  # a no-op when the example closed it already
+    _forget_examples()
+
+
+def _example(name: str) -> ModuleType:
+    return importlib.import_module(f"examples.{name}")
+
+
+def _receipt(job_id: str, item: str, quantity: int, total_cents: int) -> dict[str, object]:
+    return {"order_id": job_id, "item": item, "quantity": quantity, "total_cents": total_cents}
+
+
+async def test_fastapi_order_is_run_by_the_lifespan_worker(shop: str, redis_url: str) -> None:
+    """An order posted to the FastAPI app is run by the lifespan's worker; both job endpoints
+    report its receipt."""
+    example = _example("fastapi_app")
+    assert (example.queue_app.name, example.queue_app.redis_url) == (shop, redis_url)
+    api = example.app
+    transport = httpx.ASGITransport(app=api)
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client,
+    ):
+        posted = await client.post("/orders", json={"item": "book", "quantity": 2})
+        assert posted.status_code == 202
+        job_id = posted.json()["job_id"]
+
+        waited = await client.get(f"/jobs/{job_id}/result", params={"timeout": 5})
+        assert waited.status_code == 200
+        assert waited.json() == _receipt(job_id, "book", 2, 2500)
+
+        snapshot = await client.get(f"/jobs/{job_id}")
+        assert snapshot.status_code == 200
+        assert snapshot.json() == {
+            "id": job_id,
+            "status": "succeeded",
+            "attempts": 1,
+            "result": _receipt(job_id, "book", 2, 2500),
+            "error": None,
+        }
+
+
+async def test_fastapi_reports_failed_and_unknown_jobs(shop: str) -> None:
+    """A task that raises surfaces as 422 with its message and status "failed"; unknown job
+    ids are 404; an invalid order is rejected before anything is enqueued."""
+    api = _example("fastapi_app").app
+    transport = httpx.ASGITransport(app=api)
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client,
+    ):
+        posted = await client.post("/orders", json={"item": "piano", "quantity": 1})
+        job_id = posted.json()["job_id"]
+
+        waited = await client.get(f"/jobs/{job_id}/result", params={"timeout": 5})
+        assert waited.status_code == 422
+        assert "no such item: 'piano'" in waited.json()["detail"]
+
+        snapshot = (await client.get(f"/jobs/{job_id}")).json()
+        assert (snapshot["status"], snapshot["result"]) == ("failed", None)
+        assert "no such item: 'piano'" in snapshot["error"]
+
+        assert (await client.get("/jobs/no-such-job")).status_code == 404
+        assert (await client.get("/jobs/no-such-job/result")).status_code == 404
+        invalid = await client.post("/orders", json={"item": "book", "quantity": 0})
+        assert invalid.status_code == 422
+
+
+async def test_aiohttp_order_is_run_by_the_cleanup_ctx_worker(shop: str) -> None:
+    """An order posted to the aiohttp app (a real server on a loopback port) is run by the
+    worker started in cleanup_ctx; failures and bad requests map to 422 and 400."""
+    example = _example("aiohttp_app")
+    async with TestClient(TestServer(example.create_app())) as client:
+        posted = await client.post("/orders", json={"item": "mug", "quantity": 3})
+        assert posted.status == 202
+        job_id = (await posted.json())["job_id"]
+
+        waited = await client.get(f"/jobs/{job_id}/result", params={"timeout": "5"})
+        assert waited.status == 200
+        assert await waited.json() == _receipt(job_id, "mug", 3, 2400)
+
+        posted = await client.post("/orders", json={"item": "piano", "quantity": 1})
+        failed_id = (await posted.json())["job_id"]
+        failed = await client.get(f"/jobs/{failed_id}/result", params={"timeout": "5"})
+        assert failed.status == 422
+        body = await failed.json()
+        assert body["type"] == "LookupError"
+        assert "no such item: 'piano'" in body["error"]
+
+        assert (await client.post("/orders", json={"item": "mug"})).status == 400
+        assert (await client.get("/jobs/no-such-job/result")).status == 404
+
+
+async def test_tasks_module_runs_under_the_cli_worker(shop: str) -> None:
+    """`aioq worker examples.tasks:app --burst` runs a job the examples enqueued, then exits 0."""
+    tasks = _example("tasks")
+    job = await tasks.place_order.enqueue("lamp", 1)
+    done = await anyio.run_process(
+        [sys.executable, "-W", "error", "-m", "aioq", "worker", "examples.tasks:app",
+         "--burst", "--log-level", "warning"],
+        cwd=ROOT,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert await job.result(timeout=1) == _receipt(job.id, "lamp", 1, 3000)
+
+
+EXPECTED_SCRIPT_OUTPUT = [
+    "add(2, 3) = 5",
+    f"fingerprint('aioq') = {hashlib.sha256(b'aioq').hexdigest()[:16]}",
+    "fetch_page(...) = https://example.com fetched on attempt 2",
+    "fetch_page: succeeded after 2 attempts",
+]
+
+
+async def test_embedded_worker_script_uses_aioq_redis_url(redis_url: str) -> None:
+    """The script runs its async, sync and retrying current_job() tasks against the Redis in
+    AIOQ_REDIS_URL, prints their results, leaks nothing, and exits 0."""
+    env = {**os.environ, "AIOQ_REDIS_URL": redis_url, "AIOQ_APP_NAME": unique_name("emb")}
+    done = await anyio.run_process(
+        [sys.executable, "-W", "error", str(SCRIPT)], cwd=ROOT, env=env, check=False
+    )
+    assert (done.returncode, done.stderr.decode()) == (0, "")
+    assert done.stdout.decode().splitlines() == EXPECTED_SCRIPT_OUTPUT
+
+
+async def test_embedded_worker_script_starts_its_own_redis_without_a_url() -> None:
+    """Without AIOQ_REDIS_URL the script starts a private redis-server, so it runs on a fresh
+    machine."""
+    assert "AIOQ_REDIS_URL" not in os.environ  # removed by conftest for every test
+    done = await anyio.run_process(
+        [sys.executable, "-W", "error", str(SCRIPT)], cwd=ROOT, check=False
+    )
+    assert (done.returncode, done.stderr.decode()) == (0, "")
+    first, *rest = done.stdout.decode().splitlines()
+    assert first.startswith("(no AIOQ_REDIS_URL: started a private redis-server at unix://")
+    assert rest == EXPECTED_SCRIPT_OUTPUT
