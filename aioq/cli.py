@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -18,6 +20,8 @@ from .app import App
 from .embedded import EmbeddedRedis, RedisServerNotFound
 from .errors import RedisUnavailable
 from .worker import Worker
+
+T = TypeVar("T")
 
 cli = typer.Typer(
     name="aioq",
@@ -120,6 +124,51 @@ async def _serve(w: Worker) -> None:
         await w.run()
     finally:
         await w.app.aclose()
+
+
+@cli.command()
+def info(
+    target: Annotated[str, typer.Argument(metavar="MODULE:APP", help="the app to inspect")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+) -> None:
+    """Queues of an app: queued, running, scheduled and dead jobs."""
+    from .inspect import queue_stats
+
+    app = load_app(target)
+
+    async def collect() -> list[dict[str, object]]:
+        try:
+            return [s.as_dict() for s in await queue_stats(app)]
+        finally:
+            await app.aclose()
+
+    try:
+        rows = asyncio.run(_reachable(app, collect()))
+    except RedisUnavailable as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps({"app": app.name, "queues": rows}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"aioq app {app.name!r} at {app.redis_url}")
+    for column in ("queue", "queued", "running", "scheduled", "dead"):
+        table.add_column(column, justify="left" if column == "queue" else "right")
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in ("queue", "queued", "running", "scheduled", "dead")))
+    Console().print(table)
+
+
+async def _reachable(app: App, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` after checking Redis answers, so a dead Redis is one clear line."""
+    try:
+        await app.ping()
+    except RedisUnavailable:
+        work.close()
+        await app.aclose()
+        raise
+    return await work
 
 
 @cli.command()

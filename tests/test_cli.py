@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,3 +95,34 @@ def test_demo_runs_end_to_end() -> None:
     assert "charge_card" in r.stdout
     assert "succeeded" in r.stdout
     assert "failed: ValueError" in r.stdout
+
+
+async def test_info_counts_each_queue_and_prints_json(redis_url: str) -> None:
+    """`aioq info --json` reports queued, running, scheduled and dead jobs per queue."""
+    name = unique_name()
+    app = App(name, redis_url=redis_url)
+    for i in range(3):
+        await app.enqueue("add", i, 1)
+    await app.options("send", queue="emails", delay=60).enqueue("x@example.com")
+    r = aioq("info", "tests.apps.basic:app", "--json",
+             env={"AIOQ_REDIS_URL": redis_url, "AIOQ_APP_NAME": name})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    queues = {q["queue"]: q for q in json.loads(r.stdout)["queues"]}
+    assert queues["default"] == {
+        "queue": "default", "queued": 3, "running": 0, "scheduled": 0, "dead": 0,
+    }  # fmt: skip
+    assert queues["emails"]["scheduled"] == 1
+    table = aioq(
+        "info", "tests.apps.basic:app", env={"AIOQ_REDIS_URL": redis_url, "AIOQ_APP_NAME": name}
+    )
+    assert table.returncode == 0
+    assert "default" in table.stdout
+    await app.aclose()
+
+
+def test_info_with_unreachable_redis_is_one_line(tmp_path: Path) -> None:
+    url = f"unix://{tmp_path}/absent.sock"
+    r = aioq("info", "tests.apps.basic:app", env={"AIOQ_REDIS_URL": url})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[0]]
+    assert "cannot reach Redis" in r.stderr

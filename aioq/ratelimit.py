@@ -1,0 +1,53 @@
+"""Global rate limits: ``"N/s"``, ``"N/m"``, ``"N/h"`` starts of a task across every worker.
+
+The limiter is a sliding-window log kept in Redis and consulted by the start script (see
+``scripts.py``) before a job is marked running: a sorted set of the start times of the last
+period. A start is allowed while fewer than N fall inside the window ending now, so no window
+of that length ever holds more than N starts (a token bucket or GCRA would allow up to 2N in
+a window straddling a refill). A job that is not allowed goes back to the scheduled set for the
+instant the oldest start leaves the window: it holds no concurrency slot and spends no retry.
+
+Limits live in the queue's ``ratelimits`` hash (key layout in ``keys.py``): workers write the
+limits their code declares, and ``aioq rate-limit`` / ``app.set_rate_limit`` write an override
+that wins until it is cleared, so a limit changes without restarting anything.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PERIODS = {"s": 1_000, "m": 60_000, "h": 3_600_000}
+_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h|sec|second|min|minute|hour)\s*$")
+_ALIASES = {"sec": "s", "second": "s", "min": "m", "minute": "m", "hour": "h"}
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` starts per ``period_ms`` milliseconds."""
+
+    limit: int
+    period_ms: int
+
+    def __str__(self) -> str:
+        unit = {v: k for k, v in _PERIODS.items()}[self.period_ms]
+        return f"{self.limit}/{unit}"
+
+    @property
+    def wire(self) -> str:
+        """How the limit is stored in Redis: ``"<limit> <period ms>"``."""
+        return f"{self.limit} {self.period_ms}"
+
+
+def parse_rate(value: str) -> RateLimit:
+    """Parse ``"10/m"``; raises ``ValueError`` naming the string when it is not a rate."""
+    match = _PATTERN.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(
+            f"invalid rate limit {value!r}: expected 'N/s', 'N/m' or 'N/h' (e.g. '10/m')"
+        )
+    limit = int(match.group(1))
+    if limit < 1:
+        raise ValueError(f"invalid rate limit {value!r}: N must be at least 1")
+    unit = _ALIASES.get(match.group(2), match.group(2))
+    return RateLimit(limit, _PERIODS[unit])
