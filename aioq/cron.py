@@ -71,6 +71,7 @@ class CronSchedule:
             every_ms = round(self.every * 1000)
             tick = math.floor(now * 1000 / every_ms) * every_ms / 1000
             return tick if last is None or tick > last else None
+        assert self.expression is not None
         start = datetime.fromtimestamp(now, tz=self.timezone)
         before = next(iter(CronSim(self.expression, start, reverse=True))).timestamp()
         after = self.next_after(before)

@@ -180,9 +180,17 @@ class Job(Generic[R]):
 
 
 def _ms(value: bytes | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+    ms = _int(value)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
+
+
+def _int(value: bytes | None) -> int:
+    """A number field; 0 when missing or garbage (another program may write the record:
+    info() must still describe it, like the worker that failed it)."""
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 def _text(value: bytes | None) -> str | None:
@@ -208,8 +216,8 @@ def _info(job_id: str, queue: str, raw: dict[str, bytes]) -> JobInfo:
         task=_text(raw.get("task")) or "",
         queue=_text(raw.get("queue")) or queue,
         status=status,
-        attempts=int(raw.get("attempts") or 0),
-        retries=int(raw.get("retries") or 0),
+        attempts=_int(raw.get("attempts")),
+        retries=_int(raw.get("retries")),
         args=_json(raw.get("args"), []),
         kwargs=_json(raw.get("kwargs"), {}),
         enqueued_at=_ms(raw.get("enqueued_at")),

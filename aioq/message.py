@@ -103,14 +103,20 @@ def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
     d.timeout = None
     d.retries = 0
     task, args, kwargs, timeout, retries = row[3:8]
+    if "\ufffd" in d.job_id and d.job_id.encode() != row[1]:
+        # the decoded id would name another record: the caller must use the raw id (row[1])
+        return d, f"job id {row[1]!r} is not UTF-8"
     if task is None:
         return d, "job record has no 'task' field"
     try:
         d.task = task.decode()
+    except UnicodeDecodeError:
+        return d, f"job record's task name {task!r} is not UTF-8"
+    try:
         a = orjson.loads(args) if args is not None else []
         k = orjson.loads(kwargs) if kwargs is not None else {}
-    except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
-        return d, f"job record of task {task!r} holds arguments that are not JSON: {exc}"
+    except orjson.JSONDecodeError as exc:
+        return d, f"job record of task {d.task!r} holds arguments that are not JSON: {exc}"
     if not isinstance(a, list):
         return d, f"job 'args' must be a JSON array, got {type(a).__name__}"
     if not isinstance(k, dict):

@@ -157,7 +157,11 @@ class ResultListener:
 
     async def aclose(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
+            # cancelled until it ends: on Python 3.11 redis-py's asyncio.wait_for can swallow
+            # one cancellation (see aioq.worker.core.cancel_and_wait)
+            while not self._reader.done():
+                self._reader.cancel()
+                await asyncio.wait({self._reader}, timeout=0.1)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
             self._reader = None

@@ -47,8 +47,10 @@ local function bury(eid, jid, reason, fields, now)
                 'reason', reason, 'entry', eid, 'at', now, 'fields', cjson.encode(fields)}
   if jid then
     args[#args + 1] = 'id'; args[#args + 1] = jid
-    local rec = redis.call('HGETALL', JOBP .. jid)
-    if #rec > 0 then args[#args + 1] = 'job'; args[#args + 1] = cjson.encode(rec) end
+    local rec = redis.pcall('HGETALL', JOBP .. jid)        -- pcall: a foreign key of any type
+    if not rec.err and #rec > 0 then
+      args[#args + 1] = 'job'; args[#args + 1] = cjson.encode(rec)
+    end
   end
   redis.call(unpack(args))
 end
@@ -85,17 +87,25 @@ local function start(entries, now)
         problem = 'malformed stream entry ' .. eid .. ': expected the single field "id", got '
                   .. cjson.encode(names)
       end
-      local status, cancel = false, false
+      -- Foreign data must never make this script raise: an error fails the whole batch, and
+      -- every later fetch or reclaim of the same entries, so the worker would stop fetching.
+      -- Hence pcall where another program's keys can break a command (wrong type, counters
+      -- that are not integers), and such a job is buried like any other malformed one.
+      local status, cancel, hashed = false, false, false
       if jid then
-        local st = redis.call('HMGET', JOBP .. jid, 'status', 'cancel')
-        status, cancel = st[1], st[2]
+        local st = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel')
+        if st.err then
+          problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. st.err)
+        else
+          status, cancel, hashed = st[1], st[2], true     -- a hash, or no key at all
+        end
       end
       if not problem and not status then
         problem = 'job record ' .. JOBP .. jid .. ' is missing'
       end
       if problem then
         bury(eid, jid, problem, fields, now)
-        if jid and not TERMINAL[status] then finish(jid, 'failed', now, 'error', problem) end
+        if hashed and not TERMINAL[status] then finish(jid, 'failed', now, 'error', problem) end
         drop(eid)
       elseif TERMINAL[status] or status == 'scheduled' then
         drop(eid)                                           -- cancelled while queued, or stale
@@ -104,14 +114,21 @@ local function start(entries, now)
         drop(eid)
       else
         local key = JOBP .. jid
-        local d = redis.call('HINCRBY', key, 'deliveries', 1)
-        if d > MAX_DELIVERIES then
+        local d = redis.pcall('HINCRBY', key, 'deliveries', 1)
+        local a = type(d) == 'number' and d <= MAX_DELIVERIES
+                  and redis.pcall('HINCRBY', key, 'attempts', 1)
+        local bad = (type(d) == 'table' and d) or (type(a) == 'table' and a)
+        if bad then
+          problem = 'job record ' .. key .. ' holds a counter that is not an integer: ' .. bad.err
+          bury(eid, jid, problem, fields, now)
+          finish(jid, 'failed', now, 'error', problem, 'exc_type', 'BadJob')
+          drop(eid)
+        elseif d > MAX_DELIVERIES then
           problem = 'poison: delivered ' .. (d - 1) .. ' times without finishing'
           bury(eid, jid, problem, fields, now)
           finish(jid, 'failed', now, 'error', problem, 'exc_type', 'PoisonJob')
           drop(eid)
         else
-          local a = redis.call('HINCRBY', key, 'attempts', 1)
           redis.call('HSET', key, 'status', 'running', 'started_at', now, 'worker', CONSUMER)
           local v = redis.call('HMGET', key, 'task', 'args', 'kwargs', 'timeout', 'retries')
           out[#out + 1] = {eid, jid, a, v[1], v[2], v[3], v[4], v[5]}
@@ -219,7 +236,9 @@ local fenced = {}
 for i = 6, #ARGV, 8 do
   local op, eid, jid, att = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = JOBP .. jid
-  local p = redis.call('XPENDING', STREAM, GROUP, eid, eid, 1)
+  -- pcall: after a Redis restart without data the stream (and group) may be gone; then the
+  -- entry is not ours any more (an error would fail every later batch of this worker too)
+  local p = redis.pcall('XPENDING', STREAM, GROUP, eid, eid, 1)
   local rec = redis.call('HMGET', key, 'attempts', 'cancel')
   if not p[1] or p[1][2] ~= CONSUMER or rec[1] ~= att then
     fenced[#fenced + 1] = jid
@@ -265,7 +284,9 @@ return fenced
 RENEW = r"""
 local mine, lost = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}, {}
 for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  -- pcall: a stream (and group) lost in a Redis restart means every entry is lost, not an
+  -- error (an error would end the worker's renewals for good)
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if p[1] and p[1][2] == ARGV[2] then mine[#mine + 1] = ARGV[i] else lost[#lost + 1] = ARGV[i] end
 end
 if #mine > 5 then

@@ -12,8 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from ..keys import QueueKeys
 from ..scripts import Scripts, WorkerArgs
@@ -21,7 +20,7 @@ from ..scripts import Scripts, WorkerArgs
 log = logging.getLogger("aioq.worker")
 
 RECORD = 8  # values per record, see scripts.COMPLETE
-Record = tuple[str, bytes, str, int, bytes | str, str, str, int]
+Record = tuple[str, bytes, str | bytes, int, bytes | str, str, str, int]
 
 
 class Completer:
@@ -56,7 +55,7 @@ class Completer:
         return sum(len(b) for b in self._buffers.values())
 
     async def run(self) -> None:
-        """Flush whenever something is buffered; retries on connection errors for ever."""
+        """Flush whenever something is buffered; retries on Redis errors for ever."""
         delay = 0.05
         while True:
             await self._wake.wait()
@@ -64,7 +63,7 @@ class Completer:
             try:
                 await self.flush()
                 delay = 0.05
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except (RedisError, OSError) as exc:  # any: ending this loop would write nothing more
                 log.warning("writing results failed (%s); retrying in %.2fs", exc, delay)
                 self._wake.set()
                 await asyncio.sleep(delay)

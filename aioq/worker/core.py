@@ -29,7 +29,7 @@ from ..scripts import WorkerArgs
 from .cancel import cancel_loop
 from .complete import Completer
 from .fetch import fetch_loop
-from .lease import reclaim_loop, renew_loop
+from .lease import renew_loop
 from .run import Runner
 from .schedule import promote_loop
 from .slots import Slots
@@ -134,7 +134,6 @@ class Worker:
         self._loops.append(spawn(cancel_loop(self), name="aioq-cancel"))
         for keys in self.queue_keys:
             self._loops.append(spawn(promote_loop(self, keys), name=f"aioq-promote-{keys.queue}"))
-            self._loops.append(spawn(reclaim_loop(self, keys), name=f"aioq-reclaim-{keys.queue}"))
         self._fetchers = [
             spawn(fetch_loop(self, keys), name=f"aioq-fetch-{keys.queue}")
             for keys in self.queue_keys
@@ -161,9 +160,7 @@ class Worker:
                 return
 
     async def _close(self) -> None:
-        for t in self._fetchers:
-            t.cancel()
-        await asyncio.gather(*self._fetchers, return_exceptions=True)
+        await cancel_and_wait(self._fetchers)
         running = [t for r in self.runner.running.values() for t in r.values()]
         if running:
             log.info("waiting up to %gs for %d running job(s)", self.shutdown_timeout, len(running))
@@ -172,12 +169,9 @@ class Worker:
                 log.warning("handing back %d job(s) still running", len(pending))
                 self.runner.interrupt_all()
                 await asyncio.wait(pending, timeout=2.0)
-        for t in self._loops[1:]:  # everything but the completer
-            t.cancel()
-        await asyncio.gather(*self._loops[1:], return_exceptions=True)
+        await cancel_and_wait(self._loops[1:])  # everything but the completer
         await self._write_back()
-        self._loops[0].cancel()
-        await asyncio.gather(self._loops[0], return_exceptions=True)
+        await cancel_and_wait(self._loops[:1])
         self._loops.clear()
         log.info("worker %s stopped after %d job(s)", self.consumer, self.jobs_done)
 
@@ -223,3 +217,17 @@ class Worker:
             "done": self.jobs_done,
             "concurrency": self.concurrency,
         }
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel tasks and wait until they have ended, cancelling again while they run on.
+
+    One ``cancel()`` is not always enough on Python 3.11: ``asyncio.wait_for`` (which redis-py
+    uses to send commands) swallows a cancellation that arrives as its I/O completes (fixed in
+    3.12), and a loop that lost its cancellation runs for ever, so stopping would hang.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)

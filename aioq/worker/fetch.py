@@ -2,7 +2,8 @@
 
 With a backlog, the ``fetch`` script reads and starts a whole batch in one round trip. When the
 queue is empty the fetcher parks in a blocking XREADGROUP (no polling) and starts what it
-delivers with the ``start`` script.
+delivers with the ``start`` script. Before reading, the fetcher takes over lapsed leases with
+the slots it holds (``lease.Reclaimer``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
 
 from ..keys import GROUP, QueueKeys
+from .lease import Reclaimer
 
 if TYPE_CHECKING:
     from .core import Worker
@@ -27,13 +27,20 @@ BLOCK_MS = 2_000  # a parked fetcher wakes this often to notice new queues or a 
 
 async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
     slots, runner = worker.slots, worker.runner
+    reclaimer = Reclaimer(worker, keys)
     delay = 0.05
     while True:
         n = await slots.take(worker.batch_size)
         started = 0
         try:
-            rows = await worker.app.scripts.fetch(keys, worker.script_args, n)
-            if not rows:
+            # lapsed leases first (when due), then new entries, with the slots we hold
+            taken = await reclaimer.reclaim(n)
+            runner.start(keys, taken)
+            started = len(taken)
+            rows = []
+            if started < n:
+                rows = await worker.app.scripts.fetch(keys, worker.script_args, n - started)
+            if not rows and not started:
                 worker.idle.add(keys)
                 if worker.burst:
                     slots.give(n)
@@ -41,12 +48,14 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
                     await worker.wake.wait()
                     worker.wake.clear()
                     continue
-                rows = await _wait_for_entries(worker, keys, n)
+                # parked no longer than the next reclaim is due (BLOCK 0 would mean for ever)
+                block_ms = max(1, min(BLOCK_MS, round(reclaimer.due_in() * 1000)))
+                rows = await _wait_for_entries(worker, keys, n, block_ms)
             worker.idle.discard(keys)
-            started = len(rows)
+            started += len(rows)
             runner.start(keys, rows)
             delay = 0.05
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisError, OSError) as exc:  # any: ending this loop would fetch nothing more
             log.warning("fetching from %s failed (%s); retrying in %.2fs", keys.queue, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -54,11 +63,11 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
             slots.give(n - started)
 
 
-async def _wait_for_entries(worker: Worker, keys: QueueKeys, n: int) -> list[Any]:
+async def _wait_for_entries(worker: Worker, keys: QueueKeys, n: int, block_ms: int) -> list[Any]:
     redis = worker.app.redis
     try:
         reply: Any = await redis.xreadgroup(
-            GROUP, worker.consumer, {keys.stream: ">"}, count=n, block=BLOCK_MS
+            GROUP, worker.consumer, {keys.stream: ">"}, count=n, block=block_ms
         )
     except ResponseError as exc:
         if "NOGROUP" not in str(exc):

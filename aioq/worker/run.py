@@ -48,7 +48,8 @@ class Runner:
                 problem = f"unknown task {d.task!r} (this worker knows: {known})"
             if problem is not None:
                 log.error("job %s is not runnable: %s", d.job_id, problem)
-                complete(keys, ("dead", d.entry_id, d.job_id, d.attempt, problem, "BadJob", "", 0))
+                # row[1]: the raw id, which a job id that is not UTF-8 needs to name its record
+                complete(keys, ("dead", d.entry_id, row[1], d.attempt, problem, "BadJob", "", 0))
                 self.worker.slots.give(1)
                 continue
             t = loop.create_task(self._run(keys, d))

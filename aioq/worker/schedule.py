@@ -6,8 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from ..keys import QueueKeys
 
@@ -25,7 +24,7 @@ async def promote_loop(worker: Worker, keys: QueueKeys) -> None:
     while True:
         try:
             moved, next_due, now = await worker.app.scripts.promote(keys, BATCH)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisError, OSError) as exc:  # any: ending this loop would promote nothing more
             log.warning("promoting scheduled jobs on %s failed (%s)", keys.queue, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
