@@ -8,12 +8,11 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry as RedisRetry
-from redis.backoff import ExponentialBackoff
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import make_client
 from .errors import JobNotFound, RedisUnavailable
 from .job import Job
 from .keys import QueueKeys, validate_name
@@ -31,14 +30,7 @@ class _Connection:
     """The Redis client, scripts and result subscription of one event loop."""
 
     def __init__(self, url: str, max_connections: int) -> None:
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=20,
-            retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.02), retries=6),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
-        self.redis: Redis = Redis.from_pool(pool)
+        self.redis: Redis = make_client(url, max_connections)
         self.scripts = Scripts(self.redis)
         self.results = ResultListener(self.redis)
 

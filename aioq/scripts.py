@@ -89,50 +89,52 @@ local function start(entries, now)
       end
       -- Foreign data must never make this script raise: an error fails the whole batch, and
       -- every later fetch or reclaim of the same entries, so the worker would stop fetching.
-      -- Hence pcall where another program's keys can break a command (wrong type, counters
-      -- that are not integers), and such a job is buried like any other malformed one.
-      local status, cancel, hashed = false, false, false
+      -- Hence pcall where another program's keys can break a command (a key of another
+      -- type), tonumber on counters, and such a job is buried like any other malformed one.
+      -- One HMGET reads everything and one HSET starts the job: two commands per job.
+      local v, hashed = false, false
       if jid then
-        local st = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel')
-        if st.err then
-          problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. st.err)
+        v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
+                        'task', 'args', 'kwargs', 'timeout', 'retries')
+        if v.err then
+          problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
+          v = false
         else
-          status, cancel, hashed = st[1], st[2], true     -- a hash, or no key at all
+          hashed = true                                   -- a hash, or no key at all
         end
       end
+      local status = v and v[1]
       if not problem and not status then
         problem = 'job record ' .. JOBP .. jid .. ' is missing'
       end
+      local d, a
+      if not problem and not TERMINAL[status] and status ~= 'scheduled' and not v[2] then
+        d, a = tonumber(v[3] or 0), tonumber(v[4] or 0)
+        if not d or not a then
+          problem = 'job record ' .. JOBP .. jid .. ' holds a counter that is not an integer'
+        end
+      end
       if problem then
         bury(eid, jid, problem, fields, now)
-        if hashed and not TERMINAL[status] then finish(jid, 'failed', now, 'error', problem) end
+        if hashed and not TERMINAL[status] then              -- a missing record is created failed
+          finish(jid, 'failed', now, 'error', problem, 'exc_type', 'BadJob')
+        end
         drop(eid)
       elseif TERMINAL[status] or status == 'scheduled' then
         drop(eid)                                           -- cancelled while queued, or stale
-      elseif cancel then
+      elseif v[2] then
         finish(jid, 'cancelled', now)                       -- cancelled while its worker died
         drop(eid)
+      elseif d + 1 > MAX_DELIVERIES then
+        problem = 'poison: delivered ' .. d .. ' times without finishing'
+        bury(eid, jid, problem, fields, now)
+        finish(jid, 'failed', now, 'error', problem, 'exc_type', 'PoisonJob',
+               'deliveries', d + 1)
+        drop(eid)
       else
-        local key = JOBP .. jid
-        local d = redis.pcall('HINCRBY', key, 'deliveries', 1)
-        local a = type(d) == 'number' and d <= MAX_DELIVERIES
-                  and redis.pcall('HINCRBY', key, 'attempts', 1)
-        local bad = (type(d) == 'table' and d) or (type(a) == 'table' and a)
-        if bad then
-          problem = 'job record ' .. key .. ' holds a counter that is not an integer: ' .. bad.err
-          bury(eid, jid, problem, fields, now)
-          finish(jid, 'failed', now, 'error', problem, 'exc_type', 'BadJob')
-          drop(eid)
-        elseif d > MAX_DELIVERIES then
-          problem = 'poison: delivered ' .. (d - 1) .. ' times without finishing'
-          bury(eid, jid, problem, fields, now)
-          finish(jid, 'failed', now, 'error', problem, 'exc_type', 'PoisonJob')
-          drop(eid)
-        else
-          redis.call('HSET', key, 'status', 'running', 'started_at', now, 'worker', CONSUMER)
-          local v = redis.call('HMGET', key, 'task', 'args', 'kwargs', 'timeout', 'retries')
-          out[#out + 1] = {eid, jid, a, v[1], v[2], v[3], v[4], v[5]}
-        end
+        redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
+                   'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
+        out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9]}
       end
     end
   end
@@ -217,37 +219,37 @@ return {r[1], start(r[2], now_ms())}
 )
 
 # Finish a batch of jobs. KEYS: stream, dead, scheduled. ARGV 1-5 as the prelude, then records
-# of 8 values: op, entry id, job id, attempt, a, b, c, d. A record is applied only while this
-# consumer still owns the entry and the attempt is the current one (fencing): a worker that was
-# frozen past its lease writes nothing over the new owner's work. Returns the fenced job ids.
+# of 8 values: op, entry id, job id, attempt, a, b, c, d. A record is applied only while the job
+# record says this consumer runs the current attempt (fencing): whoever takes an entry over
+# (reclaim) or finishes it rewrites `worker`, `attempts` or `status` in the same script, so a
+# worker frozen past its lease writes nothing over the new owner's work. Returns the fenced ids.
 #   ok       a = result JSON
 #   fail     a = error, b = exc_type, c = traceback
 #   retry    a, b, c as fail; d = delay ms (0: back on the stream now)
 #   dead     a = reason: the job fails and the raw entry goes to the dead-letter stream
 #   release  hand an unfinished job back to the stream (worker shutdown)
 #   cancelled  the running coroutine was cancelled by job.cancel()
-# A job flagged by job.cancel() ends "cancelled" whatever the record says.
+# A job flagged by job.cancel() ends "cancelled" whatever the record says. Entries are
+# acknowledged and deleted with one XACK and one XDEL for the whole batch.
 COMPLETE = (
     _PRELUDE
     + r"""
 local SCHEDULED = KEYS[3]
 local now = now_ms()
-local fenced = {}
+local fenced, done = {}, {}
 for i = 6, #ARGV, 8 do
   local op, eid, jid, att = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = JOBP .. jid
-  -- pcall: after a Redis restart without data the stream (and group) may be gone; then the
-  -- entry is not ours any more (an error would fail every later batch of this worker too)
-  local p = redis.pcall('XPENDING', STREAM, GROUP, eid, eid, 1)
-  local rec = redis.call('HMGET', key, 'attempts', 'cancel')
-  if not p[1] or p[1][2] ~= CONSUMER or rec[1] ~= att then
+  -- pcall: a foreign key of another type is not ours to write
+  local rec = redis.pcall('HMGET', key, 'attempts', 'worker', 'status', 'cancel')
+  if rec.err or rec[1] ~= att or rec[2] ~= CONSUMER or rec[3] ~= 'running' then
     fenced[#fenced + 1] = jid
   else
-    if rec[2] then op = 'cancelled' end        -- job.cancel() won the race with the outcome
-    if op == 'cancelled' then
-      finish(jid, 'cancelled', now)
-    elseif op == 'ok' then
+    if rec[4] then op = 'cancelled' end        -- job.cancel() won the race with the outcome
+    if op == 'ok' then
       finish(jid, 'succeeded', now, 'result', ARGV[i + 4])
+    elseif op == 'cancelled' then
+      finish(jid, 'cancelled', now)
     elseif op == 'fail' then
       finish(jid, 'failed', now, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5],
              'traceback', ARGV[i + 6])
@@ -257,13 +259,13 @@ for i = 6, #ARGV, 8 do
       finish(jid, 'failed', now, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5])
     elseif op == 'retry' then
       local delay = tonumber(ARGV[i + 7])
-      redis.call('HSET', key, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5],
+      local status = 'queued'
+      if delay > 0 then status = 'scheduled' end
+      redis.call('HSET', key, 'status', status, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5],
                  'traceback', ARGV[i + 6], 'deliveries', 0)
       if delay > 0 then
-        redis.call('HSET', key, 'status', 'scheduled')
         redis.call('ZADD', SCHEDULED, now + delay, jid)
       else
-        redis.call('HSET', key, 'status', 'queued')
         redis.call('XADD', STREAM, '*', 'id', jid)
       end
     elseif op == 'release' then
@@ -271,8 +273,13 @@ for i = 6, #ARGV, 8 do
       redis.call('HINCRBY', key, 'deliveries', -1)
       redis.call('XADD', STREAM, '*', 'id', jid)
     end
-    drop(eid)
+    done[#done + 1] = eid
   end
+end
+if #done > 0 then
+  -- pcall: after a Redis restart without data the stream and group may be gone
+  redis.pcall('XACK', STREAM, GROUP, unpack(done))
+  redis.pcall('XDEL', STREAM, unpack(done))
 end
 return fenced
 """

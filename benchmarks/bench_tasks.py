@@ -1,0 +1,75 @@
+"""The aioq app under test by benchmarks/bench_core.py (and benchmarks/profile_core.py).
+
+    cd benchmarks && python -m aioq worker bench_tasks:app --concurrency 100
+
+Hooks read at import:
+    BENCH_CPROFILE=<path>  profile the worker with cProfile from the first job's start
+                           (start-up excluded) to the process's exit, dumped to <path>
+    BENCH_TRACE=1          latency tasks also record when the worker's ``start`` script call
+                           (after a blocking XREADGROUP delivered the entry) was sent and
+                           when its reply came back, to split the enqueue->start latency
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import bench_record as rec
+
+from aioq import App, current_job
+
+if os.environ.get("BENCH_CPROFILE"):
+    import atexit
+    import cProfile
+
+    _prof = cProfile.Profile()
+    rec.on_first_start.append(_prof.enable)
+
+    def _dump() -> None:
+        _prof.disable()
+        _prof.dump_stats(os.environ["BENCH_CPROFILE"])
+
+    atexit.register(_dump)
+
+_trace: dict[str, tuple[float, float]] = {}
+if os.environ.get("BENCH_TRACE"):
+    from aioq import scripts as _scripts
+
+    _orig_start = _scripts.Scripts.start
+
+    async def _traced_start(self: Any, keys: Any, worker: Any, entry_ids: list[Any]) -> Any:
+        t0 = time.time()
+        rows = await _orig_start(self, keys, worker, entry_ids)
+        t1 = time.time()
+        for row in rows:
+            _trace[row[1].decode()] = (t0, t1)
+        return rows
+
+    _scripts.Scripts.start = _traced_start  # type: ignore[method-assign]
+
+app = App("bench", redis_url=rec.REDIS_URL)
+
+
+@app.task
+async def noop() -> None:
+    rec.started()
+    rec.done()
+
+
+@app.task
+async def sleep() -> None:
+    rec.started()
+    await asyncio.sleep(0.01)
+    rec.done()
+
+
+@app.task
+async def lat(i: int) -> None:
+    if _trace:
+        t0, t1 = _trace.pop(current_job().id, (0.0, 0.0))
+        rec.lat(i, f" {t0!r} {t1!r}")
+    else:
+        rec.lat(i)
