@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import make_client
+from .connection import CommandLane, make_client
 from .errors import JobNotFound, RedisUnavailable
 from .job import Job
 from .keys import QueueKeys, validate_name
@@ -31,11 +31,13 @@ class _Connection:
 
     def __init__(self, url: str, max_connections: int) -> None:
         self.redis: Redis = make_client(url, max_connections)
-        self.scripts = Scripts(self.redis)
+        self.lane = CommandLane(self.redis, size=min(max_connections, 64))
+        self.scripts = Scripts(self.redis, self.lane)
         self.results = ResultListener(self.redis)
 
     async def aclose(self) -> None:
         await self.results.aclose()
+        await self.lane.aclose()
         await self.redis.aclose()
 
 
@@ -212,24 +214,23 @@ class App:
     async def _enqueue_call(self, call: Call[R]) -> Job[R]:
         job_id, queue, delay_ms, eta_ms, fields = call.prepare()
         keys = self.keys(queue)
-        await self._call(self.scripts.enqueue(keys, job_id, delay_ms, eta_ms, fields))
+        await self._call(self.scripts.enqueue([(keys, [(job_id, delay_ms, eta_ms, fields)])]))
         return Job(self, job_id, queue)
 
     async def enqueue_many(self, calls: Iterable[Call[R]]) -> list[Job[R]]:
-        """Enqueue many calls in one pipelined round trip; each is idempotent on its job id.
+        """Enqueue many calls in one round trip; each is idempotent on its job id.
 
-        Every call is validated and encoded before anything is sent.
+        Every call is validated and encoded before anything is sent; the jobs go as one
+        script call per 200 jobs of a queue, all written at once.
         """
         prepared = [c.prepare() for c in calls]
         if not prepared:
             return []
-        redis, scripts = self.redis, self.scripts
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id, queue, delay_ms, eta_ms, fields in prepared:
-                await scripts.enqueue(
-                    self.keys(queue), job_id, delay_ms, eta_ms, fields, client=pipe
-                )
-            await self._call(pipe.execute())
+        by_queue: dict[str, list[Any]] = {}
+        for job_id, queue, delay_ms, eta_ms, fields in prepared:
+            by_queue.setdefault(queue, []).append((job_id, delay_ms, eta_ms, fields))
+        batches = [(self.keys(q), jobs) for q, jobs in by_queue.items()]
+        await self._call(self.scripts.enqueue(batches))
         return [Job(self, p[0], p[1]) for p in prepared]
 
     async def _find_job(self, job_id: str) -> QueueKeys:

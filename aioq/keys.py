@@ -27,7 +27,7 @@ GROUP = "aioq"
 """The consumer group every worker of every queue reads with."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # App.keys() caches one per queue: identity
 class QueueKeys:
     """All key names of one queue of one app."""
 

@@ -10,11 +10,14 @@ slots and mark them running) and ``complete`` (write results, XACK, XDEL, publis
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
+from .connection import CommandLane, pack
 from .keys import GROUP, QueueKeys
 
 # Shared Lua: helpers, and `start`, which turns delivered stream entries into started jobs.
@@ -146,32 +149,48 @@ local function ensure_group()
 end
 """
 
-# KEYS: job, stream, scheduled. ARGV: 1 job id, 2 delay ms, 3 eta epoch ms (0: none), then the
-# values of ENQUEUE_FIELDS in order (names are not sent: fewer arguments to encode per call).
-# Returns 1 when the job was written, 0 when the id already existed (then nothing at all is
-# written: a retried enqueue cannot duplicate a job).
+# Enqueue one job or many. KEYS: stream, scheduled, then one job key per job. ARGV: 9 values per
+# job: job id, delay ms, eta epoch ms (0: none), task, queue, args, kwargs, retries, timeout.
+# Returns one 1/0 per job: 1 written, 0 when the id already existed (then nothing at all is
+# written for it: a retried enqueue cannot duplicate a job). A job due now is stamped with the
+# time in its stream entry id (Redis' clock), so it costs no TIME call; the worker creates the
+# consumer group if the stream is new (NOGROUP), at id 0, so nothing enqueued first is missed.
+ENQUEUE_CHUNK = 200
 ENQUEUE = r"""
 if redis.replicate_commands then redis.replicate_commands() end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = now + tonumber(ARGV[2])
-if tonumber(ARGV[3]) > 0 then due = tonumber(ARGV[3]) end
-local status = 'queued'
-if due > now then status = 'scheduled' end
-redis.call('HSET', KEYS[1], 'status', status, 'enqueued_at', now, 'attempts', 0,
-           'task', ARGV[4], 'queue', ARGV[5], 'args', ARGV[6], 'kwargs', ARGV[7],
-           'retries', ARGV[8], 'timeout', ARGV[9])
-if due > now then
-  redis.call('ZADD', KEYS[3], due, ARGV[1])
-else
-  if redis.call('EXISTS', KEYS[2]) == 0 then
-    redis.call('XGROUP', 'CREATE', KEYS[2], '__GROUP__', '0', 'MKSTREAM')
+local out, now = {}, nil
+for j = 3, #KEYS do
+  local a = (j - 3) * 9
+  local key, jid = KEYS[j], ARGV[a + 1]
+  if redis.call('EXISTS', key) == 1 then
+    out[#out + 1] = 0
+  else
+    local delay, eta = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    local status, stamp = 'queued', nil
+    if delay > 0 or eta > 0 then
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      local due = now + delay
+      if eta > 0 then due = eta end
+      if due > now then
+        status, stamp = 'scheduled', now
+        redis.call('ZADD', KEYS[2], due, jid)
+      end
+    end
+    if not stamp then
+      local eid = redis.call('XADD', KEYS[1], '*', 'id', jid)
+      stamp = string.match(eid, '^%d+')
+    end
+    redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
+               'task', ARGV[a + 4], 'queue', ARGV[a + 5], 'args', ARGV[a + 6],
+               'kwargs', ARGV[a + 7], 'retries', ARGV[a + 8], 'timeout', ARGV[a + 9])
+    out[#out + 1] = 1
   end
-  redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
 end
-return 1
-""".replace("__GROUP__", GROUP)
+return out
+"""
 
 # Read up to ARGV[6] new entries without blocking and start them. Returns started jobs.
 FETCH = (
@@ -388,8 +407,9 @@ return 0
 class Scripts:
     """The scripts registered on one Redis client, called through typed methods."""
 
-    def __init__(self, redis: Redis) -> None:
-        self._enqueue = redis.register_script(ENQUEUE)
+    def __init__(self, redis: Redis, lane: CommandLane) -> None:
+        self._lane = lane
+        self._enqueue_sha = hashlib.sha1(ENQUEUE.encode()).hexdigest()
         self._fetch = redis.register_script(FETCH)
         self._start = redis.register_script(START)
         self._reclaim = redis.register_script(RECLAIM)
@@ -399,24 +419,35 @@ class Scripts:
         self._promote = redis.register_script(PROMOTE)
         self._cancel = redis.register_script(CANCEL)
 
-    def enqueue(
-        self,
-        keys: QueueKeys,
-        job_id: str,
-        delay_ms: int,
-        eta_ms: int,
-        fields: Sequence[Any],
-        client: Any = None,
-    ) -> Any:
-        """Write a job if its id is new (returns 1) or nothing at all (returns 0).
+    async def enqueue(self, batches: Sequence[tuple[QueueKeys, Sequence[Any]]]) -> list[int]:
+        """Enqueue jobs, one written/existed flag (1/0) each, in order; one round trip.
 
-        With ``client`` (a pipeline) the call is queued on it instead of awaited.
+        ``batches`` pairs a queue with its jobs, each ``(job id, delay ms, eta ms, fields)``.
+        Every ENQUEUE_CHUNK jobs of a queue make one EVALSHA; all of them are written at once
+        on a dedicated connection (see ``CommandLane``) and are safe to resend.
         """
-        return self._enqueue(
-            keys=[keys.job(job_id), keys.stream, keys.scheduled],
-            args=[job_id, delay_ms, eta_ms, *fields],
-            client=client,
-        )
+        commands: list[bytes] = []
+        for keys, jobs in batches:
+            for i in range(0, len(jobs), ENQUEUE_CHUNK):
+                chunk = jobs[i : i + ENQUEUE_CHUNK]
+                job_keys = [keys.job(job[0]) for job in chunk]
+                argv: list[Any] = []
+                for job_id, delay_ms, eta_ms, fields in chunk:
+                    argv += (job_id, delay_ms, eta_ms, *fields)
+                commands.append(
+                    pack("EVALSHA", self._enqueue_sha, 2 + len(chunk), keys.stream,
+                         keys.scheduled, *job_keys, *argv)
+                )  # fmt: skip
+        replies = await self._lane.call(commands, len(commands))
+        if any(isinstance(r, NoScriptError) for r in replies):  # a restarted or flushed Redis
+            await self._lane.call([pack("SCRIPT", "LOAD", ENQUEUE)])
+            replies = await self._lane.call(commands, len(commands))
+        out: list[int] = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+            out += reply
+        return out
 
     async def fetch(self, keys: QueueKeys, worker: WorkerArgs, count: int) -> list[Any]:
         result: list[Any] = await self._fetch(

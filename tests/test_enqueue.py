@@ -64,7 +64,7 @@ async def test_retry_after_ambiguous_network_error_cannot_duplicate(
 
     async def lose_first_evalsha_reply(self: AbstractConnection, *a: Any, **kw: Any) -> Any:
         reply = await original(self, *a, **kw)
-        if not dropped and reply == 1:  # the enqueue script's "written" answer
+        if not dropped and reply == [1]:  # the enqueue script's "written" answer
             dropped.append(reply)
             raise RedisConnectionError("connection reset after the command ran")
         return reply

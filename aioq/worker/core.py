@@ -65,6 +65,10 @@ class Worker:
         self.burst = burst
         self.shutdown_timeout = shutdown_timeout
         self.batch_size = max(1, batch_size)
+        # Half the slots per fetch: the next batch's script runs in Redis while this one runs
+        # in Python, so worker and Redis time overlap instead of adding up (no prefetch
+        # beyond `concurrency` is needed for that).
+        self.fetch_size = max(1, min(self.batch_size, (concurrency + 1) // 2))
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.script_args = WorkerArgs(
             self.consumer, app.max_deliveries, app.result_ttl, app.dead_letter_max
@@ -123,6 +127,7 @@ class Worker:
 
     async def _open(self) -> None:
         await self.app.ping()
+        self.runner.redis = self.app.redis
         redis = self.app.redis
         for keys in self.queue_keys:
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already

@@ -30,7 +30,7 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
     reclaimer = Reclaimer(worker, keys)
     delay = 0.05
     while True:
-        n = await slots.take(worker.batch_size)
+        n = await slots.take(worker.fetch_size)
         started = 0
         try:
             # lapsed leases first (when due), then new entries, with the slots we hold

@@ -17,6 +17,8 @@ from ..keys import QueueKeys
 from ..message import Delivery, encode_result, parse_delivery
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from .core import Worker
 
 log = logging.getLogger("aioq.worker")
@@ -31,6 +33,7 @@ class Runner:
         self.running: dict[QueueKeys, dict[bytes, asyncio.Task[None]]] = {}
         self.entries: dict[tuple[QueueKeys, str], bytes] = {}  # (queue, job id) -> entry id
         self.cancelling: set[bytes] = set()  # entries whose job.cancel() arrived
+        self.redis: Redis  # set when the worker opens (it runs in one event loop)
         self._threads = anyio.CapacityLimiter(min(worker.concurrency, 64))
 
     def __len__(self) -> int:
@@ -81,7 +84,7 @@ class Runner:
 
     async def _run(self, keys: QueueKeys, d: Delivery) -> None:
         task = self.app.tasks[d.task]
-        token = _current.set(JobContext(self.app.redis, keys, d.job_id, d.task, d.attempt))
+        token = _current.set(JobContext(self.redis, keys, d.job_id, d.task, d.attempt))
         timeout = d.timeout
         record: tuple[str, bytes, str, int, bytes | str, str, str, int] | None = None
         deadline: asyncio.Timeout | None = None
