@@ -32,7 +32,7 @@ class _Connection:
     def __init__(self, url: str, max_connections: int) -> None:
         self.redis: Redis = make_client(url, max_connections)
         self.lane = CommandLane(self.redis, size=min(max_connections, 64))
-        self.scripts = Scripts(self.redis, self.lane)
+        self.scripts = Scripts(self.lane)
         self.results = ResultListener(self.redis)
 
     async def aclose(self) -> None:

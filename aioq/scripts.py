@@ -14,7 +14,6 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from .connection import CommandLane, pack
@@ -404,96 +403,119 @@ return 0
 """
 
 
-class Scripts:
-    """The scripts registered on one Redis client, called through typed methods."""
+class _Script:
+    """A Lua script called by its SHA1 over the command lane; reloaded after NOSCRIPT (a
+    restarted or flushed Redis forgets scripts)."""
 
-    def __init__(self, redis: Redis, lane: CommandLane) -> None:
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def command(self, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
+        return pack("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """Every script, called through typed methods over one ``CommandLane``."""
+
+    def __init__(self, lane: CommandLane) -> None:
         self._lane = lane
-        self._enqueue_sha = hashlib.sha1(ENQUEUE.encode()).hexdigest()
-        self._fetch = redis.register_script(FETCH)
-        self._start = redis.register_script(START)
-        self._reclaim = redis.register_script(RECLAIM)
-        self._complete = redis.register_script(COMPLETE)
-        self._renew = redis.register_script(RENEW)
-        self._release_all = redis.register_script(RELEASE_ALL)
-        self._promote = redis.register_script(PROMOTE)
-        self._cancel = redis.register_script(CANCEL)
+        self._enqueue = _Script(ENQUEUE)
+        self._fetch = _Script(FETCH)
+        self._start = _Script(START)
+        self._reclaim = _Script(RECLAIM)
+        self._complete = _Script(COMPLETE)
+        self._renew = _Script(RENEW)
+        self._release_all = _Script(RELEASE_ALL)
+        self._promote = _Script(PROMOTE)
+        self._cancel = _Script(CANCEL)
+
+    async def _run(self, script: _Script, commands: list[bytes]) -> list[Any]:
+        """Send script calls in one write; return their replies, raising the first error."""
+        replies = await self._lane.call(commands, len(commands))
+        if any(isinstance(r, NoScriptError) for r in replies):
+            await self._lane.call(pack("SCRIPT", "LOAD", script.source))
+            replies = await self._lane.call(commands, len(commands))
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _call(self, script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        return (await self._run(script, [script.command(keys, args)]))[0]
 
     async def enqueue(self, batches: Sequence[tuple[QueueKeys, Sequence[Any]]]) -> list[int]:
         """Enqueue jobs, one written/existed flag (1/0) each, in order; one round trip.
 
         ``batches`` pairs a queue with its jobs, each ``(job id, delay ms, eta ms, fields)``.
-        Every ENQUEUE_CHUNK jobs of a queue make one EVALSHA; all of them are written at once
-        on a dedicated connection (see ``CommandLane``) and are safe to resend.
+        Every ENQUEUE_CHUNK jobs of a queue make one EVALSHA, all written at once; they are
+        safe to resend after an ambiguous network error.
         """
         commands: list[bytes] = []
         for keys, jobs in batches:
             for i in range(0, len(jobs), ENQUEUE_CHUNK):
                 chunk = jobs[i : i + ENQUEUE_CHUNK]
-                job_keys = [keys.job(job[0]) for job in chunk]
                 argv: list[Any] = []
                 for job_id, delay_ms, eta_ms, fields in chunk:
                     argv += (job_id, delay_ms, eta_ms, *fields)
+                job_keys = [keys.job(job[0]) for job in chunk]
                 commands.append(
-                    pack("EVALSHA", self._enqueue_sha, 2 + len(chunk), keys.stream,
-                         keys.scheduled, *job_keys, *argv)
-                )  # fmt: skip
-        replies = await self._lane.call(commands, len(commands))
-        if any(isinstance(r, NoScriptError) for r in replies):  # a restarted or flushed Redis
-            await self._lane.call([pack("SCRIPT", "LOAD", ENQUEUE)])
-            replies = await self._lane.call(commands, len(commands))
+                    self._enqueue.command([keys.stream, keys.scheduled, *job_keys], argv)
+                )
         out: list[int] = []
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        for reply in await self._run(self._enqueue, commands):
             out += reply
         return out
 
     async def fetch(self, keys: QueueKeys, worker: WorkerArgs, count: int) -> list[Any]:
-        result: list[Any] = await self._fetch(
-            keys=[keys.stream, keys.dead], args=[*worker.args, count]
+        rows: list[Any] = await self._call(
+            self._fetch, [keys.stream, keys.dead], [*worker.args, count]
         )
-        return result
+        return rows
 
     async def start(self, keys: QueueKeys, worker: WorkerArgs, entry_ids: list[Any]) -> list[Any]:
-        result: list[Any] = await self._start(
-            keys=[keys.stream, keys.dead], args=[*worker.args, *entry_ids]
+        rows: list[Any] = await self._call(
+            self._start, [keys.stream, keys.dead], [*worker.args, *entry_ids]
         )
-        return result
+        return rows
 
     async def reclaim(
         self, keys: QueueKeys, worker: WorkerArgs, min_idle_ms: int, count: int, cursor: bytes
     ) -> tuple[bytes, list[Any]]:
-        cur, jobs = await self._reclaim(
-            keys=[keys.stream, keys.dead], args=[*worker.args, min_idle_ms, count, cursor]
+        cur, rows = await self._call(
+            self._reclaim, [keys.stream, keys.dead], [*worker.args, min_idle_ms, count, cursor]
         )
-        return cur, jobs
+        return cur, rows
 
     async def complete(
         self, keys: QueueKeys, worker: WorkerArgs, records: list[Any]
     ) -> list[bytes]:
-        fenced: list[bytes] = await self._complete(
-            keys=[keys.stream, keys.dead, keys.scheduled], args=[*worker.args, *records]
+        fenced: list[bytes] = await self._call(
+            self._complete, [keys.stream, keys.dead, keys.scheduled], [*worker.args, *records]
         )
         return fenced
 
     async def renew(self, keys: QueueKeys, consumer: str, entry_ids: list[Any]) -> list[bytes]:
-        lost: list[bytes] = await self._renew(
-            keys=[keys.stream], args=[GROUP, consumer, *entry_ids]
+        lost: list[bytes] = await self._call(
+            self._renew, [keys.stream], [GROUP, consumer, *entry_ids]
         )
         return lost
 
     async def release_all(self, keys: QueueKeys, consumer: str) -> int:
-        n: int = await self._release_all(keys=[keys.stream], args=[GROUP, consumer])
+        n: int = await self._call(self._release_all, [keys.stream], [GROUP, consumer])
         return n
 
     async def promote(self, keys: QueueKeys, limit: int = 1000) -> tuple[int, int, int]:
-        moved, next_due, now = await self._promote(keys=[keys.scheduled, keys.stream], args=[limit])
+        moved, next_due, now = await self._call(
+            self._promote, [keys.scheduled, keys.stream], [limit]
+        )
         return int(moved), int(next_due), int(now)
 
     async def cancel(self, keys: QueueKeys, job_id: str, result_ttl: int) -> int:
-        n: int = await self._cancel(
-            keys=[keys.job(job_id), keys.scheduled], args=[job_id, result_ttl]
+        n: int = await self._call(
+            self._cancel, [keys.job(job_id), keys.scheduled], [job_id, result_ttl]
         )
         return n
 

@@ -51,6 +51,12 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
                 # parked no longer than the next reclaim is due (BLOCK 0 would mean for ever)
                 block_ms = max(1, min(BLOCK_MS, round(reclaimer.due_in() * 1000)))
                 rows = await _wait_for_entries(worker, keys, n, block_ms)
+                if rows:
+                    started += len(rows)
+                    runner.start(keys, rows)
+                    # let the new jobs begin before this loop's next round trip (latency)
+                    await asyncio.sleep(0)
+                    rows = []
             worker.idle.discard(keys)
             started += len(rows)
             runner.start(keys, rows)
