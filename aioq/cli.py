@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import json
-import logging
-import os
-import signal
-import sys
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
+from . import run_worker
 from .app import App
-from .embedded import EmbeddedRedis, RedisServerNotFound
+from .embedded import RedisServerNotFound
 from .errors import RedisUnavailable
-from .worker import Worker
 
 T = TypeVar("T")
 
@@ -38,24 +31,10 @@ def fail(message: str) -> typer.Exit:
 
 
 def load_app(target: str) -> App:
-    """Import ``module:attribute`` (the current directory is importable) and check it."""
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise fail(f"expected MODULE:APP (e.g. myproject.tasks:app), got {target!r}")
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise fail(f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}") from None
-    try:
-        app = getattr(module, attr)
-    except AttributeError:
-        raise fail(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(app, App):
-        raise fail(f"{target} is a {type(app).__name__}, not an aioq.App")
-    return app
+        return run_worker.load_app(target)
+    except run_worker.CliError as exc:
+        raise fail(str(exc)) from None
 
 
 @cli.command()
@@ -78,52 +57,11 @@ def worker(
     ] = False,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (or, with --burst, until the queues are empty)."""
-    _logging(log_level)
-    app = load_app(target)
-    queues = queue or None
-    if queues:
-        unknown = [q for q in queues if q not in app.queues]
-        if unknown:
-            raise fail(
-                f"unknown queue(s) {', '.join(map(repr, unknown))}: app {app.name!r} "
-                f"has {', '.join(map(repr, app.queues))}"
-            )
-    with contextlib.ExitStack() as stack:
-        if embedded_redis:
-            try:
-                server = stack.enter_context(EmbeddedRedis())
-            except RedisServerNotFound as exc:
-                raise fail(str(exc)) from None
-            app.redis_url = server.url
-            typer.echo(f"aioq: embedded redis-server at {server.url}", err=True)
-        w = Worker(app, concurrency=concurrency, queues=queues, burst=burst,
-                   shutdown_timeout=shutdown_timeout)  # fmt: skip
-        try:
-            asyncio.run(_serve(w))
-        except RedisUnavailable as exc:
-            raise fail(str(exc)) from None
-
-
-async def _serve(w: Worker) -> None:
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            logging.getLogger("aioq.worker").info("stopping: finishing running jobs")
-            w.stop()
-        else:  # a second signal: hand running jobs back now
-            w.shutdown_timeout = 0
-            w.runner.interrupt_all()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     try:
-        await w.run()
-    finally:
-        await w.app.aclose()
+        run_worker.run(target, concurrency, queue, burst, log_level, shutdown_timeout,
+                       embedded_redis)  # fmt: skip
+    except run_worker.CliError as exc:
+        raise fail(str(exc)) from None
 
 
 @cli.command()
@@ -183,23 +121,3 @@ def demo(
         run_demo(jobs=jobs, concurrency=concurrency)
     except RedisServerNotFound as exc:
         raise fail(str(exc)) from None
-
-
-def _logging(level: str) -> None:
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        raise fail(f"unknown log level {level!r} (use debug, info, warning or error)")
-    logging.basicConfig(
-        level=numeric,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-
-
-def main() -> None:
-    cli()
-
-
-if __name__ == "__main__":
-    main()

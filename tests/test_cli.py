@@ -126,3 +126,40 @@ def test_info_with_unreachable_redis_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[0]]
     assert "cannot reach Redis" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["mod:app"],
+        ["mod:app", "-c", "7", "-q", "a", "--queue", "b", "--burst", "--log-level", "debug"],
+        ["mod:app", "--concurrency", "3", "--shutdown-timeout", "2.5", "--embedded-redis"],
+        ["mod:app", "--no-burst", "--no-embedded-redis"],
+    ],
+)
+def test_fast_worker_parser_matches_the_typer_command(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`aioq worker` skips typer at start-up; its argparse twin parses exactly the same."""
+    from typer.testing import CliRunner
+
+    from aioq import run_worker
+    from aioq.cli import cli
+
+    seen: list[tuple[object, ...]] = []
+    monkeypatch.setattr(run_worker, "run", lambda *a: seen.append(a))
+    result = CliRunner().invoke(cli, ["worker", *argv])
+    assert result.exit_code == 0, result.output
+    fast = vars(run_worker.parser().parse_args(argv))
+    order = ["target", "concurrency", "queues", "burst", "log_level", "shutdown_timeout",
+             "embedded_redis"]  # fmt: skip
+    typer_args = list(seen[0])
+    typer_args[2] = typer_args[2] or None  # typer gives [] for "no --queue", argparse None
+    assert typer_args == [fast[name] for name in order]
+
+
+def test_worker_help_still_comes_from_typer() -> None:
+    r = aioq("worker", "--help", env={"COLUMNS": "200"})
+    assert r.returncode == 0
+    assert "--shutdown-timeout" in r.stdout
+    assert "--embedded-redis" in r.stdout
