@@ -432,6 +432,18 @@ class Scripts:
         self._promote = _Script(PROMOTE)
         self._cancel = _Script(CANCEL)
 
+    async def prepare(self, queues: Sequence[QueueKeys]) -> None:
+        """Create each queue's consumer group (at id 0, so nothing enqueued before is missed)
+        and load every script, in one round trip."""
+        commands = [
+            pack("XGROUP", "CREATE", keys.stream, GROUP, "0", "MKSTREAM") for keys in queues
+        ]
+        scripts = [s for s in vars(self).values() if isinstance(s, _Script)]
+        commands += [pack("SCRIPT", "LOAD", s.source) for s in scripts]
+        for reply in await self._lane.call(commands, len(commands)):
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
+
     async def _run(self, script: _Script, commands: list[bytes]) -> list[Any]:
         """Send script calls in one write; return their replies, raising the first error."""
         replies = await self._lane.call(commands, len(commands))

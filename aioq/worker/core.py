@@ -9,7 +9,6 @@ once, so another worker starts it without waiting for the visibility timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -20,11 +19,10 @@ from types import TracebackType
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..app import App
-from ..keys import GROUP, QueueKeys
+from ..keys import QueueKeys
 from ..scripts import WorkerArgs
 from .cancel import cancel_loop
 from .complete import Completer
@@ -126,12 +124,9 @@ class Worker:
             await self._main
 
     async def _open(self) -> None:
-        await self.app.ping()
+        # one round trip: Redis answers, every queue has its consumer group, scripts are loaded
+        await self.app._call(self.app.scripts.prepare(self.queue_keys))
         self.runner.redis = self.app.redis
-        redis = self.app.redis
-        for keys in self.queue_keys:
-            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-                await redis.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
         loop = asyncio.get_running_loop()
         spawn = loop.create_task
         self._loops.append(spawn(self.completer.run(), name="aioq-complete"))
