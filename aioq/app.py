@@ -6,6 +6,7 @@ import asyncio
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from datetime import timedelta, tzinfo
 from typing import Any, ParamSpec, TypeVar, overload
 
 from redis.asyncio import Redis
@@ -13,9 +14,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import CommandLane, make_client
+from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
 from .errors import JobNotFound, RedisUnavailable
 from .job import Job
 from .keys import QueueKeys, validate_name
+from .ratelimit import RateLimit, parse_rate
 from .results import ResultListener
 from .scripts import Scripts
 from .task import Backoff, Call, Options, Task
@@ -76,6 +79,7 @@ class App:
         self.dead_letter_max = int(dead_letter_max)
         self.max_connections = max_connections
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.crons: list[CronSchedule] = []
         self._keys: dict[str, QueueKeys] = {}
         self._queues: set[str] = {self.default_queue}
         self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
@@ -102,6 +106,7 @@ class App:
         retries: int = 0,
         backoff: Backoff = 1.0,
         timeout: float | None = None,
+        rate_limit: str | None = None,
     ) -> _TaskDecorator: ...
 
     def task(
@@ -114,10 +119,84 @@ class App:
         retries: int = 0,
         backoff: Backoff = 1.0,
         timeout: float | None = None,
+        rate_limit: str | None = None,
     ) -> Task[Any, Any] | _TaskDecorator:
-        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``."""
-        decorator = _TaskDecorator(self, name, queue, retries, backoff, timeout)
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
+
+        ``rate_limit="10/m"`` ("N/s", "N/m", "N/h") caps the task's starts across every
+        worker sharing the Redis; a limited job waits in the scheduled set, holding no
+        concurrency slot and spending no retry.
+        """
+        decorator = _TaskDecorator(self, name, queue, retries, backoff, timeout, rate_limit)
         return decorator if fn is None else decorator(fn)
+
+    def cron(
+        self,
+        expression: str | None = None,
+        /,
+        *,
+        every: float | timedelta | None = None,
+        timezone: str | tzinfo | None = None,
+        catch_up: CatchUp = "latest",
+        grace: float = 60.0,
+        queue: str | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+    ) -> _CronDecorator:
+        """Run a task on a schedule: ``@app.cron("*/5 * * * *")`` or ``@app.cron(every=30)``.
+
+        A 5-field cron expression (in ``timezone``, UTC by default) or an interval in seconds
+        (or a timedelta). Decorates an ``async def`` (or ``def``) taking no arguments, which is
+        registered as a task, or an existing task; stack several to add schedules. Every
+        worker serving the task's queue fires the ticks and each tick runs exactly once,
+        however many workers run. Ticks missed while no worker ran: ``catch_up="latest"``
+        runs the most recent one once; ``"skip"`` runs it only if at most ``grace`` seconds
+        late. An invalid expression raises ``ValueError`` naming it, here.
+        """
+        if expression is not None and every is not None:
+            raise ValueError("give a cron expression or every=, not both")
+        tz = parse_timezone(timezone)
+        seconds = None if every is None else parse_every(every)
+        if expression is None and seconds is None:
+            raise ValueError("@app.cron needs a cron expression or every=")
+        if expression is not None:  # validated now, naming the expression
+            CronSchedule("?", expression, timezone=tz)
+        return _CronDecorator(
+            self, expression, seconds, tz, catch_up, grace, queue, retries, timeout
+        )
+
+    def _add_cron(self, schedule: CronSchedule) -> None:
+        if any(s.name == schedule.name for s in self.crons):
+            raise ValueError(f"cron schedule {schedule.name!r} is already registered")
+        self.crons.append(schedule)
+
+    async def set_rate_limit(self, task: str, rate: str | None, queue: str | None = None) -> None:
+        """Change a task's global rate limit at run time, for every worker, without restarts.
+
+        ``rate`` is "N/s", "N/m" or "N/h"; ``None`` removes the override, so the limit the
+        task's code declares applies again.
+        """
+        keys = self.keys(queue or (self.tasks[task].queue if task in self.tasks else None))
+        if rate is None:
+            await self._call(self.redis.hdel(keys.ratelimits, task + "!"))
+        else:
+            await self._call(self.redis.hset(keys.ratelimits, task + "!", parse_rate(rate).wire))
+
+    async def rate_limits(self, queue: str | None = None) -> dict[str, str]:
+        """The rate limits in force on a queue, by task (overrides win), as "N/s" strings."""
+        raw: dict[bytes, bytes] = await self._call(
+            self.redis.hgetall(self.keys(queue).ratelimits)  # type: ignore[arg-type]
+        )
+        out: dict[str, str] = {}
+        for field, value in sorted(raw.items()):
+            name = field.decode()
+            limit, period = value.decode().split()
+            text = str(RateLimit(int(limit), int(period)))
+            if name.endswith("!"):
+                out[name[:-1]] = text
+            else:
+                out.setdefault(name, text)
+        return out
 
     def _register(self, task: Task[Any, Any]) -> None:
         if task.name in self.tasks:
@@ -212,10 +291,9 @@ class App:
         return Job(self, job_id, queue)
 
     async def _enqueue_call(self, call: Call[R]) -> Job[R]:
-        job_id, queue, delay_ms, eta_ms, fields = call.prepare()
-        keys = self.keys(queue)
-        await self._call(self.scripts.enqueue([(keys, [(job_id, delay_ms, eta_ms, fields)])]))
-        return Job(self, job_id, queue)
+        queue, job = call.prepare()
+        await self._call(self.scripts.enqueue([(self.keys(queue), [job])]))
+        return Job(self, job[0], queue)
 
     async def enqueue_many(self, calls: Iterable[Call[R]]) -> list[Job[R]]:
         """Enqueue many calls in one round trip; each is idempotent on its job id.
@@ -227,11 +305,11 @@ class App:
         if not prepared:
             return []
         by_queue: dict[str, list[Any]] = {}
-        for job_id, queue, delay_ms, eta_ms, fields in prepared:
-            by_queue.setdefault(queue, []).append((job_id, delay_ms, eta_ms, fields))
+        for queue, job in prepared:
+            by_queue.setdefault(queue, []).append(job)
         batches = [(self.keys(q), jobs) for q, jobs in by_queue.items()]
         await self._call(self.scripts.enqueue(batches))
-        return [Job(self, p[0], p[1]) for p in prepared]
+        return [Job(self, job[0], queue) for queue, job in prepared]
 
     async def _find_job(self, job_id: str) -> QueueKeys:
         queues = self.queues
@@ -256,6 +334,7 @@ class _TaskDecorator:
         retries: int,
         backoff: Backoff,
         timeout: float | None,
+        rate_limit: str | None = None,
     ) -> None:
         self.app = app
         self.name = name
@@ -263,6 +342,7 @@ class _TaskDecorator:
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
+        self.rate_limit = rate_limit
 
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
@@ -276,9 +356,61 @@ class _TaskDecorator:
         queue = self.app.keys(self.queue).queue
         task: Task[Any, Any] = Task(
             self.app, fn, name=name, queue=queue, retries=self.retries,
-            backoff=self.backoff, timeout=self.timeout,
+            backoff=self.backoff, timeout=self.timeout, rate_limit=self.rate_limit,
         )  # fmt: skip
         self.app._register(task)
+        return task
+
+
+class _CronDecorator:
+    """What ``@app.cron(...)`` returns: registers the function (or task) and its schedule."""
+
+    def __init__(
+        self,
+        app: App,
+        expression: str | None,
+        every: float | None,
+        timezone: tzinfo,
+        catch_up: CatchUp,
+        grace: float,
+        queue: str | None,
+        retries: int,
+        timeout: float | None,
+    ) -> None:
+        self.app = app
+        self.expression = expression
+        self.every = every
+        self.timezone = timezone
+        self.catch_up = catch_up
+        self.grace = grace
+        self.queue = queue
+        self.retries = retries
+        self.timeout = timeout
+
+    @overload
+    def __call__(self, fn: Task[P, R], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    def __call__(self, fn: Any, /) -> Task[Any, Any]:
+        task: Task[Any, Any]
+        if isinstance(fn, Task):
+            task = fn
+        else:
+            task = self.app.task(queue=self.queue, retries=self.retries, timeout=self.timeout)(fn)
+        try:
+            task.check_arguments((), {})
+        except TypeError:
+            raise ValueError(
+                f"cron task {task.name!r} must take no arguments (ticks call it with none)"
+            ) from None
+        self.app._add_cron(
+            CronSchedule(
+                task.name, self.expression, self.every, self.timezone, self.catch_up, self.grace
+            )
+        )
         return task
 
 

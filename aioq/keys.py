@@ -14,6 +14,22 @@ single cluster slot and two apps (or two queues) never collide::
     aioq:{shop:default}:done:<id>       pub/sub channel: the job's final status is published here.
     aioq:{shop:default}:cancel          pub/sub channel: ids of running jobs to cancel; every
                                         worker serving the queue listens.
+    aioq:{shop:default}:ratelimits      hash: task -> "<limit> <period ms>" declared in code
+                                        (written by workers), task + "!" -> a run-time override.
+    aioq:{shop:default}:rate:<task>     sorted set: the task's starts in the current window.
+    aioq:{shop:default}:cron:<schedule> string: the last cron tick handled (epoch ms).
+    aioq:{shop:default}:failed          sorted set: job id -> epoch ms it finished ``failed``
+                                        (written where jobs finish; entries older than the
+                                        result TTL are trimmed on insert): the failed-jobs index.
+    aioq:{shop:default}:paused          string: present while ``aioq pause`` holds the queue;
+                                        workers read it every 0.5 s and take nothing new.
+    aioq:{shop:default}:progress:<id>   pub/sub channel: "<seq> <JSON>" on each set_progress.
+
+One key is per app rather than per queue (hash tag ``{<app>}``)::
+
+    aioq:{shop}:workers                 hash: worker consumer name -> JSON of its stats and the
+                                        Redis time of its last heartbeat (every 2 s); removed on
+                                        a clean stop, pruned by ``aioq info`` when stale.
 
 Job ids are unique per queue: a job's record lives beside its stream, so one script can write
 both atomically.
@@ -62,11 +78,34 @@ class QueueKeys:
     def cancel(self) -> str:
         return self.tag + "cancel"
 
+    @property
+    def ratelimits(self) -> str:
+        return self.tag + "ratelimits"
+
+    def cron_state(self, schedule: str) -> str:
+        return self.tag + "cron:" + schedule
+
+    @property
+    def failed(self) -> str:
+        return self.tag + "failed"
+
+    @property
+    def paused(self) -> str:
+        return self.tag + "paused"
+
+    def progress(self, job_id: str) -> str:
+        return self.tag + "progress:" + job_id
+
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
 
     def done(self, job_id: str) -> str:
         return self.done_prefix + job_id
+
+
+def workers_key(app: str) -> str:
+    """The app's hash of live workers' heartbeats (see the module docstring)."""
+    return f"aioq:{{{app}}}:workers"
 
 
 def validate_name(kind: str, name: str) -> str:

@@ -29,6 +29,7 @@ local GROUP, CONSUMER = ARGV[1], ARGV[2]
 local MAX_DELIVERIES, TTL, DEAD_MAX = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local TAG = string.sub(STREAM, 1, #STREAM - 6)          -- "aioq:{app:queue}:"
 local JOBP, DONEP = TAG .. 'job:', TAG .. 'done:'
+local FAILED = TAG .. 'failed'                          -- the failed-jobs index (keys.py)
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
 
 local function now_ms()
@@ -62,12 +63,61 @@ local function finish(jid, status, now, ...)
   local key = JOBP .. jid
   redis.call('HSET', key, 'status', status, 'finished_at', now, ...)
   if TTL > 0 then redis.call('EXPIRE', key, TTL) end
+  if status == 'failed' then                 -- index failures (rare); trim what has expired
+    redis.call('ZADD', FAILED, now, jid)
+    if TTL > 0 then redis.call('ZREMRANGEBYSCORE', FAILED, '-inf', now - TTL * 1000) end
+  end
   redis.call('PUBLISH', DONEP .. jid, status)
 end
 
 local function drop(eid)
   redis.call('XACK', STREAM, GROUP, eid)
   redis.call('XDEL', STREAM, eid)
+end
+
+-- Global rate limits (see ratelimit.py): a sliding-window log of start times per task. The
+-- queue's `ratelimits` hash holds "<limit> <period ms>" per task, and an override under
+-- "<task>!" that wins. Looked up once per task per script call, and not at all when the queue
+-- has no limits.
+local RATES, RATEP = TAG .. 'ratelimits', TAG .. 'rate:'
+local limits, rejected = nil, {}
+local function rate_allows(task, eid, jid, now)
+  if limits == nil then
+    limits = {}
+    if redis.call('EXISTS', RATES) == 0 then limits = false end
+  end
+  if not limits or not task then return true end
+  local lim = limits[task]
+  if lim == nil then
+    local conf = redis.call('HMGET', RATES, task .. '!', task)
+    local spec = conf[1] or conf[2]
+    lim = false
+    if spec and spec ~= '' then
+      local n, p = string.match(spec, '^(%d+) (%d+)$')
+      if n then lim = {tonumber(n), tonumber(p)} end
+    end
+    limits[task] = lim
+  end
+  if not lim then return true end
+  local key = RATEP .. task
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - lim[2])
+  if redis.call('ZCARD', key) < lim[1] then
+    redis.call('ZADD', key, now, eid)
+    redis.call('PEXPIRE', key, lim[2])
+    return true
+  end
+  local window = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local used = #window / 2
+  -- Not allowed now: due when a start leaves the window. The r-th job turned away in this
+  -- call waits for the r-th oldest start (one period later per full window), so turned-away
+  -- jobs come back spread out, not all at once.
+  local r = rejected[task] or 0
+  rejected[task] = r + 1
+  local oldest = tonumber(window[2 * (r % used) + 2])
+  local due = oldest + lim[2] * (1 + math.floor(r / used))
+  redis.call('HSET', JOBP .. jid, 'status', 'scheduled')
+  redis.call('ZADD', TAG .. 'scheduled', due, jid)
+  return false
 end
 
 -- Mark delivered entries as started jobs; bury what is not a job or is poison.
@@ -97,7 +147,7 @@ local function start(entries, now)
       local v, hashed = false, false
       if jid then
         v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
-                        'task', 'args', 'kwargs', 'timeout', 'retries')
+                        'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at')
         if v.err then
           problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
           v = false
@@ -127,12 +177,17 @@ local function start(entries, now)
       elseif v[2] then
         finish(jid, 'cancelled', now)                       -- cancelled while its worker died
         drop(eid)
+      elseif v[10] and now > (tonumber(v[10]) or math.huge) then
+        finish(jid, 'expired', now, 'error', 'not started before it expired')
+        drop(eid)
       elseif d + 1 > MAX_DELIVERIES then
         problem = 'poison: delivered ' .. d .. ' times without finishing'
         bury(eid, jid, problem, fields, now)
         finish(jid, 'failed', now, 'error', problem, 'exc_type', 'PoisonJob',
                'deliveries', d + 1)
         drop(eid)
+      elseif not rate_allows(v[5], eid, jid, now) then
+        drop(eid)                          -- back in the scheduled set: no slot, no attempt spent
       else
         redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
                    'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
@@ -148,48 +203,82 @@ local function ensure_group()
 end
 """
 
-# Enqueue one job or many. KEYS: stream, scheduled, then one job key per job. ARGV: 9 values per
-# job: job id, delay ms, eta epoch ms (0: none), task, queue, args, kwargs, retries, timeout.
-# Returns one 1/0 per job: 1 written, 0 when the id already existed (then nothing at all is
-# written for it: a retried enqueue cannot duplicate a job). A job due now is stamped with the
-# time in its stream entry id (Redis' clock), so it costs no TIME call; the worker creates the
-# consumer group if the stream is new (NOGROUP), at id 0, so nothing enqueued first is missed.
-ENQUEUE_CHUNK = 200
-ENQUEUE = r"""
+# Writing one job, shared by ENQUEUE and CRON. ARGV from `a`: job id, delay ms, eta epoch ms
+# (0: none), expires in ms (0: never), expires at epoch ms (0: never), task, queue, args, kwargs,
+# retries, timeout. Returns 1 when written, 0 when the id existed (then nothing is written: a
+# retried enqueue cannot duplicate a job). A job due now is stamped with the time of its stream
+# entry id (Redis' clock), so it costs no TIME call; the worker creates the consumer group if
+# the stream is new (NOGROUP), at id 0, so nothing enqueued first is missed.
+ENQUEUE_ARGS = 11
+_ENQUEUE_JOB = r"""
 if redis.replicate_commands then redis.replicate_commands() end
-local out, now = {}, nil
-for j = 3, #KEYS do
-  local a = (j - 3) * 9
-  local key, jid = KEYS[j], ARGV[a + 1]
-  if redis.call('EXISTS', key) == 1 then
-    out[#out + 1] = 0
-  else
-    local delay, eta = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local status, stamp = 'queued', nil
-    if delay > 0 or eta > 0 then
-      if not now then
-        local t = redis.call('TIME')
-        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      end
-      local due = now + delay
-      if eta > 0 then due = eta end
-      if due > now then
-        status, stamp = 'scheduled', now
-        redis.call('ZADD', KEYS[2], due, jid)
-      end
-    end
-    if not stamp then
-      local eid = redis.call('XADD', KEYS[1], '*', 'id', jid)
-      stamp = string.match(eid, '^%d+')
-    end
-    redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
-               'task', ARGV[a + 4], 'queue', ARGV[a + 5], 'args', ARGV[a + 6],
-               'kwargs', ARGV[a + 7], 'retries', ARGV[a + 8], 'timeout', ARGV[a + 9])
-    out[#out + 1] = 1
+local clock = nil
+local function time_ms()
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
+  return clock
+end
+
+local function enqueue_job(stream, scheduled, key, a)
+  if redis.call('EXISTS', key) == 1 then return 0 end
+  local jid = ARGV[a + 1]
+  local delay, eta = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local status, stamp = 'queued', nil
+  if delay > 0 or eta > 0 then
+    local now = time_ms()
+    local due = now + delay
+    if eta > 0 then due = eta end
+    if due > now then
+      status, stamp = 'scheduled', now
+      redis.call('ZADD', scheduled, due, jid)
+    end
+  end
+  if not stamp then
+    stamp = tonumber(string.match(redis.call('XADD', stream, '*', 'id', jid), '^%d+'))
+  end
+  local expires_in, expires_at = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  if expires_in > 0 then expires_at = stamp + expires_in end
+  redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
+             'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
+             'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
+  if expires_at > 0 then redis.call('HSET', key, 'expires_at', expires_at) end
+  return 1
+end
+"""
+
+# Enqueue one job or many. KEYS: stream, scheduled, then one job key per job; ARGV: the
+# ENQUEUE_ARGS values of each job in turn. Returns one 1/0 per job.
+ENQUEUE_CHUNK = 200
+ENQUEUE = (
+    _ENQUEUE_JOB
+    + r"""
+local out = {}
+for j = 3, #KEYS do
+  out[#out + 1] = enqueue_job(KEYS[1], KEYS[2], KEYS[j], (j - 3) * __N__)
 end
 return out
+""".replace("__N__", str(ENQUEUE_ARGS))
+)
+
+# Fire one cron tick. KEYS: stream, scheduled, job, cron state. ARGV: tick epoch ms, mode, then
+# the job's ENQUEUE_ARGS values. The state holds the last tick handled, so a tick fires at most
+# once and never after a later one, however many workers race; the job id names the tick, so
+# even a state lost with Redis cannot fire it twice while the job record lives. Mode "fire"
+# enqueues; "mark" only advances the state (first start, or a tick skipped by the catch-up
+# policy). Returns 1 when the tick's job was written, 0 otherwise.
+CRON = (
+    _ENQUEUE_JOB
+    + r"""
+local tick = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[4]) or '-1')
+if tick <= last then return 0 end
+redis.call('SET', KEYS[4], ARGV[1])
+if ARGV[2] ~= 'fire' then return 0 end
+return enqueue_job(KEYS[1], KEYS[2], KEYS[3], 2)
 """
+)
 
 # Read up to ARGV[6] new entries without blocking and start them. Returns started jobs.
 FETCH = (
@@ -354,23 +443,33 @@ redis.pcall('XGROUP', 'DELCONSUMER', STREAM, GROUP, CONSUMER)
 return n
 """
 
-# Move due scheduled jobs onto the stream. KEYS: scheduled, stream. ARGV: limit.
+# Move due scheduled jobs onto the stream; those past their expiry end "expired" instead.
+# KEYS: scheduled, stream. ARGV: limit, result ttl (s).
 # Returns {moved, next due ms or -1, now ms}. ZREM decides who moves a job, so several workers
 # promoting at once never duplicate one.
 PROMOTE = r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local JOBP = string.sub(KEYS[2], 1, #KEYS[2] - 6) .. 'job:'
+local TAG = string.sub(KEYS[2], 1, #KEYS[2] - 6)
+local JOBP = TAG .. 'job:'
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
 local moved = 0
 for _, jid in ipairs(ids) do
   redis.call('ZREM', KEYS[1], jid)
   local key = JOBP .. jid
-  if redis.call('HGET', key, 'status') == 'scheduled' then
-    redis.call('HSET', key, 'status', 'queued')
-    redis.call('XADD', KEYS[2], '*', 'id', jid)
-    moved = moved + 1
+  local rec = redis.pcall('HMGET', key, 'status', 'expires_at')
+  if not rec.err and rec[1] == 'scheduled' then
+    if rec[2] and now > (tonumber(rec[2]) or math.huge) then
+      redis.call('HSET', key, 'status', 'expired', 'finished_at', now,
+                 'error', 'not started before it expired')
+      if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', key, ARGV[2]) end
+      redis.call('PUBLISH', TAG .. 'done:' .. jid, 'expired')
+    else
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('XADD', KEYS[2], '*', 'id', jid)
+      moved = moved + 1
+    end
   end
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -431,13 +530,23 @@ class Scripts:
         self._release_all = _Script(RELEASE_ALL)
         self._promote = _Script(PROMOTE)
         self._cancel = _Script(CANCEL)
+        self._cron = _Script(CRON)
 
-    async def prepare(self, queues: Sequence[QueueKeys]) -> None:
-        """Create each queue's consumer group (at id 0, so nothing enqueued before is missed)
-        and load every script, in one round trip."""
+    async def prepare(
+        self, queues: Sequence[QueueKeys], rate_limits: dict[QueueKeys, dict[str, str | None]]
+    ) -> None:
+        """Create each queue's consumer group (at id 0, so nothing enqueued before is missed),
+        record the rate limits the code declares (``None``: none) and load every script, in
+        one round trip."""
         commands = [
             pack("XGROUP", "CREATE", keys.stream, GROUP, "0", "MKSTREAM") for keys in queues
         ]
+        for keys, limits in rate_limits.items():
+            for task, wire in limits.items():
+                if wire is None:
+                    commands.append(pack("HDEL", keys.ratelimits, task))
+                else:
+                    commands.append(pack("HSET", keys.ratelimits, task, wire))
         scripts = [s for s in vars(self).values() if isinstance(s, _Script)]
         commands += [pack("SCRIPT", "LOAD", s.source) for s in scripts]
         for reply in await self._lane.call(commands, len(commands)):
@@ -461,7 +570,7 @@ class Scripts:
     async def enqueue(self, batches: Sequence[tuple[QueueKeys, Sequence[Any]]]) -> list[int]:
         """Enqueue jobs, one written/existed flag (1/0) each, in order; one round trip.
 
-        ``batches`` pairs a queue with its jobs, each ``(job id, delay ms, eta ms, fields)``.
+        ``batches`` pairs a queue with its jobs, each the ENQUEUE_ARGS values of one job.
         Every ENQUEUE_CHUNK jobs of a queue make one EVALSHA, all written at once; they are
         safe to resend after an ambiguous network error.
         """
@@ -470,8 +579,8 @@ class Scripts:
             for i in range(0, len(jobs), ENQUEUE_CHUNK):
                 chunk = jobs[i : i + ENQUEUE_CHUNK]
                 argv: list[Any] = []
-                for job_id, delay_ms, eta_ms, fields in chunk:
-                    argv += (job_id, delay_ms, eta_ms, *fields)
+                for job in chunk:
+                    argv += job
                 job_keys = [keys.job(job[0]) for job in chunk]
                 commands.append(
                     self._enqueue.command([keys.stream, keys.scheduled, *job_keys], argv)
@@ -480,6 +589,17 @@ class Scripts:
         for reply in await self._run(self._enqueue, commands):
             out += reply
         return out
+
+    async def cron(
+        self, keys: QueueKeys, state: str, tick_ms: int, fire: bool, job: Sequence[Any]
+    ) -> int:
+        """Fire (or only mark) one cron tick; 1 when its job was written."""
+        written: int = await self._call(
+            self._cron,
+            [keys.stream, keys.scheduled, keys.job(job[0]), state],
+            [tick_ms, "fire" if fire else "mark", *job],
+        )
+        return written
 
     async def fetch(self, keys: QueueKeys, worker: WorkerArgs, count: int) -> list[Any]:
         rows: list[Any] = await self._call(
@@ -519,9 +639,11 @@ class Scripts:
         n: int = await self._call(self._release_all, [keys.stream], [GROUP, consumer])
         return n
 
-    async def promote(self, keys: QueueKeys, limit: int = 1000) -> tuple[int, int, int]:
+    async def promote(
+        self, keys: QueueKeys, result_ttl: int, limit: int = 1000
+    ) -> tuple[int, int, int]:
         moved, next_due, now = await self._call(
-            self._promote, [keys.scheduled, keys.stream], [limit]
+            self._promote, [keys.scheduled, keys.stream], [limit, result_ttl]
         )
         return int(moved), int(next_due), int(now)
 

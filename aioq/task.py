@@ -10,7 +10,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from .keys import validate_name
 from .message import encode_call, job_fields
+from .ratelimit import RateLimit, parse_rate
 
 if TYPE_CHECKING:
     from .app import App
@@ -35,6 +37,8 @@ class Options:
     timeout: float | None = None
     delay: float = 0.0
     eta: datetime | None = None
+    expires: float | None = None  # seconds after the enqueue
+    expires_at: datetime | None = None
 
 
 class Call(Generic[R]):
@@ -50,8 +54,9 @@ class Call(Generic[R]):
         self.kwargs = kwargs
         self.options = options
 
-    def prepare(self) -> tuple[str, str, int, int, list[Any]]:
-        """Validate and encode: (job id, queue, delay ms, eta ms, fields). Writes nothing."""
+    def prepare(self) -> tuple[str, list[Any]]:
+        """Validate and encode: the queue, and the job's values for the enqueue script (job id,
+        delay ms, eta ms, expires-in ms, expires-at ms, then ``job_fields``). Writes nothing."""
         task, opts = self.task, self.options
         task.check_arguments(self.args, self.kwargs)
         args, kwargs = encode_call(task.name, self.args, self.kwargs)
@@ -60,8 +65,11 @@ class Call(Generic[R]):
         timeout = task.timeout if opts.timeout is None else opts.timeout
         job_id = opts.job_id or os.urandom(16).hex()
         eta_ms = 0 if opts.eta is None else _epoch_ms(opts.eta)
+        expires_in = 0 if opts.expires is None else max(1, round(opts.expires * 1000))
+        expires_at = 0 if opts.expires_at is None else _epoch_ms(opts.expires_at)
         fields = job_fields(task.name, queue, args, kwargs, retries, timeout)
-        return job_id, queue, round(opts.delay * 1000), eta_ms, fields
+        delay = round(opts.delay * 1000)
+        return queue, [job_id, delay, eta_ms, expires_in, expires_at, *fields]
 
 
 class Task(Generic[P, R]):
@@ -81,6 +89,7 @@ class Task(Generic[P, R]):
         retries: int = 0,
         backoff: Backoff = 1.0,
         timeout: float | None = None,
+        rate_limit: str | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@app.task needs a function, got {fn!r}")
@@ -97,6 +106,7 @@ class Task(Generic[P, R]):
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
+        self.rate_limit: RateLimit | None = None if rate_limit is None else parse_rate(rate_limit)
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
         params = self._signature.parameters.values()
@@ -122,9 +132,16 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
+        expires: float | timedelta | datetime | None = None,
     ) -> TaskOptions[P, R]:
-        """The same task with per-enqueue options (see ``Options``)."""
-        return TaskOptions(self, _options(self.name, job_id, queue, retries, timeout, delay, eta))
+        """The same task with per-enqueue options.
+
+        ``delay`` (seconds or timedelta) or ``eta`` (datetime; naive means UTC) keep the job
+        scheduled until then; ``expires`` (seconds or timedelta after the enqueue, or a
+        datetime) ends it ``expired`` if it has not started by then.
+        """
+        opts = _options(self.name, job_id, queue, retries, timeout, delay, eta, expires)
+        return TaskOptions(self, opts)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Send one call to the task's queue; returns its ``Job`` (one round trip)."""
@@ -186,6 +203,7 @@ def _options(
     timeout: float | None,
     delay: float | timedelta | None,
     eta: datetime | None,
+    expires: float | timedelta | datetime | None = None,
 ) -> Options:
     if job_id is not None and (not isinstance(job_id, str) or not job_id):
         raise ValueError(f"task {task!r}: job_id must be a non-empty string, got {job_id!r}")
@@ -200,9 +218,19 @@ def _options(
         raise ValueError(f"task {task!r}: delay must not be negative, got {delay!r}")
     if eta is not None and not isinstance(eta, datetime):
         raise TypeError(f"task {task!r}: eta must be a datetime, got {eta!r}")
+    expires_in: float | None = None
+    expires_at: datetime | None = None
+    if isinstance(expires, datetime):
+        expires_at = expires
+    elif expires is not None:
+        expires_in = expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
+        if not expires_in > 0:
+            raise ValueError(f"task {task!r}: expires must be > 0 seconds, got {expires!r}")
+    if queue is not None:
+        validate_name("queue", queue)
     return replace(
         Options(), job_id=job_id, queue=queue, retries=retries, timeout=timeout,
-        delay=seconds, eta=eta,
+        delay=seconds, eta=eta, expires=expires_in, expires_at=expires_at,
     )  # fmt: skip
 
 

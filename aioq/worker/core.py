@@ -26,6 +26,7 @@ from ..keys import QueueKeys
 from ..scripts import WorkerArgs
 from .cancel import cancel_loop
 from .complete import Completer
+from .cron import cron_loop, served_schedules
 from .fetch import fetch_loop
 from .lease import renew_loop
 from .run import Runner
@@ -125,13 +126,24 @@ class Worker:
 
     async def _open(self) -> None:
         # one round trip: Redis answers, every queue has its consumer group, scripts are loaded
-        await self.app._call(self.app.scripts.prepare(self.queue_keys))
+        limits = {
+            keys: {
+                t.name: None if t.rate_limit is None else t.rate_limit.wire
+                for t in self.app.tasks.values()
+                if t.queue == keys.queue
+            }
+            for keys in self.queue_keys
+        }
+        await self.app._call(self.app.scripts.prepare(self.queue_keys, limits))
         self.runner.redis = self.app.redis
         loop = asyncio.get_running_loop()
         spawn = loop.create_task
         self._loops.append(spawn(self.completer.run(), name="aioq-complete"))
         self._loops.append(spawn(renew_loop(self), name="aioq-renew"))
         self._loops.append(spawn(cancel_loop(self), name="aioq-cancel"))
+        schedules = served_schedules(self)
+        if schedules:
+            self._loops.append(spawn(cron_loop(self, schedules), name="aioq-cron"))
         for keys in self.queue_keys:
             self._loops.append(spawn(promote_loop(self, keys), name=f"aioq-promote-{keys.queue}"))
         self._fetchers = [
@@ -152,7 +164,7 @@ class Worker:
                 continue
             moved = 0
             for keys in self.queue_keys:
-                moved += (await self.app.scripts.promote(keys))[0]
+                moved += (await self.app.scripts.promote(keys, self.app.result_ttl))[0]
             if moved:
                 self.woken()
                 continue

@@ -23,7 +23,9 @@ async def promote_loop(worker: Worker, keys: QueueKeys) -> None:
     delay = 0.05
     while True:
         try:
-            moved, next_due, now = await worker.app.scripts.promote(keys, BATCH)
+            moved, next_due, now = await worker.app.scripts.promote(
+                keys, worker.app.result_ttl, BATCH
+            )
         except (RedisError, OSError) as exc:  # any: ending this loop would promote nothing more
             log.warning("promoting scheduled jobs on %s failed (%s)", keys.queue, exc)
             await asyncio.sleep(delay)
