@@ -13,6 +13,7 @@ from . import run_worker
 from .app import App
 from .embedded import RedisServerNotFound
 from .errors import RedisUnavailable
+from .ratelimit import parse_rate
 
 T = TypeVar("T")
 
@@ -107,6 +108,44 @@ async def _reachable(app: App, work: Coroutine[Any, Any, T]) -> T:
         await app.aclose()
         raise
     return await work
+
+
+@cli.command("rate-limit")
+def rate_limit(
+    target: Annotated[str, typer.Argument(metavar="MODULE:APP", help="the app")],
+    task: Annotated[str, typer.Argument(help="the task's name")],
+    rate: Annotated[
+        str | None, typer.Argument(help='"N/s", "N/m" or "N/h"; omit with --clear')
+    ] = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="remove the override: the code's limit applies")
+    ] = False,
+) -> None:
+    """Change a task's global rate limit for every running worker, without restarts."""
+    app = load_app(target)
+    if task not in app.tasks:
+        known = ", ".join(sorted(app.tasks)) or "none"
+        raise fail(f"unknown task {task!r} in {target} (tasks: {known})")
+    if (rate is None) == (not clear):
+        raise fail("give a rate such as 10/m, or --clear")
+    if rate is not None:
+        try:
+            parse_rate(rate)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+
+    async def apply() -> dict[str, str]:
+        try:
+            await app.set_rate_limit(task, rate)
+            return await app.rate_limits(app.tasks[task].queue)
+        finally:
+            await app.aclose()
+
+    try:
+        limits = asyncio.run(_reachable(app, apply()))
+    except RedisUnavailable as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{task}: {limits.get(task, 'no limit')}")
 
 
 @cli.command()

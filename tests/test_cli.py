@@ -163,3 +163,24 @@ def test_worker_help_still_comes_from_typer() -> None:
     assert r.returncode == 0
     assert "--shutdown-timeout" in r.stdout
     assert "--embedded-redis" in r.stdout
+
+
+async def test_rate_limit_command_sets_and_clears_an_override(redis_url: str) -> None:
+    """`aioq rate-limit` writes a run-time override every worker reads; --clear removes it."""
+    name = unique_name()
+    env = {"AIOQ_REDIS_URL": redis_url, "AIOQ_APP_NAME": name}
+    r = aioq("rate-limit", "tests.apps.basic:app", "send", "3/m", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "send: 3/m"
+    app = App(name, redis_url=redis_url)
+    assert await app.rate_limits("emails") == {"send": "3/m"}
+    r = aioq("rate-limit", "tests.apps.basic:app", "send", "--clear", env=env)
+    assert r.stdout.strip() == "send: no limit"
+    assert await app.rate_limits("emails") == {}
+    bad = aioq("rate-limit", "tests.apps.basic:app", "send", "lots", env=env)
+    assert bad.returncode == 2
+    assert "invalid rate limit 'lots'" in bad.stderr
+    unknown = aioq("rate-limit", "tests.apps.basic:app", "nope", "1/s", env=env)
+    assert unknown.returncode == 2
+    assert "unknown task 'nope'" in unknown.stderr
+    await app.aclose()
