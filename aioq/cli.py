@@ -1,4 +1,6 @@
-"""The ``aioq`` command line (typer): ``aioq worker``, ``aioq demo``."""
+"""The ``aioq`` command line (typer): ``aioq worker``, ``aioq demo``, ``aioq info``; the
+operations commands (jobs, job, dlq, cancel, retry, purge, pause, resume, enqueue) are in
+``cli_ops.py``."""
 
 from __future__ import annotations
 
@@ -70,33 +72,61 @@ def info(
     target: Annotated[str, typer.Argument(metavar="MODULE:APP", help="the app to inspect")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
 ) -> None:
-    """Queues of an app: queued, running, scheduled and dead jobs."""
-    from .inspect import queue_stats
+    """Queues of an app (queued, running, scheduled, failed, dead, paused) and its workers."""
+    from .inspect import queue_stats, worker_stats
 
     app = load_app(target)
 
-    async def collect() -> list[dict[str, object]]:
+    async def collect() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         try:
-            return [s.as_dict() for s in await queue_stats(app)]
+            queues = [s.as_dict() for s in await queue_stats(app)]
+            return queues, [w.as_dict() for w in await worker_stats(app)]
         finally:
             await app.aclose()
 
     try:
-        rows = asyncio.run(_reachable(app, collect()))
+        rows, workers = asyncio.run(_reachable(app, collect()))
     except RedisUnavailable as exc:
         raise fail(str(exc)) from None
     if as_json:
-        typer.echo(json.dumps({"app": app.name, "queues": rows}, indent=2))
+        typer.echo(json.dumps({"app": app.name, "queues": rows, "workers": workers}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
     table = Table(title=f"aioq app {app.name!r} at {app.redis_url}")
-    for column in ("queue", "queued", "running", "scheduled", "dead"):
+    columns = ("queue", "queued", "running", "scheduled", "failed", "dead")
+    for column in (*columns, "paused"):
         table.add_column(column, justify="left" if column == "queue" else "right")
     for row in rows:
-        table.add_row(*(str(row[c]) for c in ("queue", "queued", "running", "scheduled", "dead")))
-    Console().print(table)
+        table.add_row(*(str(row[c]) for c in columns), "paused" if row["paused"] else "")
+    console.print(table)
+    if not workers:
+        console.print("no worker alive (none has sent a heartbeat in the last 6 s)")
+        return
+    table = Table(title=f"{len(workers)} worker(s) alive")
+    for column in ("worker", "host", "pid", "queues", "concurrency", "running", "done",
+                   "uptime", "last heartbeat"):  # fmt: skip
+        table.add_column(
+            column, justify="left" if column in ("worker", "host", "queues") else "right"
+        )
+    for w in workers:
+        table.add_row(
+            w["consumer"], w["host"], str(w["pid"]), ",".join(w["queues"]),
+            str(w["concurrency"]), str(w["running"]), str(w["done"]),
+            _duration(w["uptime"]), f"{w['last_beat']:.1f}s ago",
+        )  # fmt: skip
+    console.print(table)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 async def _reachable(app: App, work: Coroutine[Any, Any, T]) -> T:
@@ -160,3 +190,6 @@ def demo(
         run_demo(jobs=jobs, concurrency=concurrency)
     except RedisServerNotFound as exc:
         raise fail(str(exc)) from None
+
+
+from . import cli_ops  # noqa: E402, F401  (registers jobs, job, dlq, cancel, retry, purge, ...)

@@ -6,6 +6,9 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import NoScriptError
+
+from .scripts import PROGRESS, PROGRESS_SHA
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -27,9 +30,14 @@ class JobContext:
         self.queue = keys.queue
 
     async def set_progress(self, value: Any) -> None:
-        """Record a JSON value as the job's progress (visible in ``job.info().progress``)."""
+        """Record a JSON value as the job's progress (visible in ``job.info().progress``) and
+        publish it to whoever iterates ``job.progress()``; one round trip."""
         data = orjson.dumps(value)
-        await self._redis.hset(self._keys.job(self.id), "progress", data)
+        args = (2, self._keys.job(self.id), self._keys.progress(self.id), data)
+        try:
+            await self._redis.evalsha(PROGRESS_SHA, *args)
+        except NoScriptError:  # a restarted or flushed Redis forgets scripts
+            await self._redis.eval(PROGRESS, *args)
 
     def __repr__(self) -> str:
         return f"<JobContext {self.task} id={self.id!r} attempt={self.attempt}>"

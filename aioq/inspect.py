@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from redis.exceptions import ResponseError
 
 from .app import App
-from .keys import GROUP
+from .job import JobStatus
+from .keys import GROUP, workers_key
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     """Counts of one queue: ``queued`` waiting in the stream, ``running`` delivered and not
-    finished, ``scheduled`` waiting for their time, ``dead`` in the dead-letter stream."""
+    finished, ``scheduled`` waiting for their time, ``failed`` finished failed (records not
+    yet expired), ``dead`` in the dead-letter stream; ``paused`` by ``aioq pause``."""
 
     queue: str
     queued: int
     running: int
     scheduled: int
+    failed: int
     dead: int
+    paused: bool
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -29,16 +36,20 @@ class QueueStats:
 async def queue_stats(app: App, queues: list[str] | None = None) -> list[QueueStats]:
     names = queues or app.queues
     redis = app.redis
+    # failures older than the result TTL have expired records (the index trims them lazily)
+    since = (time.time() - app.result_ttl) * 1000 if app.result_ttl > 0 else "-inf"
     async with redis.pipeline(transaction=False) as pipe:
         for q in names:
             k = app.keys(q)
             pipe.xlen(k.stream)
             pipe.zcard(k.scheduled)
             pipe.xlen(k.dead)
+            pipe.zcount(k.failed, since, "+inf")
+            pipe.exists(k.paused)
         counts = await pipe.execute()
     out = []
     for i, q in enumerate(names):
-        length, scheduled, dead = counts[3 * i : 3 * i + 3]
+        length, scheduled, dead, failed, paused = counts[5 * i : 5 * i + 5]
         queued, running = length, 0
         try:
             groups: list[dict[str, Any]] = await redis.xinfo_groups(app.keys(q).stream)
@@ -49,5 +60,323 @@ async def queue_stats(app: App, queues: list[str] | None = None) -> list[QueueSt
                 running = int(g.get("pending") or 0)
                 lag = g.get("lag")
                 queued = int(lag) if lag is not None else max(0, length - running)
-        out.append(QueueStats(q, queued, running, int(scheduled), int(dead)))
+        out.append(
+            QueueStats(q, queued, running, int(scheduled), int(failed), int(dead), bool(paused))
+        )
     return out
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker as its last heartbeat described it (``worker/heartbeat.py``).
+
+    ``uptime`` and ``last_beat`` are seconds as of the read; ``started_at`` is the worker's
+    own clock (epoch seconds).
+    """
+
+    consumer: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    running: int
+    done: int
+    started_at: float
+    uptime: float
+    last_beat: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def worker_stats(app: App) -> list[WorkerInfo]:
+    """The app's live workers, by consumer name. Entries whose worker has not beaten for
+    ``STALE_AFTER`` seconds (it died without a clean stop) are dead: they are pruned."""
+    from .worker.heartbeat import STALE_AFTER
+
+    redis, key = app.redis, workers_key(app.name)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        pipe.hgetall(key)
+        (secs, micros), raw = await pipe.execute()
+    now_ms = secs * 1000 + micros // 1000
+    live: list[WorkerInfo] = []
+    dead: list[bytes] = []
+    for consumer, data in raw.items():
+        try:
+            s = orjson.loads(data)
+            ago = max(0.0, (now_ms - int(s["beat"])) / 1000)
+            info = WorkerInfo(
+                consumer=consumer.decode(errors="replace"),
+                host=str(s.get("host", "")),
+                pid=int(s.get("pid", 0)),
+                queues=[str(q) for q in s.get("queues", [])],
+                concurrency=int(s.get("concurrency", 0)),
+                running=int(s.get("running", 0)),
+                done=int(s.get("done", 0)),
+                started_at=float(s.get("started_at", 0.0)),
+                uptime=float(s.get("uptime", 0.0)) + ago,
+                last_beat=ago,
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            dead.append(consumer)  # not a heartbeat: nothing will ever refresh it
+            continue
+        if ago > STALE_AFTER:
+            dead.append(consumer)
+        else:
+            live.append(info)
+    if dead:
+        await redis.hdel(key, *dead)
+    return sorted(live, key=lambda w: w.consumer)
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+_SUMMARY_FIELDS = (
+    "status", "task", "queue", "attempts", "enqueued_at", "started_at", "finished_at",
+    "error", "exc_type", "worker",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """One row of a job listing (``Job.info()`` has the whole record)."""
+
+    id: str
+    queue: str
+    task: str
+    status: str
+    attempts: int
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    exc_type: str | None
+    worker: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for name in ("enqueued_at", "started_at", "finished_at"):
+            d[name] = d[name].isoformat() if d[name] is not None else None
+        return d
+
+
+def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
+    v = dict(zip(_SUMMARY_FIELDS, values, strict=True))
+    return JobSummary(
+        id=job_id,
+        queue=_text(v["queue"]) or queue,
+        task=_text(v["task"]) or "",
+        status=_text(v["status"]) or "",
+        attempts=_int(v["attempts"]),
+        enqueued_at=_ms(v["enqueued_at"]),
+        started_at=_ms(v["started_at"]),
+        finished_at=_ms(v["finished_at"]),
+        error=_text(v["error"]),
+        exc_type=_text(v["exc_type"]),
+        worker=_text(v["worker"]),
+    )
+
+
+async def list_jobs(
+    app: App,
+    *,
+    status: JobStatus | None = None,
+    task: str | None = None,
+    queues: list[str] | None = None,
+    limit: int = 50,
+) -> list[JobSummary]:
+    """Up to ``limit`` jobs of the given queues (default: all), newest first.
+
+    Failed jobs come from the failed-jobs index, newest failure first. Any other listing
+    SCANs the queues' job keys (cost grows with the number of records kept, i.e. with
+    ``result_ttl``) and stops once ``limit`` jobs match.
+    """
+    names = queues or app.queues
+    rows: list[JobSummary] = []
+    for q in names:
+        want = limit - len(rows) if status is not JobStatus.FAILED else limit
+        if want <= 0:
+            break
+        if status is JobStatus.FAILED:
+            rows += await _failed_jobs(app, q, task, want)
+        else:
+            rows += await _scanned_jobs(app, q, status, task, want)
+    if status is JobStatus.FAILED:
+        rows.sort(key=lambda r: r.finished_at or _EPOCH, reverse=True)
+    else:
+        rows.sort(key=lambda r: r.enqueued_at or _EPOCH, reverse=True)
+    return rows[:limit]
+
+
+async def _failed_jobs(app: App, queue: str, task: str | None, limit: int) -> list[JobSummary]:
+    keys, redis = app.keys(queue), app.redis
+    out: list[JobSummary] = []
+    start, page = 0, max(limit, 100)
+    while len(out) < limit:
+        ids: list[bytes] = await redis.zrevrange(keys.failed, start, start + page - 1)  # type: ignore[assignment]
+        if not ids:
+            break
+        start += page
+        async with redis.pipeline(transaction=False) as pipe:
+            for jid in ids:
+                pipe.hmget(keys.job(jid.decode(errors="replace")), _SUMMARY_FIELDS)
+            records = await pipe.execute()
+        for jid, values in zip(ids, records, strict=True):
+            row = _summary(jid.decode(errors="replace"), queue, values)
+            if row.status == "failed" and (task is None or row.task == task):
+                out.append(row)  # (expired, retried or requeued ids are skipped)
+    return out[:limit]
+
+
+async def _scanned_jobs(
+    app: App, queue: str, status: JobStatus | None, task: str | None, limit: int
+) -> list[JobSummary]:
+    keys, redis = app.keys(queue), app.redis
+    prefix = keys.job_prefix
+    match = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+    out: list[JobSummary] = []
+    cursor: int = 0
+    while True:
+        found: list[bytes]
+        cursor, found = await redis.scan(cursor, match=match, count=1000)  # type: ignore[assignment]
+        if found:
+            async with redis.pipeline(transaction=False) as pipe:
+                for key in found:
+                    pipe.hmget(key, _SUMMARY_FIELDS)
+                records = await pipe.execute(raise_on_error=False)
+            for key, values in zip(found, records, strict=True):
+                if isinstance(values, Exception) or values[0] is None:
+                    continue  # not a hash (another program's key), or gone meanwhile
+                row = _summary(key.decode(errors="replace")[len(prefix) :], queue, values)
+                if (status is None or row.status == status.value) and (
+                    task is None or row.task == task
+                ):
+                    out.append(row)
+        if cursor == 0 or len(out) >= limit:
+            return out[:limit]
+
+
+# -- the dead-letter stream ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One entry of a queue's dead-letter stream (written by ``bury`` in scripts.py).
+
+    ``entry`` is its id in the dead-letter stream (what ``aioq dlq show/requeue`` take);
+    ``stream_entry`` the id the job had on the queue's stream; ``fields`` the raw stream entry;
+    ``job`` the job record as it was when buried (``None`` when there was none).
+    """
+
+    entry: str
+    queue: str
+    job_id: str | None
+    task: str | None
+    reason: str
+    at: datetime | None
+    stream_entry: str
+    fields: dict[str, str] | list[Any]
+    job: dict[str, str] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["at"] = self.at.isoformat() if self.at is not None else None
+        return d
+
+
+def _dead_letter(queue: str, entry_id: bytes, raw: dict[bytes, bytes]) -> DeadLetter:
+    fields = _pairs(_loads(raw.get(b"fields")))
+    job = _pairs(_loads(raw.get(b"job")))
+    snapshot = job if isinstance(job, dict) else None
+    return DeadLetter(
+        entry=entry_id.decode(),
+        queue=queue,
+        job_id=_text(raw.get(b"id")),
+        task=snapshot.get("task") if snapshot else None,
+        reason=_text(raw.get(b"reason")) or "",
+        at=_ms(raw.get(b"at")),
+        stream_entry=_text(raw.get(b"entry")) or "",
+        fields=fields if isinstance(fields, dict | list) else [],
+        job=snapshot,
+    )
+
+
+async def dead_letters(
+    app: App, queues: list[str] | None = None, limit: int = 100
+) -> list[DeadLetter]:
+    """The newest ``limit`` dead-letter entries of the given queues (default: all)."""
+    names = queues or app.queues
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for q in names:
+            pipe.xrevrange(app.keys(q).dead, count=limit)
+        replies = await pipe.execute()
+    out = [_dead_letter(q, eid, raw) for q, r in zip(names, replies, strict=True) for eid, raw in r]
+    out.sort(key=lambda d: _entry_order(d.entry), reverse=True)
+    return out[:limit]
+
+
+async def find_dead_letter(
+    app: App, entry_id: str, queues: list[str] | None = None
+) -> list[DeadLetter]:
+    """The dead-letter entries with this id in the given queues (usually one, or none)."""
+    names = queues or app.queues
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for q in names:
+            pipe.xrange(app.keys(q).dead, entry_id, entry_id)
+        replies = await pipe.execute(raise_on_error=False)
+    return [
+        _dead_letter(q, eid, raw)
+        for q, r in zip(names, replies, strict=True)
+        if not isinstance(r, Exception)
+        for eid, raw in r
+    ]
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+_EPOCH = datetime.fromtimestamp(0, tz=UTC)
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode(errors="replace") if value else None
+
+
+def _int(value: bytes | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _ms(value: bytes | None) -> datetime | None:
+    ms = _int(value)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
+
+
+def _loads(value: bytes | None) -> Any:
+    """JSON written by Lua's cjson, which passes bytes that are not UTF-8 through as is."""
+    if value is None:
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        try:
+            return orjson.loads(value.decode(errors="replace"))
+        except orjson.JSONDecodeError:
+            return None
+
+
+def _pairs(value: Any) -> Any:
+    """A flat [name, value, ...] list as a dict (cjson writes Redis replies that way)."""
+    if isinstance(value, list) and len(value) % 2 == 0 and all(isinstance(v, str) for v in value):
+        return dict(zip(value[::2], value[1::2], strict=True))
+    return value
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)

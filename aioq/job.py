@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import JobCancelled, JobNotFound, TaskFailed
 
@@ -41,6 +44,7 @@ _FINISHED = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
 )
 _STATE_FIELDS = ("status", "result", "error", "exc_type", "traceback")
+_PROGRESS_RECHECK = 5.0  # seconds without a message before progress() re-reads the record
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,61 @@ class Job(Generic[R]):
                 except TimeoutError:
                     continue  # re-read once more, then raise above
 
+    async def progress(self) -> AsyncIterator[Any]:
+        """Stream the job's progress: ``async for p in job.progress(): ...``.
+
+        Yields the value stored when the iteration starts (if any), then each value the task
+        sets with ``current_job().set_progress()``, in order, and ends when the job reaches a
+        final state (at once for a job that had already finished). Pushed over a pub/sub
+        subscription; the stored record is re-read after a lost connection and after 5 s
+        without a message, so the latest value and the end are never missed (intermediate
+        values published while disconnected may be). Leaving the loop early: wrap the
+        iterator in ``contextlib.aclosing`` to unsubscribe at once.
+        """
+        keys = await self._resolve()
+        key, redis = keys.job(self.id), self._app.redis
+        channels = (keys.progress(self.id).encode(), keys.done(self.id).encode())
+        seen, delay = 0, 0.05
+        while True:
+            pubsub: Any = redis.pubsub()
+            try:
+                await pubsub.subscribe(*channels)
+                confirmed = 0
+                while confirmed < len(channels):  # subscribed for sure before reading the state
+                    msg = await pubsub.get_message(timeout=None)
+                    confirmed += msg is not None and msg.get("type") == "subscribe"
+                delay = 0.05
+                msg = None
+                while True:
+                    if msg is None:
+                        # first, and after a quiet spell: the stored state (the client may have
+                        # reconnected underneath and lost messages published meanwhile)
+                        state: list[bytes | None] = await redis.hmget(  # type: ignore[assignment]
+                            key, ("status", "progress", "progress_seq")
+                        )
+                        if state[0] is None:
+                            raise JobNotFound(self.id, [keys.queue])
+                        if state[1] is not None and _int(state[2]) > seen:
+                            seen = _int(state[2])
+                            yield _json(state[1])
+                        if _finished(state[0]):
+                            return
+                    elif msg.get("type") == "message":
+                        if msg["channel"] == channels[1]:
+                            return  # final: every earlier progress message arrived before it
+                        head, _, data = msg["data"].partition(b" ")
+                        if _int(head) > seen:
+                            seen = _int(head)
+                            yield _json(data)
+                    msg = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=_PROGRESS_RECHECK
+                    )
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await asyncio.sleep(delay)  # then resubscribe and re-read the stored state
+                delay = min(delay * 2, 2.0)
+            finally:
+                await pubsub.aclose()
+
     def _outcome(self, status: JobStatus, state: list[bytes | None]) -> Any:
         _, result, error, exc_type, tb = state
         if status is JobStatus.SUCCEEDED:
@@ -177,6 +236,13 @@ class Job(Generic[R]):
             message,
             tb.decode(errors="replace") if tb else "",
         )
+
+
+def _finished(status: bytes) -> bool:
+    try:
+        return JobStatus(status.decode()).finished
+    except ValueError:  # not ours: nothing will ever finish it
+        return True
 
 
 def _ms(value: bytes | None) -> datetime | None:

@@ -16,6 +16,7 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
     result       JSON of the return value (succeeded)
     error, exc_type, traceback              the last failure
     progress     JSON value set by ``current_job().set_progress``
+    progress_seq how many values it has set (published with each, see ``job.progress()``)
 
 Everything is JSON through orjson; nothing is pickled.
 """

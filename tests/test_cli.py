@@ -109,7 +109,8 @@ async def test_info_counts_each_queue_and_prints_json(redis_url: str) -> None:
     assert r.returncode == 0, r.stderr
     queues = {q["queue"]: q for q in json.loads(r.stdout)["queues"]}
     assert queues["default"] == {
-        "queue": "default", "queued": 3, "running": 0, "scheduled": 0, "dead": 0,
+        "queue": "default", "queued": 3, "running": 0, "scheduled": 0, "failed": 0,
+        "dead": 0, "paused": False,
     }  # fmt: skip
     assert queues["emails"]["scheduled"] == 1
     table = aioq(

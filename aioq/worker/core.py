@@ -28,6 +28,7 @@ from .cancel import cancel_loop
 from .complete import Completer
 from .cron import cron_loop, served_schedules
 from .fetch import fetch_loop
+from .heartbeat import PausedQueues, heartbeat_loop
 from .lease import renew_loop
 from .run import Runner
 from .schedule import promote_loop
@@ -76,6 +77,7 @@ class Worker:
         self.runner = Runner(self)
         self.completer = Completer(lambda: self.app.scripts, self.script_args, self._written)
         self.idle: set[QueueKeys] = set()
+        self.paused = PausedQueues()  # queues held by `aioq pause` (heartbeat.py reads them)
         self.wake = asyncio.Event()
         self.jobs_done = 0
         self.started_at: float | None = None
@@ -141,6 +143,7 @@ class Worker:
         self._loops.append(spawn(self.completer.run(), name="aioq-complete"))
         self._loops.append(spawn(renew_loop(self), name="aioq-renew"))
         self._loops.append(spawn(cancel_loop(self), name="aioq-cancel"))
+        self._loops.append(spawn(heartbeat_loop(self), name="aioq-heartbeat"))
         schedules = served_schedules(self)
         if schedules:
             self._loops.append(spawn(cron_loop(self, schedules), name="aioq-cron"))

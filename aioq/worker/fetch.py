@@ -12,9 +12,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from ..keys import GROUP, QueueKeys
+from ..keys import QueueKeys
 from .lease import Reclaimer
 
 if TYPE_CHECKING:
@@ -31,6 +31,10 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
     delay = 0.05
     while True:
         n = await slots.take(worker.fetch_size)
+        if keys.queue in worker.paused:  # `aioq pause`: take nothing new (see heartbeat.py)
+            slots.give(n)
+            await worker.paused.wait_resumed(worker, keys)
+            continue
         started = 0
         try:
             # lapsed leases first (when due), then new entries, with the slots we hold
@@ -70,16 +74,7 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
 
 
 async def _wait_for_entries(worker: Worker, keys: QueueKeys, n: int, block_ms: int) -> list[Any]:
-    redis = worker.app.redis
-    try:
-        reply: Any = await redis.xreadgroup(
-            GROUP, worker.consumer, {keys.stream: ">"}, count=n, block=block_ms
-        )
-    except ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
-        return []  # the next fetch script recreates the group
-    if not reply:
+    entry_ids = await worker.app.scripts.read_blocking(keys, worker.consumer, n, block_ms)
+    if not entry_ids:
         return []
-    entry_ids = [eid for eid, _ in reply[0][1]]
     return await worker.app.scripts.start(keys, worker.script_args, entry_ids)

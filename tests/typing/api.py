@@ -37,6 +37,8 @@ async def producer() -> None:
     assert_type(await job.status(), JobStatus)
     assert_type(await job.info(), JobInfo)
     assert_type(await job.cancel(), bool)
+    async for progress in job.progress():
+        assert_type(progress, Any)
 
     assert_type(await send_email.enqueue("a@b.c", subject="hi"), Job[None])
     assert_type(await checksum.enqueue(b"x"), Job[str])

@@ -1,0 +1,460 @@
+"""The operations commands of ``aioq``: jobs, job, dlq, cancel, retry, purge, pause, resume,
+enqueue. They are registered on ``cli.cli`` (imported at the end of ``cli.py``); what they
+read comes from ``inspect.py``, what they change from ``ops.py``.
+
+Every command prints one clear line and exits 2 when MODULE:APP does not import, a queue is
+unknown, or Redis does not answer; listings take ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from redis.exceptions import RedisError
+
+from . import ops
+from .app import App
+from .cli import _reachable, cli, fail, load_app
+from .errors import JobNotFound, RedisUnavailable
+from .job import JobInfo, JobStatus
+
+T = TypeVar("T")
+
+Target = Annotated[str, typer.Argument(metavar="MODULE:APP", help="the app")]
+Json = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+Queues = Annotated[
+    list[str] | None, typer.Option("--queue", "-q", help="only this queue (repeatable)")
+]
+
+
+def run(app: App, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` against the app's Redis; a Redis that does not answer is one line, exit 2."""
+
+    async def main() -> T:
+        try:
+            return await work()
+        finally:
+            await app.aclose()
+
+    try:
+        return asyncio.run(_reachable(app, main()))
+    except RedisUnavailable as exc:
+        raise fail(str(exc)) from None
+    except (RedisError, OSError) as exc:
+        raise fail(f"Redis at {app.redis_url} failed: {type(exc).__name__}: {exc}") from None
+
+
+def known_queues(app: App, queues: list[str] | None) -> list[str]:
+    """The queues asked for (default: all the app knows); an unknown name is exit 2."""
+    if not queues:
+        return app.queues
+    unknown = [q for q in queues if q not in app.queues]
+    if unknown:
+        raise fail(
+            f"unknown queue(s) {', '.join(map(repr, unknown))}: app {app.name!r} "
+            f"has {', '.join(map(repr, app.queues))}"
+        )
+    return list(dict.fromkeys(queues))
+
+
+def echo_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def when(value: datetime | None, short: bool = False) -> str:
+    """A UTC time; ``short`` drops the year."""
+    fmt = "%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S UTC"
+    return value.astimezone(UTC).strftime(fmt) if value else "-"
+
+
+def short(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:  # ids fold (they stay whole to copy); times and statuses never wrap
+        table.add_column(column, overflow="fold", no_wrap=column in ("status", "at"))
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def report(outcomes: dict[str, str], ok: set[str], as_json: bool) -> None:
+    """Print one line per id (or JSON); exit 1 when any outcome is not in ``ok``."""
+    if as_json:
+        echo_json(outcomes)
+    else:
+        for key, outcome in outcomes.items():
+            typer.echo(f"{key}: {outcome}")
+    if any(o not in ok for o in outcomes.values()):
+        raise typer.Exit(1)
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+@cli.command()
+def jobs(
+    target: Target,
+    status: Annotated[
+        str | None,
+        typer.Option(help="queued, scheduled, running, succeeded, failed, cancelled, expired"),
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="only jobs of this task")] = None,
+    queue: Queues = None,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many jobs")] = 50,
+    as_json: Json = False,
+) -> None:
+    """List jobs, newest first (failed ones from the failed-jobs index)."""
+    from .inspect import list_jobs
+
+    wanted: JobStatus | None = None
+    if status is not None:
+        try:
+            wanted = JobStatus(status.lower())
+        except ValueError:
+            raise fail(
+                f"unknown status {status!r} (use {', '.join(s.value for s in JobStatus)})"
+            ) from None
+    app = load_app(target)
+    names = known_queues(app, queue)
+    rows = run(app, lambda: list_jobs(app, status=wanted, task=task, queues=names, limit=limit))
+    if as_json:
+        echo_json([r.as_dict() for r in rows])
+        return
+    print_table(
+        f"{len(rows)} job(s) of app {app.name!r} (times UTC)",
+        ["id", "queue", "task", "status", "tries", "at", "error"],
+        [
+            [
+                r.id, r.queue, r.task, r.status, str(r.attempts),
+                when(r.finished_at or r.started_at or r.enqueued_at, short=True),
+                short(f"{r.exc_type}: {r.error}" if r.error else None),
+            ]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def job_dict(info: JobInfo) -> dict[str, Any]:
+    d: dict[str, Any] = {name: getattr(info, name) for name in JobInfo.__dataclass_fields__}
+    d["status"] = info.status.value
+    for name in ("enqueued_at", "started_at", "finished_at"):
+        d[name] = d[name].isoformat() if d[name] is not None else None
+    return d
+
+
+@cli.command()
+def job(
+    target: Target,
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="the job id")],
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="the job's queue")] = None,
+    as_json: Json = False,
+) -> None:
+    """One job: arguments, status, attempts, times, progress, result or error and traceback."""
+    app = load_app(target)
+    if queue is not None:
+        known_queues(app, [queue])
+
+    async def info() -> JobInfo | None:
+        try:
+            return await app.job(job_id, queue).info()
+        except JobNotFound:
+            return None
+
+    found = run(app, info)
+    if found is None:
+        typer.echo(f"aioq: no job {job_id!r} in queues {', '.join(app.queues)}", err=True)
+        raise typer.Exit(1)
+    d = job_dict(found)
+    if as_json:
+        echo_json(d)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"job {found.id}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    rows: list[tuple[str, str]] = [
+        ("task", found.task), ("queue", found.queue), ("status", found.status.value),
+        ("attempts", f"{found.attempts} (retries allowed: {found.retries})"),
+        ("args", dumps(found.args)), ("kwargs", dumps(found.kwargs)),
+        ("enqueued", when(found.enqueued_at)), ("started", when(found.started_at)),
+        ("finished", when(found.finished_at)), ("worker", found.worker or "-"),
+        ("progress", "-" if found.progress is None else dumps(found.progress)),
+    ]  # fmt: skip
+    if found.status is JobStatus.SUCCEEDED:
+        rows.append(("result", dumps(found.result)))
+    if found.error:
+        rows.append(("error", f"{found.exc_type or 'Error'}: {found.error}"))
+    for name, value in rows:
+        table.add_row(name, value)
+    console = Console()
+    console.print(table)
+    if found.traceback:
+        console.print(found.traceback.rstrip(), markup=False, highlight=False)
+
+
+# -- the dead-letter stream ---------------------------------------------------------------
+
+dlq = typer.Typer(
+    help="The dead-letter stream: jobs that could not run, with the reason.",
+    no_args_is_help=True,
+)
+cli.add_typer(dlq, name="dlq")
+
+
+@dlq.callback()
+def dlq_target(ctx: typer.Context, target: Target) -> None:
+    """The dead-letter stream of MODULE:APP: list | show ENTRY_ID | requeue ENTRY_ID... |
+    requeue --all | purge."""
+    ctx.obj = target
+
+
+@dlq.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    queue: Queues = None,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many entries")] = 100,
+    as_json: Json = False,
+) -> None:
+    """The newest dead-letter entries, with the reason each is there."""
+    from .inspect import dead_letters
+
+    app = load_app(ctx.obj)
+    names = known_queues(app, queue)
+    rows = run(app, lambda: dead_letters(app, names, limit))
+    if as_json:
+        echo_json([r.as_dict() for r in rows])
+        return
+    print_table(
+        f"{len(rows)} dead-letter {plural(len(rows))} of app {app.name!r}",
+        ["entry", "queue", "job", "task", "at", "reason"],
+        [
+            [r.entry, r.queue, r.job_id or "-", r.task or "-", when(r.at, short=True), r.reason]
+            for r in rows
+        ],
+    )
+
+
+@dlq.command("show")
+def dlq_show(
+    ctx: typer.Context,
+    entry_id: Annotated[str, typer.Argument(metavar="ENTRY_ID")],
+    queue: Queues = None,
+    as_json: Json = False,
+) -> None:
+    """One dead-letter entry: the reason, the raw stream entry, the job record it had."""
+    from .inspect import find_dead_letter
+
+    app = load_app(ctx.obj)
+    names = known_queues(app, queue)
+    found = run(app, lambda: find_dead_letter(app, entry_id, names))
+    if not found:
+        typer.echo(f"aioq: no dead-letter entry {entry_id!r}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        echo_json(found[0].as_dict() if len(found) == 1 else [f.as_dict() for f in found])
+        return
+    for d in found:
+        typer.echo(f"entry     {d.entry} (queue {d.queue!r})")
+        typer.echo(f"job       {d.job_id or '-'}  task {d.task or '-'}")
+        typer.echo(f"at        {when(d.at)}")
+        typer.echo(f"reason    {d.reason}")
+        typer.echo(f"stream    entry {d.stream_entry}: {json.dumps(d.fields)}")
+        typer.echo(f"record    {json.dumps(d.job) if d.job is not None else '-'}")
+
+
+@dlq.command("requeue")
+def dlq_requeue(
+    ctx: typer.Context,
+    entry_ids: Annotated[list[str] | None, typer.Argument(metavar="[ENTRY_ID]...")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="requeue every entry")] = False,
+    queue: Queues = None,
+    as_json: Json = False,
+) -> None:
+    """Put dead-letter entries' jobs back on their queue as fresh attempts."""
+    from .inspect import find_dead_letter
+
+    if bool(entry_ids) == all_:
+        raise fail("give ENTRY_ID... or --all (not both)")
+    app = load_app(ctx.obj)
+    names = known_queues(app, queue)
+
+    async def requeue() -> dict[str, str]:
+        if all_:
+            return await ops.requeue_all_dead(app, names)
+        out: dict[str, str] = {}
+        for eid in entry_ids or ():
+            found = await find_dead_letter(app, eid, names)
+            if len(found) != 1:
+                out[eid] = "missing" if not found else "in several queues: give --queue"
+            else:
+                out.update(await ops.requeue_dead(app, found[0].queue, [eid]))
+        return out
+
+    outcomes = run(app, requeue)
+    if all_ and not as_json:
+        n = sum(o == ops.REQUEUED for o in outcomes.values())
+        typer.echo(f"requeued {n} of {len(outcomes)} dead-letter {plural(len(outcomes))}")
+        outcomes = {k: o for k, o in outcomes.items() if o != ops.REQUEUED}
+    report(outcomes, {ops.REQUEUED}, as_json)
+
+
+@dlq.command("purge")
+def dlq_purge(
+    ctx: typer.Context,
+    queue: Queues = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Delete dead-letter entries for good."""
+    app = load_app(ctx.obj)
+    names = known_queues(app, queue)
+    if not yes:
+        typer.confirm(
+            f"Delete every dead-letter entry of queue(s) {', '.join(names)} of app {app.name!r}?",
+            abort=True,
+        )
+    n = run(app, lambda: ops.purge_dead(app, names))
+    typer.echo(f"deleted {n} dead-letter {plural(n)}")
+
+
+# -- control ----------------------------------------------------------------------------------
+
+
+@cli.command()
+def cancel(
+    target: Target,
+    job_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="job ids")],
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="the jobs' queue")] = None,
+    as_json: Json = False,
+) -> None:
+    """Cancel jobs: a queued or scheduled job never starts, a running one is cancelled."""
+    app = load_app(target)
+    if queue is not None:
+        known_queues(app, [queue])
+    outcomes = run(app, lambda: ops.cancel(app, job_ids, queue))
+    report(outcomes, {"cancelled", "cancelling"}, as_json)
+
+
+@cli.command()
+def retry(
+    target: Target,
+    job_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="ids of failed jobs")],
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="the jobs' queue")] = None,
+    as_json: Json = False,
+) -> None:
+    """Put failed jobs back on their queue as fresh attempts (other jobs are left alone)."""
+    app = load_app(target)
+    if queue is not None:
+        known_queues(app, [queue])
+    outcomes = run(app, lambda: ops.retry(app, job_ids, queue))
+    outcomes = {k: v if v in (ops.REQUEUED, "missing") else f"not failed ({v})" for k, v in
+                outcomes.items()}  # fmt: skip
+    report(outcomes, {ops.REQUEUED}, as_json)
+
+
+@cli.command()
+def purge(
+    target: Target,
+    queue: Annotated[str, typer.Option("--queue", "-q", help="the queue to empty")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Delete a queue's queued jobs (running ones are left to finish)."""
+    app = load_app(target)
+    known_queues(app, [queue])
+    if not yes:
+        typer.confirm(
+            f"Delete every queued job of queue {queue!r} of app {app.name!r}?", abort=True
+        )
+    entries, deleted = run(app, lambda: ops.purge_queue(app, queue))
+    typer.echo(f"purged {deleted} queued job(s) from queue {queue!r} ({entries} stream entries)")
+
+
+@cli.command()
+def pause(
+    target: Target,
+    queue: Annotated[list[str], typer.Option("--queue", "-q", help="queue to pause (repeatable)")],
+) -> None:
+    """Workers take no new jobs from the queue(s); running jobs finish."""
+    app = load_app(target)
+    names = known_queues(app, queue)
+    run(app, lambda: ops.pause(app, names))
+    typer.echo(f"paused {', '.join(names)} (workers notice within a few seconds)")
+
+
+@cli.command()
+def resume(
+    target: Target,
+    queue: Annotated[list[str], typer.Option("--queue", "-q", help="queue to resume (repeatable)")],
+) -> None:
+    """Workers take jobs from the queue(s) again."""
+    app = load_app(target)
+    names = known_queues(app, queue)
+    run(app, lambda: ops.resume(app, names))
+    typer.echo(f"resumed {', '.join(names)}")
+
+
+@cli.command()
+def enqueue(
+    target: Target,
+    task: Annotated[str, typer.Argument(metavar="TASK", help="a task name of the app")],
+    args: Annotated[str, typer.Option("--args", help="JSON array of arguments")] = "[]",
+    kwargs: Annotated[str, typer.Option("--kwargs", help="JSON object of arguments")] = "{}",
+    queue: Annotated[str | None, typer.Option("--queue", "-q")] = None,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="idempotency key")] = None,
+    delay: Annotated[float, typer.Option(min=0, help="seconds to wait before it may start")] = 0,
+    as_json: Json = False,
+) -> None:
+    """Enqueue a job and print its id (an existing --job-id enqueues nothing)."""
+    positional, named = parse_json(args, list, "--args"), parse_json(kwargs, dict, "--kwargs")
+    app = load_app(target)
+    if task not in app.tasks:
+        known = ", ".join(map(repr, sorted(app.tasks))) or "none"
+        raise fail(f"unknown task {task!r}: app {app.name!r} has {known}")
+    if queue is not None:
+        known_queues(app, [queue])
+    try:
+        call = app.options(task, queue=queue, job_id=job_id, delay=delay or None)
+        prepared = call.call(*positional, **named)
+        prepared.prepare()  # validates arguments and options before anything is sent
+    except (TypeError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    created = run(app, lambda: app.enqueue_many([prepared]))
+    if as_json:
+        echo_json({"id": created[0].id, "queue": created[0].queue})
+    else:
+        typer.echo(created[0].id)
+
+
+def plural(n: int) -> str:
+    return "entry" if n == 1 else "entries"
+
+
+def parse_json(text: str, kind: type[Any], option: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        expected = "a JSON array" if kind is list else "a JSON object"
+        raise fail(f"{option} must be {expected}, got {type(value).__name__}")
+    return value
