@@ -384,3 +384,24 @@ async def test_cancel_finished_job_returns_false(app: App) -> None:
     assert await job.cancel() is False
     assert await job.status() is JobStatus.SUCCEEDED
     assert await job.result() == 1
+
+
+async def test_fewer_slots_than_queues_serves_every_queue(app: App) -> None:
+    """With concurrency 1 and two queues, neither queue starves while the other is empty."""
+
+    @app.task(queue="a")
+    async def in_a(i: int) -> int:
+        return i
+
+    @app.task(queue="b")
+    async def in_b(i: int) -> int:
+        return i
+
+    async with Worker(app, concurrency=1, queues=["a", "b"]):
+        await asyncio.sleep(0.1)  # both fetchers are parked or waiting by now
+        t0 = time.monotonic()
+        jobs = [await in_b.enqueue(i) for i in range(5)]
+        assert [await j.result(timeout=5) for j in jobs] == list(range(5))
+        jobs = [await in_a.enqueue(i) for i in range(5)]
+        assert [await j.result(timeout=5) for j in jobs] == list(range(5))
+    assert time.monotonic() - t0 < 2.0

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aioq.worker")
 
+CONTENDED_BLOCK_MS = 20  # parked this long at most while another fetcher waits for a slot
 BLOCK_MS = 2_000  # a parked fetcher wakes this often to notice new queues or a stop
 
 
@@ -54,6 +55,8 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
                     continue
                 # parked no longer than the next reclaim is due (BLOCK 0 would mean for ever)
                 block_ms = max(1, min(BLOCK_MS, round(reclaimer.due_in() * 1000)))
+                if slots.contended:  # another queue waits for the slots we hold: take turns
+                    block_ms = min(block_ms, CONTENDED_BLOCK_MS)
                 rows = await _wait_for_entries(worker, keys, n, block_ms)
                 if rows:
                     started += len(rows)

@@ -1,36 +1,54 @@
-"""Concurrency slots shared by every queue a worker serves."""
+"""Concurrency slots shared by every queue a worker serves.
+
+Fetchers reserve several slots at once and give back what they did not use. Waiters are served
+first come, first served, so with fewer slots than queues the queues take turns instead of one
+fetcher taking its slot straight back every time (see ``contended``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 
 class Slots:
-    """Counts free concurrency; fetchers reserve several slots at once and give back the rest."""
-
     def __init__(self, total: int) -> None:
         self.total = total
         self.free = total
-        self._changed = asyncio.Event()
+        self._waiters: deque[asyncio.Future[int]] = deque()
 
     async def take(self, most: int) -> int:
-        """Wait until at least one slot is free, then reserve up to ``most``."""
-        while self.free <= 0:
-            self._changed.clear()
-            await self._changed.wait()
-        n = min(self.free, most)
-        self.free -= n
-        return n
-
-    def take_nowait(self, most: int) -> int:
-        n = max(0, min(self.free, most))
-        self.free -= n
-        return n
+        """Wait until at least one slot is free (in turn), then reserve up to ``most``."""
+        if self.free > 0 and not self._waiters:
+            n = min(self.free, most)
+            self.free -= n
+            return n
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            handed = await fut  # a slot given back is handed to the first waiter directly
+        except BaseException:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+            elif fut.done() and not fut.cancelled():
+                self.give(fut.result())  # handed a slot while being cancelled: pass it on
+            raise
+        extra = min(self.free, most - handed)
+        self.free -= extra
+        return handed + extra
 
     def give(self, n: int = 1) -> None:
-        if n:
-            self.free += n
-            self._changed.set()
+        while n > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(1)
+                n -= 1
+        self.free += n
+
+    @property
+    def contended(self) -> bool:
+        """Someone is waiting for a slot: a fetcher holding slots should not park for long."""
+        return bool(self._waiters)
 
     @property
     def busy(self) -> int:
