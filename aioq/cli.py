@@ -72,25 +72,32 @@ def info(
     target: Annotated[str, typer.Argument(metavar="MODULE:APP", help="the app to inspect")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
 ) -> None:
-    """Queues of an app (queued, running, scheduled, failed, dead, paused) and its workers."""
-    from .inspect import queue_stats, worker_stats
+    """Queues of an app (queued, running, scheduled, failed, dead, paused), its workers, cron
+    schedules with their next tick, and the rate limits in force."""
+    from .inspect import cron_stats, queue_stats, rate_limit_stats, worker_stats
 
     app = load_app(target)
 
-    async def collect() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def collect() -> dict[str, Any]:
         try:
-            queues = [s.as_dict() for s in await queue_stats(app)]
-            return queues, [w.as_dict() for w in await worker_stats(app)]
+            return {
+                "app": app.name,
+                "queues": [s.as_dict() for s in await queue_stats(app)],
+                "workers": [w.as_dict() for w in await worker_stats(app)],
+                "crons": await cron_stats(app),
+                "rate_limits": await rate_limit_stats(app),
+            }
         finally:
             await app.aclose()
 
     try:
-        rows, workers = asyncio.run(_reachable(app, collect()))
+        report = asyncio.run(_reachable(app, collect()))
     except RedisUnavailable as exc:
         raise fail(str(exc)) from None
     if as_json:
-        typer.echo(json.dumps({"app": app.name, "queues": rows, "workers": workers}, indent=2))
+        typer.echo(json.dumps(report, indent=2))
         return
+    rows, workers = report["queues"], report["workers"]
     from rich.console import Console
     from rich.table import Table
 
@@ -102,6 +109,7 @@ def info(
     for row in rows:
         table.add_row(*(str(row[c]) for c in columns), "paused" if row["paused"] else "")
     console.print(table)
+    _extra_tables(console, report)
     if not workers:
         console.print("no worker alive (none has sent a heartbeat in the last 6 s)")
         return
@@ -118,6 +126,26 @@ def info(
             _duration(w["uptime"]), f"{w['last_beat']:.1f}s ago",
         )  # fmt: skip
     console.print(table)
+
+
+def _extra_tables(console: Any, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    if report["crons"]:
+        table = Table(title="cron schedules")
+        for column in ("schedule", "queue", "catch-up", "last tick (UTC)", "next tick (UTC)"):
+            table.add_column(column)
+        for c in report["crons"]:
+            table.add_row(c["schedule"], c["queue"], c["catch_up"], c["last_tick"] or "never",
+                          c["next_tick"])  # fmt: skip
+        console.print(table)
+    if report["rate_limits"]:
+        table = Table(title="rate limits in force")
+        for column in ("queue", "task", "limit"):
+            table.add_column(column)
+        for r in report["rate_limits"]:
+            table.add_row(r["queue"], r["task"], r["limit"])
+        console.print(table)
 
 
 def _duration(seconds: float) -> str:

@@ -380,3 +380,40 @@ def _pairs(value: Any) -> Any:
 def _entry_order(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms or 0), int(seq or 0)
+
+
+async def cron_stats(app: App) -> list[dict[str, Any]]:
+    """Each cron schedule: its task and queue, the last tick handled and the next one (UTC)."""
+    import time
+    from datetime import UTC, datetime
+
+    def iso(t: float | None) -> str | None:
+        return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
+
+    if not app.crons:
+        return []
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for s in app.crons:
+            pipe.get(app.keys(app.tasks[s.task].queue).cron_state(s.name))
+        states = await pipe.execute()
+    now = time.time()
+    return [
+        {
+            "schedule": s.name,
+            "task": s.task,
+            "queue": app.tasks[s.task].queue,
+            "catch_up": s.catch_up,
+            "last_tick": iso(None if state is None else int(state) / 1000),
+            "next_tick": iso(s.next_after(now)),
+        }
+        for s, state in zip(app.crons, states, strict=True)
+    ]
+
+
+async def rate_limit_stats(app: App) -> list[dict[str, str]]:
+    """The rate limits in force, per queue and task (run-time overrides win)."""
+    out = []
+    for q in app.queues:
+        for task, limit in (await app.rate_limits(q)).items():
+            out.append({"queue": q, "task": task, "limit": limit})
+    return out

@@ -185,3 +185,23 @@ async def test_rate_limit_command_sets_and_clears_an_override(redis_url: str) ->
     assert unknown.returncode == 2
     assert "unknown task 'nope'" in unknown.stderr
     await app.aclose()
+
+
+async def test_info_lists_cron_schedules_and_rate_limits(redis_url: str) -> None:
+    """`aioq info` shows each cron schedule's next tick and the rate limits in force."""
+    name = unique_name()
+    env = {"AIOQ_REDIS_URL": redis_url, "AIOQ_APP_NAME": name, "COLUMNS": "200"}
+    app = App(name, redis_url=redis_url)
+    await app.set_rate_limit("send", "7/m", queue="emails")
+    r = aioq("info", "tests.apps.basic:app", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    (cron,) = report["crons"]
+    assert cron["schedule"] == "hourly@every 3600s"
+    assert cron["last_tick"] is None
+    assert cron["next_tick"].endswith(":00:00+00:00")
+    assert report["rate_limits"] == [{"queue": "emails", "task": "send", "limit": "7/m"}]
+    table = aioq("info", "tests.apps.basic:app", env=env)
+    assert "hourly@every 3600s" in table.stdout
+    assert "7/m" in table.stdout
+    await app.aclose()

@@ -17,3 +17,8 @@ async def add(x: int, y: int) -> int:
 @app.task(queue="emails")
 async def send(to: str) -> str:
     return f"sent to {to}"
+
+
+@app.cron(every=3600)
+async def hourly() -> None:
+    return None
