@@ -58,11 +58,18 @@ def worker(
         bool,
         typer.Option(help="start a private redis-server on a unix socket and use it"),
     ] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve Prometheus metrics at :PORT/metrics")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="address the metrics server binds")] = (
+        "127.0.0.1"
+    ),
+    log_format: Annotated[str, typer.Option(help="text, or json: one object per line")] = "text",
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (or, with --burst, until the queues are empty)."""
     try:
         run_worker.run(target, concurrency, queue, burst, log_level, shutdown_timeout,
-                       embedded_redis)  # fmt: skip
+                       embedded_redis, metrics_port, metrics_host, log_format)  # fmt: skip
     except run_worker.CliError as exc:
         raise fail(str(exc)) from None
 

@@ -17,6 +17,8 @@ single cluster slot and two apps (or two queues) never collide::
     aioq:{shop:default}:ratelimits      hash: task -> "<limit> <period ms>" declared in code
                                         (written by workers), task + "!" -> a run-time override.
     aioq:{shop:default}:rate:<task>     sorted set: the task's starts in the current window.
+    aioq:{shop:default}:ratewait:<task> sorted set: job id -> due, the task's jobs turned away
+                                        by its rate limit and not yet due (spaces them out).
     aioq:{shop:default}:cron:<schedule> string: the last cron tick handled (epoch ms).
     aioq:{shop:default}:failed          sorted set: job id -> epoch ms it finished ``failed``
                                         (written where jobs finish; entries older than the

@@ -51,15 +51,20 @@ def load_app(target: str) -> App:
     return app
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, log_format: str = "text") -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise CliError(f"unknown log level {level!r} (use debug, info, warning or error)")
-    logging.basicConfig(
-        level=numeric,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if log_format not in ("text", "json"):
+        raise CliError(f"unknown log format {log_format!r} (use text or json)")
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from .logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=numeric, handlers=[handler])
 
 
 def run(
@@ -70,11 +75,16 @@ def run(
     log_level: str = "info",
     shutdown_timeout: float = 10.0,
     embedded_redis: bool = False,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    log_format: str = "text",
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (or, with ``burst``, until the queues are empty)."""
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     if concurrency < 1:
         raise CliError(f"--concurrency must be at least 1, got {concurrency}")
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        raise CliError(f"--metrics-port must be 0-65535, got {metrics_port}")
     app = load_app(target)
     if queues:
         unknown = [q for q in queues if q not in app.queues]
@@ -92,11 +102,18 @@ def run(
             app.redis_url = server.url
             print(f"aioq: embedded redis-server at {server.url}", file=sys.stderr, flush=True)
         w = Worker(app, concurrency=concurrency, queues=queues or None, burst=burst,
-                   shutdown_timeout=shutdown_timeout)  # fmt: skip
+                   shutdown_timeout=shutdown_timeout, metrics_port=metrics_port,
+                   metrics_host=metrics_host)  # fmt: skip
         try:
             asyncio.run(_serve(w))
         except RedisUnavailable as exc:
             raise CliError(str(exc)) from None
+        except OSError as exc:
+            if w.metrics_port is None or w.metrics_address is not None:
+                raise
+            raise CliError(
+                f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}"
+            ) from None
 
 
 async def _serve(w: Worker) -> None:
@@ -130,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info")
     p.add_argument("--shutdown-timeout", type=float, default=10.0)
     p.add_argument("--embedded-redis", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--metrics-host", default="127.0.0.1")
+    p.add_argument("--log-format", default="text")
     return p
 
 

@@ -79,8 +79,8 @@ end
 -- queue's `ratelimits` hash holds "<limit> <period ms>" per task, and an override under
 -- "<task>!" that wins. Looked up once per task per script call, and not at all when the queue
 -- has no limits.
-local RATES, RATEP = TAG .. 'ratelimits', TAG .. 'rate:'
-local limits, rejected = nil, {}
+local RATES, RATEP, RATEW = TAG .. 'ratelimits', TAG .. 'rate:', TAG .. 'ratewait:'
+local limits = nil
 local function rate_allows(task, eid, jid, now)
   if limits == nil then
     limits = {}
@@ -101,20 +101,24 @@ local function rate_allows(task, eid, jid, now)
   if not lim then return true end
   local key = RATEP .. task
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - lim[2])
-  if redis.call('ZCARD', key) < lim[1] then
+  local used = redis.call('ZCARD', key)
+  if used < lim[1] then
     redis.call('ZADD', key, now, eid)
     redis.call('PEXPIRE', key, lim[2])
     return true
   end
-  local window = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-  local used = #window / 2
-  -- Not allowed now: due when a start leaves the window. The r-th job turned away in this
-  -- call waits for the r-th oldest start (one period later per full window), so turned-away
-  -- jobs come back spread out, not all at once.
-  local r = rejected[task] or 0
-  rejected[task] = r + 1
-  local oldest = tonumber(window[2 * (r % used) + 2])
+  -- Not allowed now: due when a start leaves the window. Jobs turned away before and not yet
+  -- due are counted in `ratewait:<task>` (job id -> due), across script calls and workers:
+  -- with r of them waiting, this job waits for the r-th oldest start (one period later per
+  -- full window). So a backlog comes back spread out at the rate it can start, each job about
+  -- once, not all of it every period (which made Redis work grow with the backlog).
+  local waiting = RATEW .. task
+  redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
+  local r = redis.call('ZCARD', waiting)
+  local oldest = tonumber(redis.call('ZRANGE', key, r % used, r % used, 'WITHSCORES')[2])
   local due = oldest + lim[2] * (1 + math.floor(r / used))
+  redis.call('ZADD', waiting, due, jid)
+  redis.call('PEXPIRE', waiting, due - now + 2 * lim[2])
   redis.call('HSET', JOBP .. jid, 'status', 'scheduled')
   redis.call('ZADD', TAG .. 'scheduled', due, jid)
   return false

@@ -136,6 +136,7 @@ def test_info_with_unreachable_redis_is_one_line(tmp_path: Path) -> None:
         ["mod:app", "-c", "7", "-q", "a", "--queue", "b", "--burst", "--log-level", "debug"],
         ["mod:app", "--concurrency", "3", "--shutdown-timeout", "2.5", "--embedded-redis"],
         ["mod:app", "--no-burst", "--no-embedded-redis"],
+        ["mod:app", "--metrics-port", "9100", "--metrics-host", "0.0.0.0", "--log-format", "json"],
     ],
 )
 def test_fast_worker_parser_matches_the_typer_command(
@@ -153,7 +154,7 @@ def test_fast_worker_parser_matches_the_typer_command(
     assert result.exit_code == 0, result.output
     fast = vars(run_worker.parser().parse_args(argv))
     order = ["target", "concurrency", "queues", "burst", "log_level", "shutdown_timeout",
-             "embedded_redis"]  # fmt: skip
+             "embedded_redis", "metrics_port", "metrics_host", "log_format"]  # fmt: skip
     typer_args = list(seen[0])
     typer_args[2] = typer_args[2] or None  # typer gives [] for "no --queue", argparse None
     assert typer_args == [fast[name] for name in order]

@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..app import App
 from ..keys import QueueKeys
+from ..metrics import JobObserver, Metrics, MetricsServer, QueueDepths, jobs_log
 from ..scripts import WorkerArgs
 from .cancel import cancel_loop
 from .complete import Completer
@@ -41,7 +42,9 @@ class Worker:
     """Runs an app's jobs in the current event loop.
 
     ``concurrency`` jobs run at once; ``queues`` defaults to every queue the app knows;
-    ``burst`` stops the worker once every queue is empty and nothing scheduled is due.
+    ``burst`` stops the worker once every queue is empty and nothing scheduled is due;
+    ``metrics_port`` serves Prometheus metrics on ``metrics_host:metrics_port`` (0: a free
+    port, see ``metrics_address``; ``aioq/metrics.py``).
     """
 
     def __init__(
@@ -53,6 +56,8 @@ class Worker:
         *,
         shutdown_timeout: float = 10.0,
         batch_size: int = 200,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
@@ -85,6 +90,10 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._main: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        self.metrics: Metrics | None = None if metrics_port is None else Metrics()
+        self.metrics_address: tuple[str, int] | None = None  # (host, port) once serving
+        self._metrics_server: MetricsServer | None = None
 
     def __repr__(self) -> str:
         queues = ",".join(k.queue for k in self.queue_keys)
@@ -138,6 +147,7 @@ class Worker:
         }
         await self.app._call(self.app.scripts.prepare(self.queue_keys, limits))
         self.runner.redis = self.app.redis
+        await self._open_metrics()
         loop = asyncio.get_running_loop()
         spawn = loop.create_task
         self._loops.append(spawn(self.completer.run(), name="aioq-complete"))
@@ -159,6 +169,18 @@ class Worker:
             "worker %s started: app %r, queues %s, concurrency %d",
             self.consumer, self.app.name, [k.queue for k in self.queue_keys], self.concurrency,
         )  # fmt: skip
+
+    async def _open_metrics(self) -> None:
+        log_jobs = jobs_log.isEnabledFor(logging.INFO)
+        if self.metrics is not None or log_jobs:  # else the runner has no observer: no cost
+            self.runner.observer = JobObserver(self.metrics, log_jobs)
+        if self.metrics is not None and self.metrics_port is not None:
+            depths = QueueDepths(self.app, [k.queue for k in self.queue_keys])
+            self._metrics_server = MetricsServer(self.metrics, lambda: len(self.runner), depths)
+            self.metrics_address = await self._metrics_server.start(
+                self.metrics_host, self.metrics_port
+            )
+            log.info("metrics at http://%s:%d/metrics", *self.metrics_address)
 
     async def _until_drained(self) -> None:
         while not self._stop.is_set():
@@ -188,6 +210,8 @@ class Worker:
         await self._write_back()
         await cancel_and_wait(self._loops[:1])
         self._loops.clear()
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
         log.info("worker %s stopped after %d job(s)", self.consumer, self.jobs_done)
 
     async def _write_back(self) -> None:

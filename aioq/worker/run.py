@@ -19,6 +19,7 @@ from ..message import Delivery, encode_result, parse_delivery
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from ..metrics import JobObserver
     from .core import Worker
 
 log = logging.getLogger("aioq.worker")
@@ -35,6 +36,7 @@ class Runner:
         self.cancelling: set[bytes] = set()  # entries whose job.cancel() arrived
         self.redis: Redis  # set when the worker opens (it runs in one event loop)
         self._threads = anyio.CapacityLimiter(min(worker.concurrency, 64))
+        self.observer: JobObserver | None = None  # set when metrics or job logs are on
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.running.values())
@@ -88,6 +90,8 @@ class Runner:
         timeout = d.timeout
         record: tuple[str, bytes, str, int, bytes | str, str, str, int] | None = None
         deadline: asyncio.Timeout | None = None
+        obs = self.observer
+        t0 = obs.started(keys.queue, d) if obs is not None else 0.0
         try:
             if timeout is None and task.is_async:  # the hot path: no timer, no thread
                 value = await task.fn(*d.args, **d.kwargs)
@@ -126,6 +130,8 @@ class Runner:
             self.entries.pop((keys, d.job_id), None)
             self.cancelling.discard(d.entry_id)
             self.worker.slots.give(1)
+            if obs is not None:
+                obs.finished(keys.queue, d, None if record is None else record[0], t0)
             if record is not None:
                 self.worker.completer.add(keys, record)
 

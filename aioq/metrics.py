@@ -1,0 +1,243 @@
+"""Prometheus metrics and per-job log lines for a worker, without dependencies.
+
+``Worker(app, metrics_port=P)`` (``aioq worker --metrics-port P``) serves ``GET /metrics`` in
+the Prometheus text format (version 0.0.4) from a tiny asyncio HTTP server:
+
+* ``aioq_jobs_started_total``, ``aioq_jobs_succeeded_total``, ``aioq_jobs_failed_total``,
+  ``aioq_jobs_retried_total`` — counters labelled ``task`` and ``queue``;
+* ``aioq_job_duration_seconds`` — a histogram of attempt durations (every attempt that ended
+  with an outcome: succeeded, failed, retried or cancelled), labelled ``task`` and ``queue``;
+* ``aioq_jobs_in_flight`` — jobs this worker runs now;
+* ``aioq_queue_depth{queue,state}`` — ``queued``, ``scheduled``, ``running`` and ``dead`` of
+  each served queue, read from Redis at scrape time (cached for ``DEPTH_TTL`` seconds, so many
+  scrapers do not multiply Redis reads).
+
+Counters are per worker process (Prometheus sums them across workers); depths are per queue,
+so every worker of a queue reports the same numbers.
+
+The runner calls ``JobObserver.started`` / ``finished`` around each job only when metrics or the
+``aioq.jobs`` logger (one INFO line per job start and finish) are enabled; otherwise it has no
+observer and pays nothing. Recording is a few dict increments keyed by ``(task, queue)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .app import App
+    from .message import Delivery
+
+log = logging.getLogger("aioq.metrics")
+jobs_log = logging.getLogger("aioq.jobs")
+
+BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the duration histogram's buckets, plus ``+Inf``."""
+
+DEPTH_TTL = 1.0
+"""Seconds a scrape reuses the queue depths read by the previous one."""
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Key = tuple[str, str]  # (task, queue)
+
+_OUTCOMES = {"ok": "succeeded", "fail": "failed", "retry": "retried", "cancelled": "cancelled"}
+
+
+class Metrics:
+    """The counters and histogram of one worker, and their text exposition."""
+
+    def __init__(self) -> None:
+        self.started: dict[Key, int] = {}
+        self.succeeded: dict[Key, int] = {}
+        self.failed: dict[Key, int] = {}
+        self.retried: dict[Key, int] = {}
+        # per key: one count per bucket (not cumulative; the last is +Inf only), sum, count
+        self.buckets: dict[Key, list[int]] = {}
+        self.sums: dict[Key, float] = {}
+
+    def observe(self, key: Key, seconds: float) -> None:
+        counts = self.buckets.get(key)
+        if counts is None:
+            counts = self.buckets[key] = [0] * (len(BUCKETS) + 1)
+            self.sums[key] = 0.0
+        counts[bisect_left(BUCKETS, seconds)] += 1
+        self.sums[key] += seconds
+
+    def render(self, in_flight: int, depths: dict[str, dict[str, int]] | None) -> str:
+        out: list[str] = []
+        for name, help_, values in (
+            ("aioq_jobs_started_total", "Jobs (attempts) started.", self.started),
+            ("aioq_jobs_succeeded_total", "Jobs that succeeded.", self.succeeded),
+            ("aioq_jobs_failed_total", "Jobs that failed for good.", self.failed),
+            ("aioq_jobs_retried_total", "Attempts that failed and will be retried.", self.retried),
+        ):
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} counter")
+            for key, n in sorted(values.items()):
+                out.append(f"{name}{{{_labels(key)}}} {n}")
+        name = "aioq_job_duration_seconds"
+        out.append(f"# HELP {name} Duration of job attempts that ended with an outcome.")
+        out.append(f"# TYPE {name} histogram")
+        for key, counts in sorted(self.buckets.items()):
+            labels = _labels(key)
+            total = 0
+            for bound, n in zip((*BUCKETS, None), counts, strict=True):
+                total += n
+                le = "+Inf" if bound is None else repr(bound)
+                out.append(f'{name}_bucket{{{labels},le="{le}"}} {total}')
+            out.append(f"{name}_sum{{{labels}}} {self.sums[key]!r}")
+            out.append(f"{name}_count{{{labels}}} {total}")
+        out.append("# HELP aioq_jobs_in_flight Jobs this worker is running now.")
+        out.append("# TYPE aioq_jobs_in_flight gauge")
+        out.append(f"aioq_jobs_in_flight {in_flight}")
+        if depths is not None:
+            out.append("# HELP aioq_queue_depth Jobs of a queue by state, read from Redis.")
+            out.append("# TYPE aioq_queue_depth gauge")
+            for queue, states in depths.items():
+                for state, n in states.items():
+                    out.append(f'aioq_queue_depth{{queue="{_escape(queue)}",state="{state}"}} {n}')
+        out.append("")
+        return "\n".join(out)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(key: Key) -> str:
+    return f'task="{_escape(key[0])}",queue="{_escape(key[1])}"'
+
+
+class JobObserver:
+    """Records a job's start and finish into ``metrics`` and/or the ``aioq.jobs`` log."""
+
+    __slots__ = ("log_jobs", "metrics")
+
+    def __init__(self, metrics: Metrics | None, log_jobs: bool) -> None:
+        self.metrics = metrics
+        self.log_jobs = log_jobs
+
+    def started(self, queue: str, d: Delivery) -> float:
+        m = self.metrics
+        if m is not None:
+            key = (d.task, queue)
+            m.started[key] = m.started.get(key, 0) + 1
+        if self.log_jobs and jobs_log.isEnabledFor(logging.INFO):
+            jobs_log.info(
+                "job %s started: task %s, queue %s, attempt %d", d.job_id, d.task, queue,
+                d.attempt,
+                extra={"event": "start", "job_id": d.job_id, "task": d.task, "queue": queue,
+                       "attempt": d.attempt},
+            )  # fmt: skip
+        return time.monotonic()
+
+    def finished(self, queue: str, d: Delivery, kind: str | None, t0: float) -> None:
+        """``kind`` is the completion record's first field, None when nothing is recorded
+        (the lease was lost or the worker is stopping: whoever runs it next records it)."""
+        seconds = time.monotonic() - t0
+        m = self.metrics
+        if m is not None and kind is not None:
+            key = (d.task, queue)
+            if kind == "ok":
+                m.succeeded[key] = m.succeeded.get(key, 0) + 1
+            elif kind == "retry":
+                m.retried[key] = m.retried.get(key, 0) + 1
+            elif kind == "fail":
+                m.failed[key] = m.failed.get(key, 0) + 1
+            m.observe(key, seconds)
+        if self.log_jobs and jobs_log.isEnabledFor(logging.INFO):
+            outcome = "interrupted" if kind is None else _OUTCOMES.get(kind, kind)
+            jobs_log.info(
+                "job %s %s: task %s, queue %s, attempt %d, %.3fs", d.job_id, outcome, d.task,
+                queue, d.attempt, seconds,
+                extra={"event": "finish", "job_id": d.job_id, "task": d.task, "queue": queue,
+                       "attempt": d.attempt, "outcome": outcome,
+                       "duration": round(seconds, 6)},
+            )  # fmt: skip
+
+
+class QueueDepths:
+    """Queue depths for scrapes, read through ``inspect.queue_stats`` at most every ``ttl``."""
+
+    def __init__(self, app: App, queues: list[str], ttl: float = DEPTH_TTL) -> None:
+        self.app, self.queues, self.ttl = app, queues, ttl
+        self._value: dict[str, dict[str, int]] | None = None
+        self._at = -float("inf")
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> dict[str, dict[str, int]] | None:
+        """The depths, or None when Redis did not answer (the scrape still succeeds)."""
+        from .inspect import queue_stats
+
+        async with self._lock:
+            if time.monotonic() - self._at < self.ttl:
+                return self._value
+            try:
+                stats = await asyncio.wait_for(queue_stats(self.app, self.queues), 5.0)
+            except Exception as exc:
+                log.warning("metrics: could not read queue depths: %s", exc)
+                return None
+            self._value = {
+                s.queue: {
+                    "queued": s.queued,
+                    "scheduled": s.scheduled,
+                    "running": s.running,
+                    "dead": s.dead,
+                }
+                for s in stats
+            }
+            self._at = time.monotonic()
+            return self._value
+
+
+class MetricsServer:
+    """``GET /metrics`` over a minimal HTTP/1.x server (one request per connection)."""
+
+    def __init__(self, metrics: Metrics, in_flight: Callable[[], int], depths: QueueDepths) -> None:
+        self.metrics, self.in_flight, self.depths = metrics, in_flight, depths
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on ``host:port`` (0: any free port); returns the address bound."""
+        self._server = await asyncio.start_server(self._handle, host, port)
+        sockname = self._server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+            method, _, rest = request.partition(b" ")
+            path = rest.partition(b" ")[0].partition(b"?")[0]
+            if method in (b"GET", b"HEAD") and path == b"/metrics":
+                body = self.metrics.render(self.in_flight(), await self.depths.get()).encode()
+                status, ctype = "200 OK", CONTENT_TYPE
+            else:
+                body, status, ctype = b"not found\n", "404 Not Found", "text/plain"
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            writer.write(head if method == b"HEAD" else head + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
