@@ -124,6 +124,8 @@ local function rate_allows(task, eid, jid, now)
   return false
 end
 
+local SKIP_MINE = false          -- set by START_NEW, which may see entries already started
+
 -- Mark delivered entries as started jobs; bury what is not a job or is poison.
 local function start(entries, now)
   local out = {}
@@ -151,7 +153,7 @@ local function start(entries, now)
       local v, hashed = false, false
       if jid then
         v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
-                        'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at')
+                        'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at', 'worker')
         if v.err then
           problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
           v = false
@@ -170,7 +172,9 @@ local function start(entries, now)
           problem = 'job record ' .. JOBP .. jid .. ' holds a counter that is not an integer'
         end
       end
-      if problem then
+      if SKIP_MINE and status == 'running' and v[11] == CONSUMER then
+        -- START_NEW: this worker started it already (e.g. reclaimed it): leave it running
+      elseif problem then
         bury(eid, jid, problem, fields, now)
         if hashed and not TERMINAL[status] then              -- a missing record is created failed
           finish(jid, 'failed', now, 'error', problem, 'exc_type', 'BadJob')
@@ -300,14 +304,21 @@ return start(r[1][2], now_ms())
 """
 )
 
-# Start entries a blocking XREADGROUP already delivered to this consumer. ARGV[6..]: entry ids.
-START = (
+# Start what a blocking XREADGROUP just delivered to this consumer: its pending entries after id
+# ARGV[6] (the newest this worker had seen), at most ARGV[7]. Pipelined right behind the
+# blocking read on the same connection, it runs the moment the read returns, so an idle worker
+# starts a job with no extra round trip; after a lost connection, a resent pair finds what the
+# first read delivered too.
+START_NEW = (
     _PRELUDE
     + r"""
+SKIP_MINE = true
+local p = redis.pcall('XPENDING', STREAM, GROUP, '(' .. ARGV[6], '+', ARGV[7], CONSUMER)
+if type(p) ~= 'table' or p.err then return {} end
 local entries = {}
-for i = 6, #ARGV do
-  local e = redis.call('XRANGE', STREAM, ARGV[i], ARGV[i])
-  if e[1] then entries[#entries + 1] = e[1] else entries[#entries + 1] = {ARGV[i], false} end
+for _, row in ipairs(p) do
+  local e = redis.call('XRANGE', STREAM, row[1], row[1])
+  if e[1] then entries[#entries + 1] = e[1] else entries[#entries + 1] = {row[1], false} end
 end
 return start(entries, now_ms())
 """
@@ -527,7 +538,7 @@ class Scripts:
         self._lane = lane
         self._enqueue = _Script(ENQUEUE)
         self._fetch = _Script(FETCH)
-        self._start = _Script(START)
+        self._start_new = _Script(START_NEW)
         self._reclaim = _Script(RECLAIM)
         self._complete = _Script(COMPLETE)
         self._renew = _Script(RENEW)
@@ -610,35 +621,35 @@ class Scripts:
         )
         return written
 
-    async def read_blocking(
-        self, keys: QueueKeys, consumer: str, count: int, block_ms: int
-    ) -> list[bytes]:
-        """Park in XREADGROUP until entries arrive (or ``block_ms``); their entry ids.
+    async def wait_and_start(
+        self, keys: QueueKeys, worker: WorkerArgs, count: int, block_ms: int, after: bytes
+    ) -> list[Any]:
+        """Park in XREADGROUP until entries arrive (or ``block_ms``), and start them: the read
+        and START_NEW go in one write on one connection, so it is one round trip.
 
-        Sent over the lane too: on an idle worker this wake-up is on every job's path.
+        ``after`` is the newest entry id this worker had seen on the stream.
         """
-        command = pack("XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count,
-                       "BLOCK", block_ms, "STREAMS", keys.stream, ">")  # fmt: skip
-        (reply,) = await self._lane.call(command)
-        if isinstance(reply, Exception):
-            if "NOGROUP" in str(reply):
-                return []  # the next fetch script recreates the group
-            raise reply
-        if not reply:
-            return []
-        # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries]
-        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-        return [entry[0] for entry in entries]
+        commands = [
+            pack("XREADGROUP", "GROUP", GROUP, worker.args[1], "COUNT", count,
+                 "BLOCK", block_ms, "STREAMS", keys.stream, ">"),
+            self._start_new.command([keys.stream, keys.dead], [*worker.args, after, count]),
+        ]  # fmt: skip
+        read, started = await self._lane.call(commands, 2)
+        if isinstance(started, NoScriptError):  # a restarted Redis: load, then start them
+            await self._lane.call(pack("SCRIPT", "LOAD", START_NEW))
+            started = await self._call(
+                self._start_new, [keys.stream, keys.dead], [*worker.args, after, count]
+            )
+        if isinstance(read, Exception) and "NOGROUP" not in str(read):
+            raise read  # NOGROUP: the next fetch script recreates the group
+        if isinstance(started, Exception):
+            raise started
+        rows: list[Any] = started
+        return rows
 
     async def fetch(self, keys: QueueKeys, worker: WorkerArgs, count: int) -> list[Any]:
         rows: list[Any] = await self._call(
             self._fetch, [keys.stream, keys.dead], [*worker.args, count]
-        )
-        return rows
-
-    async def start(self, keys: QueueKeys, worker: WorkerArgs, entry_ids: list[Any]) -> list[Any]:
-        rows: list[Any] = await self._call(
-            self._start, [keys.stream, keys.dead], [*worker.args, *entry_ids]
         )
         return rows
 

@@ -29,6 +29,7 @@ BLOCK_MS = 2_000  # a parked fetcher wakes this often to notice new queues or a 
 async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
     slots, runner = worker.slots, worker.runner
     reclaimer = Reclaimer(worker, keys)
+    newest = b"0-0"  # the newest entry this fetcher has started: parked reads start what follows
     delay = 0.05
     while True:
         n = await slots.take(worker.fetch_size)
@@ -41,10 +42,12 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
             # lapsed leases first (when due), then new entries, with the slots we hold
             taken = await reclaimer.reclaim(n)
             runner.start(keys, taken)
+            newest = _newest(newest, taken)
             started = len(taken)
             rows = []
             if started < n:
                 rows = await worker.app.scripts.fetch(keys, worker.script_args, n - started)
+                newest = _newest(newest, rows)
             if not rows and not started:
                 worker.idle.add(keys)
                 if worker.burst:
@@ -57,7 +60,10 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
                 block_ms = max(1, min(BLOCK_MS, round(reclaimer.due_in() * 1000)))
                 if slots.contended:  # another queue waits for the slots we hold: take turns
                     block_ms = min(block_ms, CONTENDED_BLOCK_MS)
-                rows = await _wait_for_entries(worker, keys, n, block_ms)
+                rows = await worker.app.scripts.wait_and_start(
+                    keys, worker.script_args, n, block_ms, newest
+                )
+                newest = _newest(newest, rows)
                 if rows:
                     started += len(rows)
                     runner.start(keys, rows)
@@ -76,8 +82,17 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
             slots.give(n - started)
 
 
-async def _wait_for_entries(worker: Worker, keys: QueueKeys, n: int, block_ms: int) -> list[Any]:
-    entry_ids = await worker.app.scripts.read_blocking(keys, worker.consumer, n, block_ms)
-    if not entry_ids:
-        return []
-    return await worker.app.scripts.start(keys, worker.script_args, entry_ids)
+def _newest(current: bytes, rows: list[Any]) -> bytes:
+    """The later of ``current`` and the entry ids of ``rows`` (stream ids: ms-seq)."""
+    best = current
+    key = _id_key(best)
+    for row in rows:
+        k = _id_key(row[0])
+        if k > key:
+            best, key = row[0], k
+    return best
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
