@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,3 +58,17 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02)
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], timeout: float, what: str, interval: float = 0.01
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what} (last: {value!r})")
+        await asyncio.sleep(interval)

@@ -13,9 +13,9 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import orjson
@@ -28,11 +28,10 @@ from aioq.embedded import EmbeddedRedis
 from aioq.keys import GROUP
 from aioq.worker.core import cancel_and_wait
 from tests.apps.faulty import side_key
-from tests.helpers import spawn_worker
+from tests.helpers import eventually, spawn_worker
 
 pytestmark = pytest.mark.anyio
 
-T = TypeVar("T")
 TARGET = "tests.apps.faulty:app"
 
 
@@ -117,20 +116,6 @@ def workers(redis_url: str) -> Iterator[Spawn]:
     for w in started:
         w.close()
         print(f"--- worker {w.pid} (exit {w.proc.returncode}) ---\n{w.output}")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T]], timeout: float, what: str, interval: float = 0.02
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what} (last: {value!r})")
-        await anyio.sleep(interval)
 
 
 async def parked(app: App, w: WorkerProcess, timeout: float = 15) -> None:

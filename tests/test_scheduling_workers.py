@@ -16,19 +16,17 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
 
 from aioq import App, Job, JobCancelled, JobStatus
 from tests.apps.scheduling import side_key
-from tests.helpers import spawn_worker
+from tests.helpers import eventually, spawn_worker
 
 pytestmark = pytest.mark.anyio
 
-T = TypeVar("T")
 TARGET = "tests.apps.scheduling:app"
 
 
@@ -96,20 +94,6 @@ def workers(redis_url: str) -> Iterator[Spawn]:
     for w in started:
         w.close()
         print(f"--- worker {w.pid} (exit {w.proc.returncode}) ---\n{w.output}")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T]], timeout: float, what: str, interval: float = 0.01
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what} (last: {value!r})")
-        await anyio.sleep(interval)
 
 
 async def parked(app: App, *ws: WorkerProcess, timeout: float = 15) -> None:
