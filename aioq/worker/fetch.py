@@ -83,14 +83,12 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
 
 
 def _newest(current: bytes, rows: list[Any]) -> bytes:
-    """The later of ``current`` and the entry ids of ``rows`` (stream ids: ms-seq)."""
-    best = current
-    key = _id_key(best)
-    for row in rows:
-        k = _id_key(row[0])
-        if k > key:
-            best, key = row[0], k
-    return best
+    """The later of ``current`` and the entries of ``rows``, which come in stream order, so
+    only the last one can be newer (stream ids are ``<ms>-<seq>``)."""
+    if not rows:
+        return current
+    last: bytes = rows[-1][0]
+    return last if _id_key(last) > _id_key(current) else current
 
 
 def _id_key(entry_id: bytes) -> tuple[int, int]:
