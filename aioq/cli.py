@@ -228,3 +228,22 @@ def demo(
 
 
 from . import cli_ops  # noqa: E402, F401  (registers jobs, job, dlq, cancel, retry, purge, ...)
+
+
+@cli.command()
+def dashboard(
+    target: Annotated[str, typer.Argument(metavar="MODULE:APP", help="the app to show")],
+    port: Annotated[int, typer.Option(help="port to serve on", min=0, max=65535)] = 8000,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+) -> None:
+    """Serve the web dashboard (queues, workers, failed jobs, dead letters, crons, limits)."""
+    try:
+        import uvicorn
+
+        from .dashboard import dashboard as make_dashboard
+    except ImportError as exc:
+        missing = (exc.name or "starlette").split(".")[0]
+        raise fail(f"the dashboard needs {missing}: pip install 'aioq[dashboard]'") from None
+    app = load_app(target)
+    typer.echo(f"aioq dashboard for {app.name!r} at http://{host}:{port}/", err=True)
+    uvicorn.run(make_dashboard(app), host=host, port=port, log_level="warning")

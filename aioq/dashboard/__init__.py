@@ -1,0 +1,129 @@
+"""A small web dashboard for an aioq app: a JSON API and one static page that polls it.
+
+``dashboard(app)`` returns a Starlette ASGI app; mount it into FastAPI/Starlette
+(``api.mount("/queues", dashboard(queue_app))``) or serve it with ``aioq dashboard MODULE:APP``.
+Every URL the page uses is relative, so it works under any prefix. Needs the ``dashboard``
+extra (starlette; uvicorn for the command).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import inspect as aioq_inspect
+from .. import ops as aioq_ops
+from ..app import App
+from ..errors import RedisUnavailable
+from ..job import JobStatus
+
+__all__ = ["dashboard"]
+
+STATIC = Path(__file__).parent / "static"
+FAILED_LIMIT = 20
+DEAD_LIMIT = 100
+
+
+class _JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _error(status: int, message: str) -> _JSON:
+    return _JSON({"error": message}, status_code=status)
+
+
+def dashboard(app: App) -> Starlette:
+    """The dashboard of ``app`` as an ASGI app (the page at ``/``, the JSON API at ``/api``)."""
+
+    async def index(request: Request) -> Response:
+        if not request.url.path.endswith("/"):  # relative URLs need the trailing slash
+            return RedirectResponse(request.url.replace(path=request.url.path + "/"), 307)
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    async def overview(request: Request) -> Response:
+        async def collect() -> dict[str, Any]:
+            failed = await aioq_inspect.list_jobs(app, status=JobStatus.FAILED, limit=FAILED_LIMIT)
+            return {
+                "app": app.name,
+                "queues": [s.as_dict() for s in await aioq_inspect.queue_stats(app)],
+                "workers": [w.as_dict() for w in await aioq_inspect.worker_stats(app)],
+                "crons": await aioq_inspect.cron_stats(app),
+                "rate_limits": await aioq_inspect.rate_limit_stats(app),
+                "failed": [j.as_dict() for j in failed],
+            }
+
+        return await _guarded(collect)
+
+    async def dead(request: Request) -> Response:
+        async def collect() -> dict[str, Any]:
+            rows = await aioq_inspect.dead_letters(app, limit=DEAD_LIMIT)
+            return {"dead": [d.as_dict() for d in rows]}
+
+        return await _guarded(collect)
+
+    async def requeue(request: Request) -> Response:
+        entry = request.path_params["entry"]
+
+        async def act() -> dict[str, Any]:
+            found = await aioq_inspect.find_dead_letter(app, entry)
+            if not found:
+                return {"entry": entry, "outcome": "missing"}
+            queue = found[0].queue
+            outcome = (await aioq_ops.requeue_dead(app, queue, [entry]))[entry]
+            return {"entry": entry, "queue": queue, "outcome": outcome}
+
+        return await _guarded(act, ok=lambda r: r["outcome"] == aioq_ops.REQUEUED)
+
+    async def cancel(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+
+        async def act() -> dict[str, Any]:
+            outcome = (await aioq_ops.cancel(app, [job_id]))[job_id]
+            return {"id": job_id, "outcome": outcome}
+
+        return await _guarded(act, ok=lambda r: r["outcome"] in ("cancelled", "cancelling"))
+
+    async def retry(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+
+        async def act() -> dict[str, Any]:
+            outcome = (await aioq_ops.retry(app, [job_id]))[job_id]
+            return {"id": job_id, "outcome": outcome}
+
+        return await _guarded(act, ok=lambda r: r["outcome"] == aioq_ops.REQUEUED)
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/api/overview", overview, methods=["GET"]),
+        Route("/api/dead", dead, methods=["GET"]),
+        Route("/api/dead/{entry}/requeue", requeue, methods=["POST"]),
+        Route("/api/jobs/{job_id}/cancel", cancel, methods=["POST"]),
+        Route("/api/jobs/{job_id}/retry", retry, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+async def _guarded(work: Any, ok: Any = None) -> Response:
+    """Run ``work()``; a Redis that does not answer is a 503 with the reason. With ``ok``, an
+    outcome it rejects is a 409 (the body still says what happened)."""
+    try:
+        result = await work()
+    except RedisUnavailable as exc:
+        return _error(503, str(exc))
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        return _error(503, f"cannot reach Redis: {exc}")
+    status = 200 if ok is None or ok(result) else 409
+    return _JSON(result, status_code=status)

@@ -1,0 +1,187 @@
+// aioq dashboard: polls the JSON API (relative URLs, so it works under any mount prefix).
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) {
+    if (c === null || c === undefined) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+function ago(iso) {
+  if (!iso) return "—";
+  return duration((Date.now() - Date.parse(iso)) / 1000) + " ago";
+}
+
+function until(iso) {
+  if (!iso) return "—";
+  const s = (Date.parse(iso) - Date.now()) / 1000;
+  return s <= 0 ? "due" : "in " + duration(s);
+}
+
+function duration(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return s + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m " + String(s % 60).padStart(2, "0") + "s";
+  if (s < 86400) return Math.floor(s / 3600) + "h " + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + "m";
+  return Math.floor(s / 86400) + "d " + Math.floor(s % 86400 / 3600) + "h";
+}
+
+function shortId(id) {
+  return id && id.length > 14 ? id.slice(0, 12) + "…" : id || "—";
+}
+
+function fill(tableId, rows, columns, emptyText) {
+  const body = $("#" + tableId + " tbody");
+  body.replaceChildren();
+  if (!rows.length) {
+    body.append(el("tr", {}, el("td", { class: "empty", colspan: columns }, emptyText)));
+    return;
+  }
+  for (const r of rows) body.append(r);
+}
+
+function toast(message, isError) {
+  const t = el("div", { class: "toast" + (isError ? " err" : "") }, message);
+  $("#toasts").append(t);
+  setTimeout(() => t.remove(), 4000);
+}
+
+async function act(url, button, label) {
+  button.disabled = true;
+  try {
+    const r = await fetch(url, { method: "POST" });
+    const body = await r.json();
+    const outcome = body.outcome || body.error || r.statusText;
+    toast(label + ": " + outcome, !r.ok);
+  } catch (e) {
+    toast(label + ": " + e, true);
+  }
+  refresh();
+}
+
+const STATS = ["queued", "running", "scheduled", "failed", "dead"];
+
+function renderQueues(queues) {
+  const box = $("#queues");
+  box.replaceChildren();
+  for (const q of queues) {
+    const stats = STATS.map((name) =>
+      el("div", { class: "stat " + name + (q[name] ? "" : " zero"), "data-stat": name },
+        el("div", { class: "n" }, q[name]), el("div", { class: "l" }, name)));
+    box.append(el("div", { class: "card", "data-queue": q.queue },
+      el("div", { class: "card-head" },
+        el("span", { class: "card-name" }, q.queue),
+        q.paused ? el("span", { class: "badge paused" }, "paused")
+                 : el("span", { class: "badge active" }, "active")),
+      el("div", { class: "stats" }, ...stats)));
+  }
+}
+
+function renderWorkers(workers) {
+  $("#workers-count").textContent = workers.length || "";
+  fill("workers", workers.map((w) => el("tr", {},
+    el("td", { class: "mono" }, w.consumer),
+    el("td", {}, w.host),
+    el("td", { class: "num" }, w.pid),
+    el("td", {}, ...w.queues.map((q) => el("span", { class: "badge q" }, q))),
+    el("td", { class: "num" }, w.running + " / " + w.concurrency),
+    el("td", { class: "num" }, w.done),
+    el("td", { class: "num" }, duration(w.uptime)),
+    el("td", { class: "num muted" }, w.last_beat.toFixed(1) + "s ago"))),
+  8, "No worker alive");
+}
+
+function renderFailed(jobs) {
+  $("#failed-count").textContent = jobs.length || "";
+  fill("failed", jobs.map((j) => el("tr", { "data-job": j.id },
+    el("td", { class: "mono", title: j.id }, shortId(j.id)),
+    el("td", { class: "mono" }, j.task),
+    el("td", {}, el("span", { class: "badge q" }, j.queue)),
+    el("td", { class: "error", title: (j.exc_type || "") + ": " + (j.error || "") },
+      el("span", { class: "exc" }, j.exc_type || "Error"), ": " + (j.error || "")),
+    el("td", { class: "num" }, j.attempts),
+    el("td", { class: "num muted" }, ago(j.finished_at)),
+    el("td", { class: "actions" },
+      el("button", { class: "retry", onclick: (e) =>
+        act("api/jobs/" + encodeURIComponent(j.id) + "/retry", e.target, "retry " + shortId(j.id)) },
+        "Retry")))),
+  7, "No failed jobs");
+}
+
+function renderDead(entries) {
+  $("#dead-count").textContent = entries.length || "";
+  fill("dead", entries.map((d) => el("tr", { "data-entry": d.entry, "data-job": d.job_id || "" },
+    el("td", { class: "mono" }, d.entry),
+    el("td", { class: "mono", title: d.job_id || "" }, shortId(d.job_id)),
+    el("td", { class: "mono" }, d.task || "—"),
+    el("td", {}, el("span", { class: "badge q" }, d.queue)),
+    el("td", { class: "reason" }, d.reason),
+    el("td", { class: "num muted" }, ago(d.at)),
+    el("td", { class: "actions" },
+      el("button", { class: "primary requeue", onclick: (e) =>
+        act("api/dead/" + encodeURIComponent(d.entry) + "/requeue", e.target, "requeue " + d.entry) },
+        "Requeue")))),
+  7, "The dead-letter queue is empty");
+}
+
+function renderCrons(crons) {
+  fill("crons", crons.map((c) => el("tr", {},
+    el("td", { class: "mono" }, c.schedule),
+    el("td", {}, el("span", { class: "badge q" }, c.queue)),
+    el("td", { class: "muted" }, c.last_tick ? ago(c.last_tick) : "never"),
+    el("td", {}, until(c.next_tick)))),
+  4, "No cron schedules");
+}
+
+function renderLimits(limits) {
+  fill("limits", limits.map((r) => el("tr", {},
+    el("td", { class: "mono" }, r.task),
+    el("td", {}, el("span", { class: "badge q" }, r.queue)),
+    el("td", { class: "num mono" }, r.limit))),
+  3, "No rate limits");
+}
+
+function setLive(ok, text) {
+  $("#live").className = "live " + (ok ? "ok" : "err");
+  $("#live-text").textContent = text;
+}
+
+let busy = false;
+
+async function refresh() {
+  if (busy) return;
+  busy = true;
+  try {
+    const [ov, dead] = await Promise.all([fetch("api/overview"), fetch("api/dead")]);
+    const overview = await ov.json();
+    const deadBody = await dead.json();
+    if (!ov.ok) throw new Error(overview.error || ov.statusText);
+    if (!dead.ok) throw new Error(deadBody.error || dead.statusText);
+    $("#app-name").textContent = overview.app;
+    document.title = "aioq · " + overview.app;
+    renderQueues(overview.queues);
+    renderWorkers(overview.workers);
+    renderFailed(overview.failed);
+    renderDead(deadBody.dead);
+    renderCrons(overview.crons);
+    renderLimits(overview.rate_limits);
+    setLive(true, "live · " + new Date().toLocaleTimeString());
+  } catch (e) {
+    setLive(false, String(e.message || e));
+  } finally {
+    busy = false;
+  }
+}
+
+refresh();
+setInterval(refresh, 1000);

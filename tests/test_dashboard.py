@@ -1,0 +1,244 @@
+"""The web dashboard (``aioq.dashboard``): its JSON API, and the page in a real headless
+Chromium (Debian's ``chromium`` driven by Playwright) served by uvicorn in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aioq import App, JobStatus, Worker
+from aioq.dashboard import dashboard
+
+from .apps.ops import make_app
+from .conftest import unique_name
+from .helpers import ROOT
+
+pytestmark = pytest.mark.anyio
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+SCREENSHOT = Path("/tmp/dashboard.png")
+
+
+@pytest.fixture
+async def ops(redis_url: str) -> AsyncIterator[App]:
+    app = make_app(unique_name(), redis_url)
+
+    @app.cron("*/5 * * * *")
+    async def nightly_report() -> None:
+        pass
+
+    yield app
+    await app.aclose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def serve(asgi: Any) -> AsyncIterator[str]:
+    """Serve ``asgi`` with uvicorn in this event loop; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(
+        asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="none"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert not task.done(), "uvicorn did not start"
+        assert time.monotonic() < deadline, "uvicorn did not start in time"
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def poison(app: App, *args: Any) -> str:
+    """Enqueue ``add`` marked as delivered max_deliveries times: the next start buries it."""
+    job = await app.enqueue("add", *args)
+    await app.redis.hset(app.keys().job(job.id), "deliveries", app.max_deliveries)
+    return job.id
+
+
+async def drain(app: App) -> None:
+    await asyncio.wait_for(Worker(app, burst=True).run(), 20)
+
+
+# -- the JSON API, without a browser -----------------------------------------------------------
+
+
+async def test_api_overview_dead_and_actions(ops: App) -> None:
+    """The API lists queues, failed jobs and dead letters, and its actions change them."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    outer = Starlette(routes=[Mount("/queues", dashboard(ops))])
+    transport = httpx.ASGITransport(app=outer)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.get("/queues")
+        assert r.status_code == 307
+        assert r.headers["location"].endswith("/queues/")
+        page = await client.get("/queues/")
+        assert 'src="static/dashboard.js"' in page.text
+        assert (await client.get("/queues/static/dashboard.css")).status_code == 200
+
+        failed = await ops.enqueue("boom", "kaput")
+        dead_id = await poison(ops, 1, 2)
+        await drain(ops)
+        queued = await ops.enqueue("nap", 60)
+        overview = (await client.get("/queues/api/overview")).json()
+        assert overview["app"] == ops.name
+        default = {q["queue"]: q for q in overview["queues"]}["default"]
+        assert (default["queued"], default["failed"], default["dead"]) == (1, 2, 1)
+        assert [j["id"] for j in overview["failed"]][:2] in (
+            [failed.id, dead_id], [dead_id, failed.id]
+        )  # fmt: skip
+        assert {j["error"] for j in overview["failed"]} >= {"kaput"}
+        assert [c["task"] for c in overview["crons"]] == ["nightly_report"]
+        [entry] = (await client.get("/queues/api/dead")).json()["dead"]
+        assert entry["job_id"] == dead_id
+
+        r = await client.post(f"/queues/api/dead/{entry['entry']}/requeue")
+        assert (r.status_code, r.json()["outcome"]) == (200, "requeued")
+        r = await client.post(f"/queues/api/dead/{entry['entry']}/requeue")
+        assert (r.status_code, r.json()["outcome"]) == (409, "missing")
+        r = await client.post(f"/queues/api/jobs/{queued.id}/cancel")
+        assert (r.status_code, r.json()["outcome"]) == (200, "cancelled")
+        r = await client.post(f"/queues/api/jobs/{failed.id}/retry")
+        assert (r.status_code, r.json()["outcome"]) == (200, "requeued")
+        r = await client.post("/queues/api/jobs/nope/retry")
+        assert (r.status_code, r.json()["outcome"]) == (409, "missing")
+        await drain(ops)
+        assert await ops.job(dead_id).result(timeout=5) == 3
+        assert await ops.job(queued.id).status() is JobStatus.CANCELLED
+
+
+async def test_api_says_when_redis_does_not_answer(tmp_path: Path) -> None:
+    app = App(unique_name(), redis_url=f"unix://{tmp_path}/none.sock")
+    transport = httpx.ASGITransport(app=dashboard(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.get("/api/overview")
+    await app.aclose()
+    assert r.status_code == 503
+    assert "cannot reach Redis" in r.json()["error"]
+
+
+# -- the page in a real browser ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
+)
+async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
+    """Load the page, see an enqueued job counted, click Requeue on a dead letter, and see
+    the job succeed."""
+    from playwright.async_api import async_playwright, expect
+
+    await ops.set_rate_limit("send", "10/s")
+    async with serve(dashboard(ops)) as url, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1360, "height": 1100})
+            await page.goto(url + "/")
+            queued = page.locator('[data-queue="default"] [data-stat="queued"] .n')
+            await expect(queued).to_have_text("0")
+            await ops.enqueue("add", 1, 1)
+            await expect(queued).to_have_text("1")  # a job appears
+
+            await ops.enqueue("boom", "the payment provider said no")
+            dead_id = await poison(ops, 20, 22)
+            worker = Worker(ops)
+            running = asyncio.create_task(worker.run())
+            try:
+                row = page.locator(f'#dead tr[data-job="{dead_id}"]')
+                await expect(row).to_contain_text("poison")
+                await expect(page.locator("#failed")).to_contain_text("payment provider")
+                await expect(page.locator("#workers tbody")).to_contain_text(worker.consumer)
+                await expect(queued).to_have_text("0")
+                await page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+                await row.locator("button.requeue").click()
+                await expect(page.locator("#toasts")).to_contain_text("requeued")
+                await expect(row).to_have_count(0)
+                assert await ops.job(dead_id).result(timeout=10) == 42  # it succeeded
+                info = await ops.job(dead_id).info()
+                assert info.status is JobStatus.SUCCEEDED
+                await expect(page.locator("#dead")).to_contain_text("dead-letter queue is empty")
+            finally:
+                worker.stop()
+                await asyncio.wait_for(running, 20)
+        finally:
+            await browser.close()
+
+
+# -- `aioq dashboard` ------------------------------------------------------------------------
+
+
+async def test_dashboard_command_serves_the_page_and_the_api(ops: App) -> None:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AIOQ_REDIS_URL": ops.redis_url,
+           "AIOQ_APP_NAME": ops.name}  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aioq", "dashboard", "tests.apps.ops:app", "--port", str(port),
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await ops.enqueue("send", "ops@example.com")
+        deadline = time.monotonic() + 20
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            while True:
+                try:
+                    r = await client.get("/api/overview")
+                    break
+                except httpx.ConnectError:
+                    assert proc.returncode is None, await proc.communicate()
+                    assert time.monotonic() < deadline, "aioq dashboard did not start"
+                    await asyncio.sleep(0.1)
+            assert r.status_code == 200
+            body = r.json()
+            assert body["app"] == ops.name
+            assert {q["queue"]: q["queued"] for q in body["queues"]}["emails"] == 1
+            assert "dashboard.js" in (await client.get("/")).text
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.communicate(), 10)
+
+
+def test_dashboard_command_says_what_is_missing() -> None:
+    """Without the dashboard extra the command fails in one line, exit code 2."""
+    code = (
+        "import sys; sys.modules['uvicorn'] = None; sys.argv = ['aioq', 'dashboard', "
+        "'tests.apps.ops:app']; from aioq.__main__ import main; main()"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "aioq: the dashboard needs uvicorn: pip install 'aioq[dashboard]'"
+    ), r.stderr
