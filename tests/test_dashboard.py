@@ -178,6 +178,7 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
                 await expect(page.locator("#failed")).to_contain_text("payment provider")
                 await expect(page.locator("#workers tbody")).to_contain_text(worker.consumer)
                 await expect(queued).to_have_text("0")
+                await expect(page.locator("#throughput svg rect").first).to_be_visible()
                 await page.screenshot(path=str(SCREENSHOT), full_page=True)
 
                 await row.locator("button.requeue").click()
@@ -242,3 +243,20 @@ def test_dashboard_command_says_what_is_missing() -> None:
     assert r.stderr.strip() == (
         "aioq: the dashboard needs uvicorn: pip install 'aioq[dashboard]'"
     ), r.stderr
+
+
+def test_throughput_counts_what_each_worker_finished_between_readings() -> None:
+    """Deltas of each worker's total go into 10 s buckets; a restart never shows as a burst."""
+    from aioq.dashboard.throughput import Throughput
+
+    now = [1000.0]
+    t = Throughput(clock=lambda: now[0])
+    t.add([{"consumer": "a", "done": 100}])  # first sighting: counts from here
+    now[0] = 1004.0
+    t.add([{"consumer": "a", "done": 150}, {"consumer": "b", "done": 7}])
+    now[0] = 1012.0
+    t.add([{"consumer": "a", "done": 3}, {"consumer": "b", "done": 27}])  # a restarted
+    assert t.series() == [{"t": 1000.0, "rate": 5.0}, {"t": 1010.0, "rate": 2.0}]
+    now[0] = 1700.0
+    t.add([])
+    assert t.series() == [{"t": 1700.0, "rate": 0.0}]  # older than 10 minutes: dropped

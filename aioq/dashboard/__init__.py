@@ -25,6 +25,7 @@ from .. import ops as aioq_ops
 from ..app import App
 from ..errors import RedisUnavailable
 from ..job import JobStatus
+from .throughput import Throughput
 
 __all__ = ["dashboard"]
 
@@ -52,13 +53,18 @@ def dashboard(app: App) -> Starlette:
             return RedirectResponse(request.url.replace(path=request.url.path + "/"), 307)
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
+    throughput = Throughput()
+
     async def overview(request: Request) -> Response:
         async def collect() -> dict[str, Any]:
             failed = await aioq_inspect.list_jobs(app, status=JobStatus.FAILED, limit=FAILED_LIMIT)
+            workers = [w.as_dict() for w in await aioq_inspect.worker_stats(app)]
+            throughput.add(workers)
             return {
                 "app": app.name,
                 "queues": [s.as_dict() for s in await aioq_inspect.queue_stats(app)],
-                "workers": [w.as_dict() for w in await aioq_inspect.worker_stats(app)],
+                "workers": workers,
+                "throughput": throughput.series(),
                 "crons": await aioq_inspect.cron_stats(app),
                 "rate_limits": await aioq_inspect.rate_limit_stats(app),
                 "failed": [j.as_dict() for j in failed],

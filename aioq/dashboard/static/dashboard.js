@@ -151,6 +151,35 @@ function renderLimits(limits) {
   3, "No rate limits");
 }
 
+// jobs finished per second over the last minutes, one bar per 10 s (server-side buckets)
+function renderThroughput(series) {
+  const box = $("#throughput");
+  if (!series || series.length === 0) return;
+  const NS = "http://www.w3.org/2000/svg";
+  const W = 600, H = 90, slots = 60, gap = 2, bw = W / slots - gap;
+  const max = Math.max(1, ...series.map((p) => p.rate));
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  series.slice(-slots).forEach((p, i, all) => {
+    const h = Math.max(1, (p.rate / max) * (H - 14));
+    const r = document.createElementNS(NS, "rect");
+    r.setAttribute("class", "bar");
+    r.setAttribute("x", (slots - all.length + i) * (bw + gap));
+    r.setAttribute("y", H - h);
+    r.setAttribute("width", bw);
+    r.setAttribute("height", h);
+    const title = document.createElementNS(NS, "title");
+    title.textContent = `${p.rate.toFixed(1)} jobs/s at ${new Date(p.t * 1000).toLocaleTimeString()}`;
+    r.appendChild(title);
+    svg.appendChild(r);
+  });
+  // the label is HTML, not SVG text: the chart stretches to the panel's width
+  const label = el("div", { class: "axis" }, `scale: ${max.toFixed(1)} jobs/s · one bar per 10 s · last 10 min`);
+  box.replaceChildren(label, svg);
+  $("#rate-now").textContent = `${series[series.length - 1].rate.toFixed(1)}/s`;
+}
+
 function setLive(ok, text) {
   $("#live").className = "live " + (ok ? "ok" : "err");
   $("#live-text").textContent = text;
@@ -170,6 +199,7 @@ async function refresh() {
     $("#app-name").textContent = overview.app;
     document.title = "aioq · " + overview.app;
     renderQueues(overview.queues);
+    renderThroughput(overview.throughput);
     renderWorkers(overview.workers);
     renderFailed(overview.failed);
     renderDead(deadBody.dead);
