@@ -115,7 +115,9 @@ async def _run(redis_url: str, jobs: int, concurrency: int, console: Console) ->
     console.print(f"{retried} charge_card jobs failed once and succeeded on a retry.")
     console.print(
         "Next: run your own worker with [bold]aioq worker yourapp.tasks:app[/] "
-        "(see README.md), or [bold]aioq worker --embedded-redis[/] to try it without a Redis."
+        "(see README.md), or [bold]aioq worker --embedded-redis[/] to try it without a Redis;\n"
+        "watch it with [bold]aioq info yourapp.tasks:app[/] or the dashboard, "
+        "[bold]aioq dashboard yourapp.tasks:app --port 8000[/] then http://127.0.0.1:8000/."
     )
     await app.aclose()
 
