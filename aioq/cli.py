@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from redis.exceptions import RedisError
 
 from . import run_worker
 from .app import App
@@ -86,21 +87,15 @@ def info(
     app = load_app(target)
 
     async def collect() -> dict[str, Any]:
-        try:
-            return {
-                "app": app.name,
-                "queues": [s.as_dict() for s in await queue_stats(app)],
-                "workers": [w.as_dict() for w in await worker_stats(app)],
-                "crons": await cron_stats(app),
-                "rate_limits": await rate_limit_stats(app),
-            }
-        finally:
-            await app.aclose()
+        return {
+            "app": app.name,
+            "queues": [s.as_dict() for s in await queue_stats(app)],
+            "workers": [w.as_dict() for w in await worker_stats(app)],
+            "crons": await cron_stats(app),
+            "rate_limits": await rate_limit_stats(app),
+        }
 
-    try:
-        report = asyncio.run(_reachable(app, collect()))
-    except RedisUnavailable as exc:
-        raise fail(str(exc)) from None
+    report = run(app, collect)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -164,15 +159,23 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-async def _reachable(app: App, work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` after checking Redis answers, so a dead Redis is one clear line."""
+def run(app: App, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` against the app's Redis and close it; a Redis that does not answer (or
+    fails) is one line, exit 2. Redis is pinged first, so a dead one fails before any work."""
+
+    async def main() -> T:
+        try:
+            await app.ping()
+            return await work()
+        finally:
+            await app.aclose()
+
     try:
-        await app.ping()
-    except RedisUnavailable:
-        work.close()
-        await app.aclose()
-        raise
-    return await work
+        return asyncio.run(main())
+    except RedisUnavailable as exc:
+        raise fail(str(exc)) from None
+    except (RedisError, OSError) as exc:
+        raise fail(f"Redis at {app.redis_url} failed: {type(exc).__name__}: {exc}") from None
 
 
 @cli.command("rate-limit")
@@ -200,16 +203,10 @@ def rate_limit(
             raise fail(str(exc)) from None
 
     async def apply() -> dict[str, str]:
-        try:
-            await app.set_rate_limit(task, rate)
-            return await app.rate_limits(app.tasks[task].queue)
-        finally:
-            await app.aclose()
+        await app.set_rate_limit(task, rate)
+        return await app.rate_limits(app.tasks[task].queue)
 
-    try:
-        limits = asyncio.run(_reachable(app, apply()))
-    except RedisUnavailable as exc:
-        raise fail(str(exc)) from None
+    limits = run(app, apply)
     typer.echo(f"{task}: {limits.get(task, 'no limit')}")
 
 

@@ -8,20 +8,17 @@ unknown, or Redis does not answer; listings take ``--json`` for scripts.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
-from redis.exceptions import RedisError
 
 from . import ops
 from .app import App
-from .cli import _reachable, cli, fail, load_app
-from .errors import JobNotFound, RedisUnavailable
+from .cli import cli, fail, load_app, run
+from .errors import JobNotFound
 from .job import JobInfo, JobStatus
 
 T = TypeVar("T")
@@ -31,23 +28,6 @@ Json = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 Queues = Annotated[
     list[str] | None, typer.Option("--queue", "-q", help="only this queue (repeatable)")
 ]
-
-
-def run(app: App, work: Callable[[], Awaitable[T]]) -> T:
-    """Run ``work`` against the app's Redis; a Redis that does not answer is one line, exit 2."""
-
-    async def main() -> T:
-        try:
-            return await work()
-        finally:
-            await app.aclose()
-
-    try:
-        return asyncio.run(_reachable(app, main()))
-    except RedisUnavailable as exc:
-        raise fail(str(exc)) from None
-    except (RedisError, OSError) as exc:
-        raise fail(f"Redis at {app.redis_url} failed: {type(exc).__name__}: {exc}") from None
 
 
 def known_queues(app: App, queues: list[str] | None) -> list[str]:
