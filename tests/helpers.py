@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -72,3 +74,54 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what} (last: {value!r})")
         await asyncio.sleep(interval)
+
+
+class WorkerProcess:
+    """``aioq worker TARGET`` in a subprocess whose Redis connections are named (CLIENT LIST
+    shows what it does); a thread collects its output, so a chatty worker never blocks on a
+    full pipe and a failing test can show it."""
+
+    def __init__(self, target: str, redis_url: str, env: dict[str, str], *args: str) -> None:
+        self.name = f"aioq-test-{uuid.uuid4().hex[:10]}"
+        url = f"{redis_url}{'&' if '?' in redis_url else '?'}client_name={self.name}"
+        self.proc = spawn_worker(target, url, *args, env=env)
+        self.pid = self.proc.pid
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, b""):
+            self._lines.append(line.decode(errors="replace"))
+
+    @property
+    def output(self) -> str:
+        return "".join(self._lines)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            self.proc.send_signal(sig)
+
+    async def exited(self, timeout: float) -> int:
+        """Wait (without blocking the event loop) for the process to exit; its exit code."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker {self.pid} still running after {timeout}s")
+            await asyncio.sleep(0.02)
+        self._reader.join(5)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        """Teardown: kill it if it still runs (stopped or not), collect the rest of its output."""
+        if self.proc.poll() is None:
+            os.killpg(self.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

@@ -8,11 +8,8 @@ Subprocess workers run ``tests/apps/faulty.py`` on the app named by the test's `
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from aioq.embedded import EmbeddedRedis
 from aioq.keys import GROUP
 from aioq.worker.core import cancel_and_wait
 from tests.apps.faulty import side_key
-from tests.helpers import eventually, spawn_worker
+from tests.helpers import WorkerProcess, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -36,64 +33,6 @@ TARGET = "tests.apps.faulty:app"
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-class WorkerProcess:
-    """``aioq worker tests.apps.faulty:app`` in a subprocess; a thread collects its output
-    (so a chatty worker never blocks on a full pipe, and a failing test can show it)."""
-
-    def __init__(
-        self, app_name: str, redis_url: str, vt: float, *args: str, max_deliveries: int = 5
-    ) -> None:
-        env = {
-            "AIOQ_TEST_APP": app_name,
-            "AIOQ_TEST_VT": str(vt),
-            "AIOQ_TEST_MAX_DELIVERIES": str(max_deliveries),
-        }
-        # every connection of the worker carries this name, so CLIENT LIST shows what it does
-        self.name = f"aioq-test-{uuid.uuid4().hex[:10]}"
-        url = f"{redis_url}{'&' if '?' in redis_url else '?'}client_name={self.name}"
-        self.proc = spawn_worker(TARGET, url, *args, env=env)
-        self.pid = self.proc.pid
-        self._lines: list[str] = []
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in iter(self.proc.stdout.readline, b""):
-            self._lines.append(line.decode(errors="replace"))
-
-    @property
-    def output(self) -> str:
-        return "".join(self._lines)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive:
-            self.proc.send_signal(sig)
-
-    async def exited(self, timeout: float) -> int:
-        """Wait (without blocking the event loop) for the process to exit; its exit code."""
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker {self.pid} still running after {timeout}s")
-            await anyio.sleep(0.02)
-        self._reader.join(5)
-        return self.proc.returncode
-
-    def close(self) -> None:
-        """Teardown: kill it if it still runs (stopped or not), collect the rest of its output."""
-        if self.proc.poll() is None:
-            os.killpg(self.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 Spawn = Callable[..., WorkerProcess]
@@ -108,7 +47,12 @@ def workers(redis_url: str) -> Iterator[Spawn]:
     def spawn(
         app_name: str, vt: float, *args: str, url: str | None = None, max_deliveries: int = 5
     ) -> WorkerProcess:
-        w = WorkerProcess(app_name, url or redis_url, vt, *args, max_deliveries=max_deliveries)
+        env = {
+            "AIOQ_TEST_APP": app_name,
+            "AIOQ_TEST_VT": str(vt),
+            "AIOQ_TEST_MAX_DELIVERIES": str(max_deliveries),
+        }
+        w = WorkerProcess(TARGET, url or redis_url, env, *args)
         started.append(w)
         return w
 

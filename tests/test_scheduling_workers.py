@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import anyio
@@ -23,7 +21,7 @@ import pytest
 
 from aioq import App, Job, JobCancelled, JobStatus
 from tests.apps.scheduling import side_key
-from tests.helpers import eventually, spawn_worker
+from tests.helpers import WorkerProcess, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -31,49 +29,6 @@ TARGET = "tests.apps.scheduling:app"
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-class WorkerProcess:
-    """``aioq worker tests.apps.scheduling:app`` in a subprocess whose connections are named
-    (CLIENT LIST shows what it does); a thread collects its output."""
-
-    def __init__(self, app_name: str, redis_url: str, env: dict[str, str], *args: str) -> None:
-        self.name = f"aioq-sched-{uuid.uuid4().hex[:10]}"
-        url = f"{redis_url}{'&' if '?' in redis_url else '?'}client_name={self.name}"
-        self.proc = spawn_worker(TARGET, url, *args, env={"AIOQ_TEST_APP": app_name, **env})
-        self.pid = self.proc.pid
-        self._lines: list[str] = []
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in iter(self.proc.stdout.readline, b""):
-            self._lines.append(line.decode(errors="replace"))
-
-    @property
-    def output(self) -> str:
-        return "".join(self._lines)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    async def exited(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker {self.pid} still running after {timeout}s")
-            await anyio.sleep(0.02)
-        return self.proc.returncode
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 Spawn = Callable[..., WorkerProcess]
@@ -86,7 +41,7 @@ def workers(redis_url: str) -> Iterator[Spawn]:
     started: list[WorkerProcess] = []
 
     def spawn(app_name: str, *args: str, **env: str) -> WorkerProcess:
-        w = WorkerProcess(app_name, redis_url, env, *args)
+        w = WorkerProcess(TARGET, redis_url, {"AIOQ_TEST_APP": app_name, **env}, *args)
         started.append(w)
         return w
 
