@@ -81,7 +81,8 @@ class PausedQueues:
         """Wait while ``keys``' queue is paused. A burst worker counts a paused queue as idle
         (it has nothing to take), so it may exit leaving the queue's jobs for later."""
         while keys.queue in self:
-            worker.idle.add(keys)  # woken() clears it: a burst worker re-checks every 50 ms
+            if self._known:  # before the first read nothing is known: not idle (burst exit)
+                worker.idle.add(keys)  # woken() clears it: a burst worker re-checks every 50 ms
             changed = self._changed
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.05 if worker.burst else None):
