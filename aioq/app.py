@@ -107,6 +107,7 @@ class App:
         backoff: Backoff = 1.0,
         timeout: float | None = None,
         rate_limit: str | None = None,
+        priority: int = 0,
     ) -> _TaskDecorator: ...
 
     def task(
@@ -120,14 +121,18 @@ class App:
         backoff: Backoff = 1.0,
         timeout: float | None = None,
         rate_limit: str | None = None,
+        priority: int = 0,
     ) -> Task[Any, Any] | _TaskDecorator:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
         ``rate_limit="10/m"`` ("N/s", "N/m", "N/h") caps the task's starts across every
         worker sharing the Redis; a limited job waits in the scheduled set, holding no
-        concurrency slot and spending no retry.
+        concurrency slot and spending no retry. ``priority`` 0 (default, lowest) to 9: higher
+        starts first within the queue, and lower ones still get a share (see README).
         """
-        decorator = _TaskDecorator(self, name, queue, retries, backoff, timeout, rate_limit)
+        decorator = _TaskDecorator(
+            self, name, queue, retries, backoff, timeout, rate_limit, priority
+        )
         return decorator if fn is None else decorator(fn)
 
     def cron(
@@ -142,6 +147,7 @@ class App:
         queue: str | None = None,
         retries: int = 0,
         timeout: float | None = None,
+        priority: int = 0,
     ) -> _CronDecorator:
         """Run a task on a schedule: ``@app.cron("*/5 * * * *")`` or ``@app.cron(every=30)``.
 
@@ -162,7 +168,7 @@ class App:
         if expression is not None:  # validated now, naming the expression
             CronSchedule("?", expression, timezone=tz)
         return _CronDecorator(
-            self, expression, seconds, tz, catch_up, grace, queue, retries, timeout
+            self, expression, seconds, tz, catch_up, grace, queue, retries, timeout, priority
         )
 
     def _add_cron(self, schedule: CronSchedule) -> None:
@@ -335,6 +341,7 @@ class _TaskDecorator:
         backoff: Backoff,
         timeout: float | None,
         rate_limit: str | None = None,
+        priority: int = 0,
     ) -> None:
         self.app = app
         self.name = name
@@ -343,6 +350,7 @@ class _TaskDecorator:
         self.backoff = backoff
         self.timeout = timeout
         self.rate_limit = rate_limit
+        self.priority = priority
 
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
@@ -357,6 +365,7 @@ class _TaskDecorator:
         task: Task[Any, Any] = Task(
             self.app, fn, name=name, queue=queue, retries=self.retries,
             backoff=self.backoff, timeout=self.timeout, rate_limit=self.rate_limit,
+            priority=self.priority,
         )  # fmt: skip
         self.app._register(task)
         return task
@@ -376,6 +385,7 @@ class _CronDecorator:
         queue: str | None,
         retries: int,
         timeout: float | None,
+        priority: int = 0,
     ) -> None:
         self.app = app
         self.expression = expression
@@ -386,6 +396,7 @@ class _CronDecorator:
         self.queue = queue
         self.retries = retries
         self.timeout = timeout
+        self.priority = priority
 
     @overload
     def __call__(self, fn: Task[P, R], /) -> Task[P, R]: ...
@@ -399,7 +410,10 @@ class _CronDecorator:
         if isinstance(fn, Task):
             task = fn
         else:
-            task = self.app.task(queue=self.queue, retries=self.retries, timeout=self.timeout)(fn)
+            task = self.app.task(
+                queue=self.queue, retries=self.retries, timeout=self.timeout,
+                priority=self.priority,
+            )(fn)  # fmt: skip
         try:
             task.check_arguments((), {})
         except TypeError:

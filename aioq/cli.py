@@ -109,7 +109,11 @@ def info(
     for column in (*columns, "paused"):
         table.add_column(column, justify="left" if column == "queue" else "right")
     for row in rows:
-        table.add_row(*(str(row[c]) for c in columns), "paused" if row["paused"] else "")
+        cells = [str(row[c]) for c in columns]
+        levels = sorted(row["by_priority"].items(), reverse=True)
+        if any(level != 0 for level, _ in levels):  # e.g. "12 (p9 2, p0 10)"
+            cells[1] += " (" + ", ".join(f"p{level} {n}" for level, n in levels) + ")"
+        table.add_row(*cells, "paused" if row["paused"] else "")
     console.print(table)
     _extra_tables(console, report)
     if not workers:

@@ -402,6 +402,9 @@ def enqueue(
     queue: Annotated[str | None, typer.Option("--queue", "-q")] = None,
     job_id: Annotated[str | None, typer.Option("--job-id", help="idempotency key")] = None,
     delay: Annotated[float, typer.Option(min=0, help="seconds to wait before it may start")] = 0,
+    priority: Annotated[
+        int | None, typer.Option(help="0 (lowest) to 9; default: the task's")
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Enqueue a job and print its id (an existing --job-id enqueues nothing)."""
@@ -413,7 +416,7 @@ def enqueue(
     if queue is not None:
         known_queues(app, [queue])
     try:
-        call = app.options(task, queue=queue, job_id=job_id, delay=delay or None)
+        call = app.options(task, queue=queue, job_id=job_id, delay=delay or None, priority=priority)
         prepared = call.call(*positional, **named)
         prepared.prepare()  # validates arguments and options before anything is sent
     except (TypeError, ValueError) as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,14 +12,15 @@ from redis.exceptions import ResponseError
 
 from .app import App
 from .job import JobStatus
-from .keys import GROUP, workers_key
+from .keys import GROUP, PRIORITIES, workers_key
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     """Counts of one queue: ``queued`` waiting in the stream, ``running`` delivered and not
     finished, ``scheduled`` waiting for their time, ``failed`` finished failed (records not
-    yet expired), ``dead`` in the dead-letter stream; ``paused`` by ``aioq pause``."""
+    yet expired), ``dead`` in the dead-letter stream; ``paused`` by ``aioq pause``;
+    ``by_priority``: of the queued, how many wait at each priority that has any."""
 
     queue: str
     queued: int
@@ -28,6 +29,7 @@ class QueueStats:
     failed: int
     dead: int
     paused: bool
+    by_priority: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,32 +40,56 @@ async def queue_stats(app: App, queues: list[str] | None = None) -> list[QueueSt
     redis = app.redis
     # failures older than the result TTL have expired records (the index trims them lazily)
     since = (time.time() - app.result_ttl) * 1000 if app.result_ttl > 0 else "-inf"
+    per_queue = 4 + 2 * PRIORITIES
     async with redis.pipeline(transaction=False) as pipe:
         for q in names:
             k = app.keys(q)
-            pipe.xlen(k.stream)
             pipe.zcard(k.scheduled)
             pipe.xlen(k.dead)
             pipe.zcount(k.failed, since, "+inf")
             pipe.exists(k.paused)
-        counts = await pipe.execute()
+            for lane in k.lanes:  # one stream per priority
+                pipe.xlen(lane.stream)
+                pipe.xinfo_groups(lane.stream)
+        replies = await pipe.execute(raise_on_error=False)
     out = []
     for i, q in enumerate(names):
-        length, scheduled, dead, failed, paused = counts[5 * i : 5 * i + 5]
-        queued, running = length, 0
-        try:
-            groups: list[dict[str, Any]] = await redis.xinfo_groups(app.keys(q).stream)
-        except ResponseError:  # no stream yet
-            groups = []
-        for g in groups:
-            if g.get("name") in (GROUP, GROUP.encode()):
-                running = int(g.get("pending") or 0)
-                lag = g.get("lag")
-                queued = int(lag) if lag is not None else max(0, length - running)
+        counts = replies[per_queue * i : per_queue * (i + 1)]
+        scheduled, dead, failed, paused = counts[:4]
+        if isinstance(scheduled, Exception):
+            raise scheduled
+        queued = running = 0
+        by_priority: dict[int, int] = {}
+        for level in range(PRIORITIES):
+            length, groups = counts[4 + 2 * level : 6 + 2 * level]
+            if isinstance(length, Exception):
+                raise length
+            lane_queued, lane_running = _lane_counts(int(length), groups)
+            queued += lane_queued
+            running += lane_running
+            if lane_queued:
+                by_priority[level] = lane_queued
         out.append(
-            QueueStats(q, queued, running, int(scheduled), int(failed), int(dead), bool(paused))
-        )
+            QueueStats(
+                q, queued, running, int(scheduled), int(failed), int(dead), bool(paused),
+                by_priority,
+            )
+        )  # fmt: skip
     return out
+
+
+def _lane_counts(length: int, groups: list[dict[str, Any]] | Exception) -> tuple[int, int]:
+    """(queued, running) of one stream from its length and XINFO GROUPS."""
+    if isinstance(groups, ResponseError):  # no stream yet
+        return length, 0
+    if isinstance(groups, Exception):
+        raise groups
+    for g in groups:
+        if g.get("name") in (GROUP, GROUP.encode()):
+            running = int(g.get("pending") or 0)
+            lag = g.get("lag")
+            return (int(lag) if lag is not None else max(0, length - running)), running
+    return length, 0
 
 
 # -- workers ----------------------------------------------------------------------------------

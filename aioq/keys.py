@@ -3,9 +3,12 @@
 Every key of one queue carries the hash tag ``{<app>:<queue>}``, so each Lua script touches a
 single cluster slot and two apps (or two queues) never collide::
 
-    aioq:{shop:default}:stream          stream of queued and running jobs; consumer group "aioq".
-                                        Each entry is one field, ``id=<job id>``; finished
-                                        entries are XACKed and XDELed, so the stream stays bounded.
+    aioq:{shop:default}:stream          stream of queued and running jobs of priority 0 (the
+                                        default); consumer group "aioq". Each entry is one
+                                        field, ``id=<job id>``; finished entries are XACKed and
+                                        XDELed, so the stream stays bounded.
+    aioq:{shop:default}:stream:<p>      the same for priority p, 1..9 (``lanes``): one stream
+                                        per level, read highest first (``scripts.FETCH``).
     aioq:{shop:default}:scheduled       sorted set: job id -> epoch milliseconds it is due
                                         (delays, retry backoff); promoted into the stream by Lua.
     aioq:{shop:default}:dead            dead-letter stream: poison, garbage and unknown-task
@@ -39,18 +42,42 @@ both atomically.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 GROUP = "aioq"
 """The consumer group every worker of every queue reads with."""
 
+PRIORITIES = 10
+"""Priority levels 0 (the default, lowest) to 9 (highest): one stream each."""
+
 
 @dataclass(frozen=True, slots=True, eq=False)  # App.keys() caches one per queue: identity
 class QueueKeys:
-    """All key names of one queue of one app."""
+    """All key names of one queue of one app.
+
+    ``priority`` picks the lane: which of the queue's streams ``stream`` names. Every other
+    key is shared by the lanes. ``App.keys(queue)`` is lane 0; ``keys.lane(p)`` the others.
+    """
 
     app: str
     queue: str
+    priority: int = 0
+    _lanes: tuple[QueueKeys, ...] = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.priority == 0:
+            lanes = (self, *(QueueKeys(self.app, self.queue, p) for p in range(1, PRIORITIES)))
+            for lane in lanes:
+                object.__setattr__(lane, "_lanes", lanes)
+
+    def lane(self, priority: int) -> QueueKeys:
+        """The keys of this queue's stream for ``priority`` (0..9)."""
+        return self._lanes[priority]
+
+    @property
+    def lanes(self) -> tuple[QueueKeys, ...]:
+        """One per priority, lowest (0) first."""
+        return self._lanes
 
     @property
     def tag(self) -> str:
@@ -58,6 +85,8 @@ class QueueKeys:
 
     @property
     def stream(self) -> str:
+        if self.priority:
+            return f"{self.tag}stream:{self.priority}"
         return self.tag + "stream"
 
     @property

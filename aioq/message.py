@@ -11,6 +11,7 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
     deliveries   deliveries of the current attempt that did not finish (poison detection)
     retries      extra attempts allowed after a failure
     timeout      seconds one attempt may run ("" = no limit)
+    priority     1-9 (absent: 0, the default): which of the queue's streams it waits in
     enqueued_at, started_at, finished_at    epoch milliseconds, Redis server time
     worker       consumer name of the worker that started the last attempt
     result       JSON of the return value (succeeded)
@@ -67,10 +68,12 @@ def job_fields(
     kwargs: bytes,
     retries: int,
     timeout: float | None,
+    priority: int = 0,
 ) -> list[Any]:
     """The values the enqueue script writes, in its order: task, queue, args, kwargs, retries,
-    timeout (it adds status, attempts and the enqueue time itself)."""
-    return [task, queue, args, kwargs, retries, "" if timeout is None else repr(float(timeout))]
+    timeout, priority (it adds status, attempts and the enqueue time itself)."""
+    t = "" if timeout is None else repr(float(timeout))
+    return [task, queue, args, kwargs, retries, t, priority]
 
 
 class Delivery:

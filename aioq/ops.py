@@ -105,19 +105,20 @@ async def purge_dead(app: App, queues: Sequence[str] | None = None) -> int:
 async def purge_queue(app: App, queue: str) -> tuple[int, int]:
     """Delete a queue's queued entries (never those delivered to a worker) and the records of
     their jobs; returns (entries deleted, jobs deleted). Entries added after the call began
-    are left alone."""
-    keys = app.keys(queue)
-    last: list[tuple[bytes, object]] = await app.redis.xrevrange(keys.stream, count=1)  # type: ignore[assignment]
-    if not last:
-        return 0, 0
-    until = last[0][0]
+    are left alone. Every priority's stream is purged."""
     entries = jobs = 0
-    while True:
-        scanned, deleted = await app.scripts.purge(keys, until, PURGE_BATCH)
-        if not scanned:
-            return entries, jobs
-        entries += scanned
-        jobs += deleted
+    for keys in app.keys(queue).lanes:
+        last: list[tuple[bytes, object]] = await app.redis.xrevrange(keys.stream, count=1)  # type: ignore[assignment]
+        if not last:
+            continue
+        until = last[0][0]
+        while True:
+            scanned, deleted = await app.scripts.purge(keys, until, PURGE_BATCH)
+            if not scanned:
+                break
+            entries += scanned
+            jobs += deleted
+    return entries, jobs
 
 
 async def pause(app: App, queues: Sequence[str]) -> None:

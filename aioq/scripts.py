@@ -17,17 +17,25 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from .connection import CommandLane, pack
-from .keys import GROUP, QueueKeys
+from .keys import GROUP, PRIORITIES, QueueKeys
 
 # Shared Lua: helpers, and `start`, which turns delivered stream entries into started jobs.
 # ARGV for every script using `start`: 1 group, 2 consumer, 3 max deliveries, 4 result ttl (s),
-# 5 dead-letter stream length cap; KEYS: 1 stream, 2 dead-letter stream.
+# 5 dead-letter stream length cap; KEYS: 1 stream, 2 dead-letter stream. A queue has one stream
+# per priority (keys.py); scripts reading several set the one they work on with `use_level`.
 _PRELUDE = r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local STREAM, DEAD = KEYS[1], KEYS[2]
 local GROUP, CONSUMER = ARGV[1], ARGV[2]
 local MAX_DELIVERIES, TTL, DEAD_MAX = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local TAG = string.sub(STREAM, 1, #STREAM - 6)          -- "aioq:{app:queue}:"
+local TAG = string.match(STREAM, '^(.*}:)')              -- "aioq:{app:queue}:"
+local PRIORITIES = __PRIORITIES__
+local LEVEL = 0                                          -- the priority of STREAM
+
+local function use_level(p)
+  LEVEL = p
+  if p == 0 then STREAM = TAG .. 'stream' else STREAM = TAG .. 'stream:' .. p end
+end
 local JOBP, DONEP = TAG .. 'job:', TAG .. 'done:'
 local FAILED = TAG .. 'failed'                          -- the failed-jobs index (keys.py)
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
@@ -126,9 +134,11 @@ end
 
 local SKIP_MINE = false          -- set by START_NEW, which may see entries already started
 
--- Mark delivered entries as started jobs; bury what is not a job or is poison.
-local function start(entries, now)
-  local out = {}
+-- Mark delivered entries (of STREAM) as started jobs, appended to `out`; bury what is not a
+-- job or is poison. Each started job: entry id, job id, attempt, task, args, kwargs, timeout,
+-- retries, priority.
+local function start(entries, now, out)
+  out = out or {}
   for _, e in ipairs(entries) do
     local eid, fields = e[1], e[2]
     if not fields then
@@ -199,7 +209,7 @@ local function start(entries, now)
       else
         redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
                    'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
-        out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9]}
+        out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL}
       end
     end
   end
@@ -209,15 +219,16 @@ end
 local function ensure_group()
   redis.pcall('XGROUP', 'CREATE', STREAM, GROUP, '0', 'MKSTREAM')
 end
-"""
+""".replace("__PRIORITIES__", str(PRIORITIES))
 
 # Writing one job, shared by ENQUEUE and CRON. ARGV from `a`: job id, delay ms, eta epoch ms
 # (0: none), expires in ms (0: never), expires at epoch ms (0: never), task, queue, args, kwargs,
-# retries, timeout. Returns 1 when written, 0 when the id existed (then nothing is written: a
-# retried enqueue cannot duplicate a job). A job due now is stamped with the time of its stream
-# entry id (Redis' clock), so it costs no TIME call; the worker creates the consumer group if
-# the stream is new (NOGROUP), at id 0, so nothing enqueued first is missed.
-ENQUEUE_ARGS = 11
+# retries, timeout, priority (0-9: the stream it goes to; recorded when not 0). Returns 1 when
+# written, 0 when the id existed (then nothing is written: a retried enqueue cannot duplicate a
+# job). A job due now is stamped with the time of its stream entry id (Redis' clock), so it
+# costs no TIME call; the worker creates the consumer group if the stream is new (NOGROUP), at
+# id 0, so nothing enqueued first is missed.
+ENQUEUE_ARGS = 12
 _ENQUEUE_JOB = r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local clock = nil
@@ -243,7 +254,9 @@ local function enqueue_job(stream, scheduled, key, a)
       redis.call('ZADD', scheduled, due, jid)
     end
   end
+  local priority = ARGV[a + 12]
   if not stamp then
+    if priority ~= '0' then stream = stream .. ':' .. priority end
     stamp = tonumber(string.match(redis.call('XADD', stream, '*', 'id', jid), '^%d+'))
   end
   local expires_in, expires_at = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
@@ -252,6 +265,7 @@ local function enqueue_job(stream, scheduled, key, a)
              'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
              'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
   if expires_at > 0 then redis.call('HSET', key, 'expires_at', expires_at) end
+  if priority ~= '0' then redis.call('HSET', key, 'priority', priority) end
   return 1
 end
 """
@@ -289,54 +303,137 @@ return enqueue_job(KEYS[1], KEYS[2], KEYS[3], 2)
 )
 
 # Read up to ARGV[6] new entries without blocking and start them. Returns started jobs.
+#
+# Priorities: the queue's streams are read from the highest priority down, so a higher one
+# starts first, except that every FAIR-th job a worker starts from the queue is a fair turn,
+# handed to the levels in rotation (1, 2, ..., 9, 0, 1, ...): the level whose turn it is, or
+# the next lower level with jobs waiting (wrapping round to the highest). So every level with
+# jobs waiting gets at least one start in FAIR * PRIORITIES (100) of each worker's starts:
+# lower levels are slowed, never starved. ARGV[7] is the worker's count of jobs started
+# from the queue so far, which places this batch in the rotation.
+FAIR = 10
 FETCH = (
     _PRELUDE
     + r"""
-local read = {'XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', ARGV[6], 'STREAMS', STREAM, '>'}
-local r = redis.pcall(unpack(read))
-if type(r) == 'table' and r.err then
-  if not string.find(r.err, 'NOGROUP') then return redis.error_reply(r.err) end
-  ensure_group()                                -- Redis lost the group (restart without data)
-  r = redis.call(unpack(read))
+local budget, turn, FAIR = tonumber(ARGV[6]), tonumber(ARGV[7]), __FAIR__
+local now = now_ms()
+local out = {}
+
+-- Start up to `count` new entries of level p; returns how many entries were read.
+local function read(p, count)
+  use_level(p)
+  local cmd = {'XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', count, 'STREAMS', STREAM, '>'}
+  local r = redis.pcall(unpack(cmd))
+  if type(r) == 'table' and r.err then
+    if not string.find(r.err, 'NOGROUP') then error(r) end
+    ensure_group()                              -- Redis lost the group (restart without data)
+    r = redis.call(unpack(cmd))
+  end
+  if not r then return 0 end
+  start(r[1][2], now, out)
+  return #r[1][2]
 end
-if not r then return {} end
-return start(r[1][2], now_ms())
-"""
+
+-- Levels that may hold jobs, highest first: an empty stream (most of them, for most queues)
+-- costs one XLEN. Level 0 is always read (it recreates a lost group).
+local live = {}
+for p = PRIORITIES - 1, 1, -1 do
+  if redis.call('XLEN', TAG .. 'stream:' .. p) > 0 then live[#live + 1] = p end
+end
+live[#live + 1] = 0
+
+if #live > 1 then
+  for k = turn + 1, turn + budget do
+    if k % FAIR == 0 then
+      local want = (k / FAIR) % PRIORITIES
+      while #live > 0 do
+        local i = 1                                 -- wrap: the highest level
+        for j, p in ipairs(live) do
+          if p <= want then i = j; break end
+        end
+        if read(live[i], 1) > 0 then budget = budget - 1; break end
+        table.remove(live, i)                       -- nothing new at that level
+      end
+    end
+  end
+end
+for _, p in ipairs(live) do
+  if budget <= 0 then break end
+  budget = budget - read(p, budget)
+end
+return out
+""".replace("__FAIR__", str(FAIR))
 )
 
-# Start what a blocking XREADGROUP just delivered to this consumer: its pending entries after id
-# ARGV[6] (the newest this worker had seen), at most ARGV[7]. Pipelined right behind the
-# blocking read on the same connection, it runs the moment the read returns, so an idle worker
-# starts a job with no extra round trip; after a lost connection, a resent pair finds what the
-# first read delivered too.
+# Start what a blocking XREADGROUP (of every level's stream) just delivered to this consumer:
+# per level from the highest, its pending entries after the newest id this worker had seen
+# there (ARGV[7 + level]), at most ARGV[6] in all. Pipelined right behind the blocking read on
+# the same connection, it runs the moment the read returns, so an idle worker starts a job
+# with no extra round trip; after a lost connection, a resent pair finds what the first read
+# delivered too. Entries beyond ARGV[6] (several levels written at once) are handed back: re-
+# added at the end of their stream, for any worker.
 START_NEW = (
     _PRELUDE
     + r"""
 SKIP_MINE = true
-local p = redis.pcall('XPENDING', STREAM, GROUP, '(' .. ARGV[6], '+', ARGV[7], CONSUMER)
-if type(p) ~= 'table' or p.err then return {} end
-local entries = {}
-for _, row in ipairs(p) do
-  local e = redis.call('XRANGE', STREAM, row[1], row[1])
-  if e[1] then entries[#entries + 1] = e[1] else entries[#entries + 1] = {row[1], false} end
+local budget = tonumber(ARGV[6])
+local now = now_ms()
+local out = {}
+for p = PRIORITIES - 1, 0, -1 do
+  use_level(p)
+  local pend = redis.pcall('XPENDING', STREAM, GROUP, '(' .. ARGV[7 + p], '+', 64, CONSUMER)
+  if type(pend) == 'table' and not pend.err then
+    local entries = {}
+    for _, row in ipairs(pend) do
+      local e = redis.call('XRANGE', STREAM, row[1], row[1])[1]
+      if budget > 0 then
+        entries[#entries + 1] = e or {row[1], false}
+        budget = budget - 1
+      elseif not e then
+        redis.call('XACK', STREAM, GROUP, row[1])
+      else
+        local jid = field(e[2], 'id')
+        local rec = jid and redis.pcall('HMGET', JOBP .. jid, 'status', 'worker')
+        if not (rec and not rec.err and rec[1] == 'running' and rec[2] == CONSUMER) then
+          drop(row[1])
+          redis.call('XADD', STREAM, '*', unpack(e[2]))
+        end
+      end
+    end
+    start(entries, now, out)
+  end
 end
-return start(entries, now_ms())
+return out
 """
 )
 
-# Take over entries whose lease lapsed (idle > ARGV[6] ms), at most ARGV[7], scanning from
-# cursor ARGV[8]. Returns {next cursor, started jobs}.
+# Take over entries whose lease lapsed (idle > ARGV[6] ms), at most ARGV[7], from the highest
+# priority down, scanning each level's stream from its cursor (ARGV[8 + level]). Returns
+# {next cursors by level, started jobs}.
 RECLAIM = (
     _PRELUDE
     + r"""
-local claim = {'XAUTOCLAIM', STREAM, GROUP, CONSUMER, ARGV[6], ARGV[8], 'COUNT', ARGV[7]}
-local r = redis.pcall(unpack(claim))
-if type(r) == 'table' and r.err then
-  if not string.find(r.err, 'NOGROUP') then return redis.error_reply(r.err) end
-  ensure_group()
-  return {'0-0', {}}
+local budget = tonumber(ARGV[7])
+local now = now_ms()
+local out, cursors = {}, {}
+for p = 0, PRIORITIES - 1 do cursors[p + 1] = ARGV[8 + p] end
+for p = PRIORITIES - 1, 0, -1 do
+  if budget > 0 then
+    use_level(p)
+    local r = redis.pcall('XAUTOCLAIM', STREAM, GROUP, CONSUMER, ARGV[6], cursors[p + 1],
+                          'COUNT', budget)
+    if type(r) == 'table' and r.err then
+      if not string.find(r.err, 'NOGROUP') then return redis.error_reply(r.err) end
+      ensure_group()
+      cursors[p + 1] = '0-0'
+    else
+      cursors[p + 1] = r[1]
+      budget = budget - #r[2]
+      start(r[2], now, out)
+    end
+  end
 end
-return {r[1], start(r[2], now_ms())}
+return {cursors, out}
 """
 )
 
@@ -425,12 +522,14 @@ end
 return lost
 """
 
-# Hand every entry still pending for this consumer back to the stream at once (shutdown), then
-# remove the consumer. ARGV: group, consumer. Returns how many jobs went back.
+# Hand every entry still pending for this consumer back to its stream at once (shutdown), then
+# remove the consumer. KEYS: the queue's streams. ARGV: group, consumer. Returns how many jobs
+# went back.
 RELEASE_ALL = r"""
-local STREAM, GROUP, CONSUMER = KEYS[1], ARGV[1], ARGV[2]
-local JOBP = string.sub(STREAM, 1, #STREAM - 6) .. 'job:'
+local GROUP, CONSUMER = ARGV[1], ARGV[2]
+local JOBP = string.match(KEYS[1], '^(.*}:)') .. 'job:'
 local n = 0
+for _, STREAM in ipairs(KEYS) do
 while true do
   local p = redis.pcall('XPENDING', STREAM, GROUP, '-', '+', 500, CONSUMER)
   if type(p) ~= 'table' or p.err or #p == 0 then break end
@@ -455,11 +554,13 @@ while true do
   end
 end
 redis.pcall('XGROUP', 'DELCONSUMER', STREAM, GROUP, CONSUMER)
+end
 return n
 """
 
 # Move due scheduled jobs onto the stream; those past their expiry end "expired" instead.
-# KEYS: scheduled, stream. ARGV: limit, result ttl (s).
+# KEYS: scheduled, the queue's priority-0 stream (a job of priority p goes to its stream p).
+# ARGV: limit, result ttl (s).
 # Returns {moved, next due ms or -1, now ms}. ZREM decides who moves a job, so several workers
 # promoting at once never duplicate one.
 PROMOTE = r"""
@@ -473,7 +574,7 @@ local moved = 0
 for _, jid in ipairs(ids) do
   redis.call('ZREM', KEYS[1], jid)
   local key = JOBP .. jid
-  local rec = redis.pcall('HMGET', key, 'status', 'expires_at')
+  local rec = redis.pcall('HMGET', key, 'status', 'expires_at', 'priority')
   if not rec.err and rec[1] == 'scheduled' then
     if rec[2] and now > (tonumber(rec[2]) or math.huge) then
       redis.call('HSET', key, 'status', 'expired', 'finished_at', now,
@@ -482,7 +583,9 @@ for _, jid in ipairs(ids) do
       redis.call('PUBLISH', TAG .. 'done:' .. jid, 'expired')
     else
       redis.call('HSET', key, 'status', 'queued')
-      redis.call('XADD', KEYS[2], '*', 'id', jid)
+      local stream = KEYS[2]
+      if rec[3] and string.match(rec[3], '^[1-9]$') then stream = stream .. ':' .. rec[3] end
+      redis.call('XADD', stream, '*', 'id', jid)
       moved = moved + 1
     end
   end
@@ -559,7 +662,9 @@ class Scripts:
         record the rate limits the code declares (``None``: none) and load every script, in
         one round trip."""
         commands = [
-            pack("XGROUP", "CREATE", keys.stream, GROUP, "0", "MKSTREAM") for keys in queues
+            pack("XGROUP", "CREATE", lane.stream, GROUP, "0", "MKSTREAM")
+            for keys in queues
+            for lane in keys.lanes
         ]
         for keys, limits in rate_limits.items():
             for task, wire in limits.items():
@@ -622,42 +727,67 @@ class Scripts:
         return written
 
     async def wait_and_start(
-        self, keys: QueueKeys, worker: WorkerArgs, count: int, block_ms: int, after: bytes
+        self,
+        keys: QueueKeys,
+        worker: WorkerArgs,
+        count: int,
+        block_ms: int,
+        newest: Sequence[bytes],
     ) -> list[Any]:
-        """Park in XREADGROUP until entries arrive (or ``block_ms``), and start them: the read
-        and START_NEW go in one write on one connection, so it is one round trip.
+        """Park in XREADGROUP on every priority's stream until entries arrive (or
+        ``block_ms``), and start up to ``count`` of them: the read and START_NEW go in one
+        write on one connection, so it is one round trip.
 
-        ``after`` is the newest entry id this worker had seen on the stream.
+        ``newest`` holds, per priority, the newest entry id this worker had seen there. The read
+        takes one entry per stream: what arrives at an idle worker is mostly one job, and a
+        burst is fetched next, in priority order.
         """
+        streams = [lane.stream for lane in keys.lanes]
+        start_args = [*worker.args, count, *newest]
         commands = [
-            pack("XREADGROUP", "GROUP", GROUP, worker.args[1], "COUNT", count,
-                 "BLOCK", block_ms, "STREAMS", keys.stream, ">"),
-            self._start_new.command([keys.stream, keys.dead], [*worker.args, after, count]),
+            pack("XREADGROUP", "GROUP", GROUP, worker.args[1], "COUNT", 1,
+                 "BLOCK", block_ms, "STREAMS", *streams, *(">" for _ in streams)),
+            self._start_new.command([keys.stream, keys.dead], start_args),
         ]  # fmt: skip
         read, started = await self._lane.call(commands, 2)
         if isinstance(started, NoScriptError):  # a restarted Redis: load, then start them
             await self._lane.call(pack("SCRIPT", "LOAD", START_NEW))
-            started = await self._call(
-                self._start_new, [keys.stream, keys.dead], [*worker.args, after, count]
+            started = await self._call(self._start_new, [keys.stream, keys.dead], start_args)
+        if isinstance(read, Exception):
+            if "NOGROUP" not in str(read):
+                raise read
+            # a stream or group is gone (Redis restarted without its data, or a key deleted)
+            await self._lane.call(
+                [pack("XGROUP", "CREATE", s, GROUP, "0", "MKSTREAM") for s in streams],
+                len(streams),
             )
-        if isinstance(read, Exception) and "NOGROUP" not in str(read):
-            raise read  # NOGROUP: the next fetch script recreates the group
         if isinstance(started, Exception):
             raise started
         rows: list[Any] = started
         return rows
 
-    async def fetch(self, keys: QueueKeys, worker: WorkerArgs, count: int) -> list[Any]:
+    async def fetch(self, keys: QueueKeys, worker: WorkerArgs, count: int, turn: int) -> list[Any]:
+        """Start up to ``count`` queued jobs, highest priority first; ``turn``: how many this
+        worker has started from the queue so far (see FETCH)."""
         rows: list[Any] = await self._call(
-            self._fetch, [keys.stream, keys.dead], [*worker.args, count]
+            self._fetch, [keys.stream, keys.dead], [*worker.args, count, turn]
         )
         return rows
 
     async def reclaim(
-        self, keys: QueueKeys, worker: WorkerArgs, min_idle_ms: int, count: int, cursor: bytes
-    ) -> tuple[bytes, list[Any]]:
+        self,
+        keys: QueueKeys,
+        worker: WorkerArgs,
+        min_idle_ms: int,
+        count: int,
+        cursors: Sequence[bytes],
+    ) -> tuple[list[bytes], list[Any]]:
+        """Start up to ``count`` jobs whose lease lapsed; ``cursors``: where each priority's
+        scan goes on. Returns the next cursors and the started jobs."""
         cur, rows = await self._call(
-            self._reclaim, [keys.stream, keys.dead], [*worker.args, min_idle_ms, count, cursor]
+            self._reclaim,
+            [keys.stream, keys.dead],
+            [*worker.args, min_idle_ms, count, *cursors],
         )
         return cur, rows
 
@@ -676,7 +806,8 @@ class Scripts:
         return lost
 
     async def release_all(self, keys: QueueKeys, consumer: str) -> int:
-        n: int = await self._call(self._release_all, [keys.stream], [GROUP, consumer])
+        streams = [lane.stream for lane in keys.lanes]
+        n: int = await self._call(self._release_all, streams, [GROUP, consumer])
         return n
 
     async def promote(
@@ -740,11 +871,12 @@ class WorkerArgs:
 # methods under "operations" above.
 # =============================================================================================
 
-# Shared by REQUEUE_DEAD, RETRY and PURGE. KEYS[1]: the queue's stream.
+# Shared by REQUEUE_DEAD, RETRY and PURGE. KEYS[1]: the queue's stream (of priority 0, except
+# for PURGE, which is called once per priority).
 _OPS_PRELUDE = r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local STREAM = KEYS[1]
-local TAG = string.sub(STREAM, 1, #STREAM - 6)          -- "aioq:{app:queue}:"
+local TAG = string.match(STREAM, '^(.*}:)')              -- "aioq:{app:queue}:"
 local JOBP, DONEP = TAG .. 'job:', TAG .. 'done:'
 local ACTIVE = {queued = true, scheduled = true, running = true}
 
@@ -766,7 +898,12 @@ local function requeue(jid)
   redis.call('PERSIST', key)
   redis.call('ZREM', TAG .. 'failed', jid)
   redis.call('ZREM', TAG .. 'scheduled', jid)
-  redis.call('XADD', STREAM, '*', 'id', jid)
+  local p = redis.call('HGET', key, 'priority')
+  if p and string.match(p, '^[1-9]$') then
+    redis.call('XADD', STREAM .. ':' .. p, '*', 'id', jid)
+  else
+    redis.call('XADD', STREAM, '*', 'id', jid)
+  end
 end
 """
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .keys import validate_name
+from .keys import PRIORITIES, validate_name
 from .message import encode_call, job_fields
 from .ratelimit import RateLimit, parse_rate
 
@@ -39,6 +39,7 @@ class Options:
     eta: datetime | None = None
     expires: float | None = None  # seconds after the enqueue
     expires_at: datetime | None = None
+    priority: int | None = None
 
 
 class Call(Generic[R]):
@@ -63,11 +64,12 @@ class Call(Generic[R]):
         queue = opts.queue or task.queue
         retries = task.retries if opts.retries is None else opts.retries
         timeout = task.timeout if opts.timeout is None else opts.timeout
+        priority = task.priority if opts.priority is None else opts.priority
         job_id = opts.job_id or os.urandom(16).hex()
         eta_ms = 0 if opts.eta is None else _epoch_ms(opts.eta)
         expires_in = 0 if opts.expires is None else max(1, round(opts.expires * 1000))
         expires_at = 0 if opts.expires_at is None else _epoch_ms(opts.expires_at)
-        fields = job_fields(task.name, queue, args, kwargs, retries, timeout)
+        fields = job_fields(task.name, queue, args, kwargs, retries, timeout, priority)
         delay = round(opts.delay * 1000)
         return queue, [job_id, delay, eta_ms, expires_in, expires_at, *fields]
 
@@ -90,6 +92,7 @@ class Task(Generic[P, R]):
         backoff: Backoff = 1.0,
         timeout: float | None = None,
         rate_limit: str | None = None,
+        priority: int = 0,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@app.task needs a function, got {fn!r}")
@@ -103,6 +106,7 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.queue = queue
+        self.priority = check_priority(f"task {name!r}", priority)
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
@@ -133,14 +137,16 @@ class Task(Generic[P, R]):
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
         expires: float | timedelta | datetime | None = None,
+        priority: int | None = None,
     ) -> TaskOptions[P, R]:
         """The same task with per-enqueue options.
 
         ``delay`` (seconds or timedelta) or ``eta`` (datetime; naive means UTC) keep the job
         scheduled until then; ``expires`` (seconds or timedelta after the enqueue, or a
-        datetime) ends it ``expired`` if it has not started by then.
+        datetime) ends it ``expired`` if it has not started by then; ``priority`` 0-9 (higher
+        starts first within its queue) overrides the task's.
         """
-        opts = _options(self.name, job_id, queue, retries, timeout, delay, eta, expires)
+        opts = _options(self.name, job_id, queue, retries, timeout, delay, eta, expires, priority)
         return TaskOptions(self, opts)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
@@ -204,6 +210,7 @@ def _options(
     delay: float | timedelta | None,
     eta: datetime | None,
     expires: float | timedelta | datetime | None = None,
+    priority: int | None = None,
 ) -> Options:
     if job_id is not None and (not isinstance(job_id, str) or not job_id):
         raise ValueError(f"task {task!r}: job_id must be a non-empty string, got {job_id!r}")
@@ -228,10 +235,23 @@ def _options(
             raise ValueError(f"task {task!r}: expires must be > 0 seconds, got {expires!r}")
     if queue is not None:
         validate_name("queue", queue)
+    if priority is not None:
+        check_priority(f"task {task!r}", priority)
     return replace(
         Options(), job_id=job_id, queue=queue, retries=retries, timeout=timeout,
-        delay=seconds, eta=eta, expires=expires_in, expires_at=expires_at,
+        delay=seconds, eta=eta, expires=expires_in, expires_at=expires_at, priority=priority,
     )  # fmt: skip
+
+
+def check_priority(owner: str, priority: object) -> int:
+    """A priority is an int from 0 (the default, lowest) to 9 (highest)."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"{owner}: priority must be an int from 0 to 9, got {priority!r}")
+    if not 0 <= priority < PRIORITIES:
+        raise ValueError(
+            f"{owner}: priority must be from 0 (lowest) to {PRIORITIES - 1}, got {priority!r}"
+        )
+    return priority
 
 
 def _epoch_ms(when: datetime) -> int:

@@ -101,8 +101,9 @@ async def test_info_counts_each_queue_and_prints_json(redis_url: str) -> None:
     """`aioq info --json` reports queued, running, scheduled and dead jobs per queue."""
     name = unique_name()
     app = App(name, redis_url=redis_url)
-    for i in range(3):
+    for i in range(2):
         await app.enqueue("add", i, 1)
+    await app.options("add", priority=5).enqueue(2, 1)
     await app.options("send", queue="emails", delay=60).enqueue("x@example.com")
     r = aioq("info", "tests.apps.basic:app", "--json",
              env={"AIOQ_REDIS_URL": redis_url, "AIOQ_APP_NAME": name})  # fmt: skip
@@ -110,7 +111,7 @@ async def test_info_counts_each_queue_and_prints_json(redis_url: str) -> None:
     queues = {q["queue"]: q for q in json.loads(r.stdout)["queues"]}
     assert queues["default"] == {
         "queue": "default", "queued": 3, "running": 0, "scheduled": 0, "failed": 0,
-        "dead": 0, "paused": False,
+        "dead": 0, "paused": False, "by_priority": {"0": 2, "5": 1},
     }  # fmt: skip
     assert queues["emails"]["scheduled"] == 1
     table = aioq(
@@ -118,6 +119,7 @@ async def test_info_counts_each_queue_and_prints_json(redis_url: str) -> None:
     )
     assert table.returncode == 0
     assert "default" in table.stdout
+    assert "3 (p5 1, p0 2)" in table.stdout
     await app.aclose()
 
 

@@ -38,7 +38,7 @@ class _JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)  # e.g. by_priority
 
 
 def _error(status: int, message: str) -> _JSON:

@@ -38,7 +38,7 @@ async def cancel_loop(worker: Worker) -> None:
                 keys = by_channel.get(msg["channel"])
                 if keys is not None:
                     job_id = msg["data"].decode(errors="replace")
-                    if worker.runner.cancel_job(keys, job_id):
+                    if worker.runner.cancel_job(keys.queue, job_id):
                         log.info("job %s cancelled while running", job_id)
         except (RedisError, OSError) as exc:  # any: ending this loop would cancel nothing more
             log.debug("cancel subscription lost (%s); reconnecting", exc)
@@ -54,9 +54,9 @@ async def _sweep(worker: Worker) -> None:
     if not running:
         return
     async with worker.app.redis.pipeline(transaction=False) as pipe:
-        for keys, job_id in running:
-            pipe.hget(keys.job(job_id), "cancel")
+        for queue, job_id in running:
+            pipe.hget(worker.app.keys(queue).job(job_id), "cancel")
         flags = await pipe.execute()
-    for (keys, job_id), flag in zip(running, flags, strict=True):
+    for (queue, job_id), flag in zip(running, flags, strict=True):
         if flag:
-            worker.runner.cancel_job(keys, job_id)
+            worker.runner.cancel_job(queue, job_id)

@@ -1,9 +1,10 @@
 """Fetching: one XREADGROUP per batch, sized to the free slots.
 
-With a backlog, the ``fetch`` script reads and starts a whole batch in one round trip. When the
-queue is empty the fetcher parks in a blocking XREADGROUP (no polling) and starts what it
-delivers with the ``start`` script. Before reading, the fetcher takes over lapsed leases with
-the slots it holds (``lease.Reclaimer``).
+With a backlog, the ``fetch`` script reads and starts a whole batch in one round trip, highest
+priority first (each priority has its own stream, see ``keys.py``). When the queue is empty the
+fetcher parks in a blocking XREADGROUP on those streams (no polling) and starts what it delivers
+with the ``start`` script. Before reading, the fetcher takes over lapsed leases with the slots
+it holds (``lease.Reclaimer``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from ..keys import QueueKeys
+from ..keys import PRIORITIES, QueueKeys
 from .lease import Reclaimer
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ BLOCK_MS = 2_000  # a parked fetcher wakes this often to notice new queues or a 
 async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
     slots, runner = worker.slots, worker.runner
     reclaimer = Reclaimer(worker, keys)
-    newest = b"0-0"  # the newest entry this fetcher has started: parked reads start what follows
+    # per priority, the newest entry this fetcher has started: parked reads start what follows
+    newest = [b"0-0"] * PRIORITIES
+    turn = 0  # jobs started from this queue: places each fetch in the fairness rotation
     delay = 0.05
     while True:
         n = await slots.take(worker.fetch_size)
@@ -42,12 +45,13 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
             # lapsed leases first (when due), then new entries, with the slots we hold
             taken = await reclaimer.reclaim(n)
             runner.start(keys, taken)
-            newest = _newest(newest, taken)
+            _advance(newest, taken)
             started = len(taken)
             rows = []
             if started < n:
-                rows = await worker.app.scripts.fetch(keys, worker.script_args, n - started)
-                newest = _newest(newest, rows)
+                rows = await worker.app.scripts.fetch(keys, worker.script_args, n - started, turn)
+                _advance(newest, rows)
+                turn += len(rows)
             if not rows and not started:
                 worker.idle.add(keys)
                 if worker.burst:
@@ -55,6 +59,9 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
                     n = 0
                     await worker.wake.wait()
                     worker.wake.clear()
+                    # looking again: not idle until that look finds nothing (else a burst
+                    # worker could stop while this fetch is on its way with a job)
+                    worker.idle.discard(keys)
                     continue
                 # parked no longer than the next reclaim is due (BLOCK 0 would mean for ever)
                 block_ms = max(1, min(BLOCK_MS, round(reclaimer.due_in() * 1000)))
@@ -63,7 +70,8 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
                 rows = await worker.app.scripts.wait_and_start(
                     keys, worker.script_args, n, block_ms, newest
                 )
-                newest = _newest(newest, rows)
+                _advance(newest, rows)
+                turn += len(rows)
                 if rows:
                     started += len(rows)
                     runner.start(keys, rows)
@@ -82,13 +90,16 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
             slots.give(n - started)
 
 
-def _newest(current: bytes, rows: list[Any]) -> bytes:
-    """The later of ``current`` and the entries of ``rows``, which come in stream order, so
-    only the last one can be newer (stream ids are ``<ms>-<seq>``)."""
+def _advance(newest: list[bytes], rows: list[Any]) -> None:
+    """Move each priority's newest entry id on to the entries of ``rows`` (row[8] is the
+    priority). Within a priority they come in stream order, so only the last can be newer
+    (stream ids are ``<ms>-<seq>``)."""
     if not rows:
-        return current
-    last: bytes = rows[-1][0]
-    return last if _id_key(last) > _id_key(current) else current
+        return
+    last = {row[8]: row[0] for row in rows}
+    for level, entry_id in last.items():
+        if _id_key(entry_id) > _id_key(newest[level]):
+            newest[level] = entry_id
 
 
 def _id_key(entry_id: bytes) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from ..keys import QueueKeys
+from ..keys import PRIORITIES, QueueKeys
 
 if TYPE_CHECKING:
     from .core import Worker
@@ -32,11 +32,12 @@ async def renew_loop(worker: Worker) -> None:
     interval = worker.app.visibility_timeout / 3
     while True:
         await asyncio.sleep(interval)
-        for keys in worker.queue_keys:
-            try:
-                await renew(worker, keys)
-            except _ERRORS as exc:
-                log.warning("renewing leases on %s failed (%s)", keys.queue, exc)
+        for queue in worker.queue_keys:
+            for keys in queue.lanes:  # one stream per priority
+                try:
+                    await renew(worker, keys)
+                except _ERRORS as exc:
+                    log.warning("renewing leases on %s failed (%s)", keys.stream, exc)
 
 
 async def renew(worker: Worker, keys: QueueKeys) -> None:
@@ -67,7 +68,7 @@ class Reclaimer:
         self.keys = keys
         self.interval = min(max(vt / 4, 0.2), 5.0)
         self.min_idle_ms = round(vt * 1000)
-        self.cursor = b"0-0"
+        self.cursors = [b"0-0"] * PRIORITIES  # where each priority's stream scan goes on
         self._clock = asyncio.get_running_loop().time
         self._next = self._clock()  # due at once: a (re)started worker takes over what lapsed
 
@@ -80,8 +81,8 @@ class Reclaimer:
         if self.due_in() > 0:
             return []
         self._next = self._clock() + self.interval
-        self.cursor, rows = await self.worker.app.scripts.reclaim(
-            self.keys, self.worker.script_args, self.min_idle_ms, n, self.cursor
+        self.cursors, rows = await self.worker.app.scripts.reclaim(
+            self.keys, self.worker.script_args, self.min_idle_ms, n, self.cursors
         )
         if rows:
             log.warning("took over %d job(s) on %s whose lease lapsed", len(rows), self.keys.queue)

@@ -26,13 +26,15 @@ log = logging.getLogger("aioq.worker")
 
 
 class Runner:
-    """Starts an asyncio task per delivered job and tracks what is running, per queue."""
+    """Starts an asyncio task per delivered job and tracks what is running, per stream: the
+    ``QueueKeys`` lane of the job's priority (entry ids are unique within one stream only)."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.app = worker.app
         self.running: dict[QueueKeys, dict[bytes, asyncio.Task[None]]] = {}
-        self.entries: dict[tuple[QueueKeys, str], bytes] = {}  # (queue, job id) -> entry id
+        # (queue name, job id) -> (lane, entry id)
+        self.entries: dict[tuple[str, str], tuple[QueueKeys, bytes]] = {}
         self.cancelling: set[bytes] = set()  # entries whose job.cancel() arrived
         self.redis: Redis  # set when the worker opens (it runs in one event loop)
         self._threads = anyio.CapacityLimiter(min(worker.concurrency, 64))
@@ -42,11 +44,15 @@ class Runner:
         return sum(len(r) for r in self.running.values())
 
     def start(self, keys: QueueKeys, rows: list[Any]) -> None:
-        """Run every job of a batch the fetch/start/reclaim scripts returned."""
-        running = self.running.setdefault(keys, {})
+        """Run every job of a batch the fetch/start/reclaim scripts returned for a queue."""
+        lanes = keys.lanes
         loop = asyncio.get_running_loop()
         complete = self.worker.completer.add
         for row in rows:
+            keys = lanes[row[8]]
+            running = self.running.get(keys)
+            if running is None:
+                running = self.running[keys] = {}
             d, problem = parse_delivery(row)
             if problem is None and d.task not in self.app.tasks:
                 known = ", ".join(sorted(self.app.tasks)) or "none"
@@ -59,7 +65,7 @@ class Runner:
                 continue
             t = loop.create_task(self._run(keys, d))
             running[d.entry_id] = t
-            self.entries[keys, d.job_id] = d.entry_id
+            self.entries[keys.queue, d.job_id] = (keys, d.entry_id)
 
     def interrupt(self, keys: QueueKeys, entry_id: bytes) -> bool:
         """Cancel a running job without recording an outcome (lease lost, or shutdown)."""
@@ -69,10 +75,13 @@ class Runner:
         t.cancel()
         return True
 
-    def cancel_job(self, keys: QueueKeys, job_id: str) -> bool:
+    def cancel_job(self, queue: str, job_id: str) -> bool:
         """Cancel a running job on behalf of ``job.cancel()``: it ends ``cancelled``."""
-        entry_id = self.entries.get((keys, job_id))
-        if entry_id is None or not self.interrupt(keys, entry_id):
+        held = self.entries.get((queue, job_id))
+        if held is None:
+            return False
+        keys, entry_id = held
+        if not self.interrupt(keys, entry_id):
             return False
         self.cancelling.add(entry_id)
         return True
@@ -127,7 +136,7 @@ class Runner:
         finally:
             _current.reset(token)
             self.running[keys].pop(d.entry_id, None)
-            self.entries.pop((keys, d.job_id), None)
+            self.entries.pop((keys.queue, d.job_id), None)
             self.cancelling.discard(d.entry_id)
             self.worker.slots.give(1)
             if obs is not None:
