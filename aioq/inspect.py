@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -163,7 +164,7 @@ async def worker_stats(app: App) -> list[WorkerInfo]:
 
 _SUMMARY_FIELDS = (
     "status", "task", "queue", "attempts", "enqueued_at", "started_at", "finished_at",
-    "error", "exc_type", "worker",
+    "error", "exc_type", "worker", "progress",
 )  # fmt: skip
 
 
@@ -182,6 +183,7 @@ class JobSummary:
     error: str | None
     exc_type: str | None
     worker: str | None
+    progress: Any = None  # the last ``set_progress`` value (JSON), if any
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -204,34 +206,42 @@ def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
         error=_text(v["error"]),
         exc_type=_text(v["exc_type"]),
         worker=_text(v["worker"]),
+        progress=_loads(v["progress"]),
     )
 
 
 async def list_jobs(
     app: App,
     *,
-    status: JobStatus | None = None,
+    status: JobStatus | Collection[JobStatus] | None = None,
     task: str | None = None,
     queues: list[str] | None = None,
     limit: int = 50,
 ) -> list[JobSummary]:
-    """Up to ``limit`` jobs of the given queues (default: all), newest first.
+    """Up to ``limit`` jobs of the given queues (default: all), newest first; ``status`` is
+    one status or several (jobs in any of them).
 
-    Failed jobs come from the failed-jobs index, newest failure first. Any other listing
-    SCANs the queues' job keys (cost grows with the number of records kept, i.e. with
+    Failed jobs alone come from the failed-jobs index, newest failure first. Any other
+    listing SCANs the queues' job keys (cost grows with the number of records kept, i.e. with
     ``result_ttl``) and stops once ``limit`` jobs match.
     """
+    wanted: set[str] | None = None
+    if status is not None:
+        wanted = {status.value} if isinstance(status, JobStatus) else {s.value for s in status}
+        if not wanted:
+            return []
+    failed = wanted == {JobStatus.FAILED.value}
     names = queues or app.queues
     rows: list[JobSummary] = []
     for q in names:
-        want = limit - len(rows) if status is not JobStatus.FAILED else limit
+        want = limit - len(rows) if not failed else limit
         if want <= 0:
             break
-        if status is JobStatus.FAILED:
+        if failed:
             rows += await _failed_jobs(app, q, task, want)
         else:
-            rows += await _scanned_jobs(app, q, status, task, want)
-    if status is JobStatus.FAILED:
+            rows += await _scanned_jobs(app, q, wanted, task, want)
+    if failed:
         rows.sort(key=lambda r: r.finished_at or _EPOCH, reverse=True)
     else:
         rows.sort(key=lambda r: r.enqueued_at or _EPOCH, reverse=True)
@@ -259,7 +269,7 @@ async def _failed_jobs(app: App, queue: str, task: str | None, limit: int) -> li
 
 
 async def _scanned_jobs(
-    app: App, queue: str, status: JobStatus | None, task: str | None, limit: int
+    app: App, queue: str, statuses: set[str] | None, task: str | None, limit: int
 ) -> list[JobSummary]:
     keys, redis = app.keys(queue), app.redis
     prefix = keys.job_prefix
@@ -278,7 +288,7 @@ async def _scanned_jobs(
                 if isinstance(values, Exception) or values[0] is None:
                     continue  # not a hash (another program's key), or gone meanwhile
                 row = _summary(key.decode(errors="replace")[len(prefix) :], queue, values)
-                if (status is None or row.status == status.value) and (
+                if (statuses is None or row.status in statuses) and (
                     task is None or row.task == task
                 ):
                     out.append(row)

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from aioq import App, JobStatus, Worker
-from aioq.dashboard import dashboard
+from aioq import App, JobCancelled, JobStatus, Worker
+from aioq.dashboard import JOBS_LIMIT, dashboard
 
 from .apps.ops import make_app
 from .conftest import unique_name
@@ -32,6 +32,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
 SCREENSHOT = Path("/tmp/dashboard.png")
+JOBS_SCREENSHOT = Path("/tmp/dashboard-jobs.png")
 
 
 @pytest.fixture
@@ -136,6 +137,55 @@ async def test_api_overview_dead_and_actions(ops: App) -> None:
         assert await ops.job(queued.id).status() is JobStatus.CANCELLED
 
 
+async def test_api_lists_waiting_jobs_per_queue_and_cancels_them(ops: App) -> None:
+    """`api/jobs` lists queued and scheduled jobs of each queue (not finished ones); its
+    cancel says what happened: cancelled, finished (nothing changed) or missing."""
+    transport = httpx.ASGITransport(app=dashboard(ops))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/api/jobs")).json() == {"limit": JOBS_LIMIT, "jobs": []}
+        finished = await ops.enqueue("add", 1, 2)
+        await drain(ops)
+        queued = await ops.enqueue("add", 2, 3)
+        later = await ops.options("nap", delay=60).enqueue(1)
+        email = await ops.enqueue("send", "ops@example.com")
+
+        rows = (await client.get("/api/jobs")).json()["jobs"]
+        assert [(r["queue"], r["status"]) for r in rows[:2]] in (
+            [("default", "queued"), ("default", "scheduled")],
+            [("default", "scheduled"), ("default", "queued")],
+        )  # one queue's jobs together, newest first (both enqueued within the same ms)
+        assert rows[2:] == [
+            {**rows[2], "id": email.id, "queue": "emails", "task": "send", "attempts": 0}
+        ]
+        assert {r["id"] for r in rows[:2]} == {queued.id, later.id}
+        emails = (await client.get("/api/jobs", params={"queue": "emails"})).json()["jobs"]
+        assert [r["id"] for r in emails] == [email.id]
+        r = await client.get("/api/jobs", params={"queue": "nope"})
+        assert (r.status_code, r.json()["error"]) == (400, "unknown queue 'nope'")
+
+        r = await client.post(f"/api/jobs/{later.id}/cancel", params={"queue": "default"})
+        assert (r.status_code, r.json()) == (
+            200, {"id": later.id, "queue": "default", "outcome": "cancelled"}
+        )  # fmt: skip
+        r = await client.post(f"/api/jobs/{later.id}/cancel")
+        assert (r.status_code, r.json()["outcome"]) == (409, "finished")
+        r = await client.post(f"/api/jobs/{finished.id}/cancel")
+        assert (r.status_code, r.json()["outcome"]) == (409, "finished")
+        r = await client.post("/api/jobs/nope/cancel")
+        assert (r.status_code, r.json()["outcome"]) == (409, "missing")
+        r = await client.post(f"/api/jobs/{queued.id}/cancel", params={"queue": "nope"})
+        assert r.status_code == 400
+        assert ops.queues == ["default", "emails"]  # an unknown name is not adopted
+        r = await client.post(f"/api/jobs/{queued.id}/cancel")
+        assert (r.status_code, r.json()["outcome"]) == (200, "cancelled")
+
+        assert [r["id"] for r in (await client.get("/api/jobs")).json()["jobs"]] == [email.id]
+        for job in (queued, later):
+            assert await job.status() is JobStatus.CANCELLED
+            with pytest.raises(JobCancelled):
+                await job.result(timeout=5)
+
+
 async def test_api_says_when_redis_does_not_answer(tmp_path: Path) -> None:
     app = App(unique_name(), redis_url=f"unix://{tmp_path}/none.sock")
     transport = httpx.ASGITransport(app=dashboard(app))
@@ -192,6 +242,46 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
                 worker.stop()
                 await asyncio.wait_for(running, 20)
         finally:
+            await browser.close()
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
+)
+async def test_page_cancels_a_running_job_and_a_scheduled_one(ops: App) -> None:
+    """A running job (with its progress) and a scheduled one appear in the Jobs table; Cancel
+    ends each one cancelled (a running job's status turns cancelled only once its worker has
+    stopped the coroutine)."""
+    from playwright.async_api import async_playwright, expect
+
+    running = await ops.enqueue("steps", 2, 60)  # reports step 1 of 2, then sleeps a minute
+    scheduled = await ops.options("nap", delay=60).enqueue(1)
+    async with serve(dashboard(ops)) as url, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        worker = Worker(ops)
+        working = asyncio.create_task(worker.run())
+        try:
+            page = await browser.new_page(viewport={"width": 1360, "height": 1100})
+            await page.goto(url + "/")
+            running_row = page.locator(f'#jobs tr[data-job="{running.id}"]')
+            scheduled_row = page.locator(f'#jobs tr[data-job="{scheduled.id}"]')
+            await expect(running_row).to_have_attribute("data-status", "running")
+            await expect(running_row).to_contain_text("1 / 2")  # its progress
+            await expect(scheduled_row).to_have_attribute("data-status", "scheduled")
+            await page.screenshot(path=str(JOBS_SCREENSHOT), full_page=True)
+
+            for job, row in ((running, running_row), (scheduled, scheduled_row)):
+                await row.locator("button.cancel").click()
+                toast = page.locator("#toasts .toast").filter(has_text=job.id[:12])
+                await expect(toast).to_have_text(f"cancel {job.id[:12]}…: cancelled")
+                await expect(row).to_have_count(0)
+                assert await job.status() is JobStatus.CANCELLED
+                with pytest.raises(JobCancelled):
+                    await job.result(timeout=5)
+            await expect(page.locator("#jobs")).to_contain_text("No queued, scheduled or")
+        finally:
+            worker.stop()
+            await asyncio.wait_for(working, 20)
             await browser.close()
 
 

@@ -8,6 +8,7 @@ extra (starlette; uvicorn for the command).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from starlette.staticfiles import StaticFiles
 from .. import inspect as aioq_inspect
 from .. import ops as aioq_ops
 from ..app import App
-from ..errors import RedisUnavailable
-from ..job import JobStatus
+from ..errors import JobCancelled, JobNotFound, RedisUnavailable, TaskFailed
+from ..job import Job, JobStatus
 from .throughput import Throughput
 
 __all__ = ["dashboard"]
@@ -32,6 +33,9 @@ __all__ = ["dashboard"]
 STATIC = Path(__file__).parent / "static"
 FAILED_LIMIT = 20
 DEAD_LIMIT = 100
+JOBS_LIMIT = 20  # queued, scheduled and running jobs listed per queue
+ACTIVE = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
+CANCEL_WAIT = 2.0  # seconds a cancel request waits for a running job's worker to stop it
 
 
 class _JSON(Response):
@@ -72,6 +76,30 @@ def dashboard(app: App) -> Starlette:
 
         return await _guarded(collect)
 
+    async def jobs(request: Request) -> Response:
+        queue = request.query_params.get("queue")
+        if queue is not None and queue not in app.queues:
+            return _error(400, f"unknown queue {queue!r}")
+
+        async def collect() -> dict[str, Any]:
+            # the listing SCANs a queue's job records: skip the queues with nothing waiting
+            # or running (an idle queue's records are all finished)
+            stats = await aioq_inspect.queue_stats(app)
+            busy = [
+                s.queue
+                for s in stats
+                if (s.queued or s.scheduled or s.running) and queue in (None, s.queue)
+            ]
+            found = await asyncio.gather(
+                *(
+                    aioq_inspect.list_jobs(app, status=ACTIVE, queues=[q], limit=JOBS_LIMIT)
+                    for q in busy
+                )
+            )
+            return {"limit": JOBS_LIMIT, "jobs": [j.as_dict() for rows in found for j in rows]}
+
+        return await _guarded(collect)
+
     async def dead(request: Request) -> Response:
         async def collect() -> dict[str, Any]:
             rows = await aioq_inspect.dead_letters(app, limit=DEAD_LIMIT)
@@ -94,10 +122,17 @@ def dashboard(app: App) -> Starlette:
 
     async def cancel(request: Request) -> Response:
         job_id = request.path_params["job_id"]
+        queue = request.query_params.get("queue")  # optional: saves looking the job up
+        if queue is not None and queue not in app.queues:  # (app.keys() would adopt it)
+            return _error(400, f"unknown queue {queue!r}")
 
         async def act() -> dict[str, Any]:
-            outcome = (await aioq_ops.cancel(app, [job_id]))[job_id]
-            return {"id": job_id, "outcome": outcome}
+            job = app.job(job_id, queue)
+            try:
+                outcome = await _cancel(job)
+            except JobNotFound:
+                return {"id": job_id, "outcome": "missing"}
+            return {"id": job_id, "queue": job.queue, "outcome": outcome}
 
         return await _guarded(act, ok=lambda r: r["outcome"] in ("cancelled", "cancelling"))
 
@@ -113,6 +148,7 @@ def dashboard(app: App) -> Starlette:
     routes = [
         Route("/", index, methods=["GET"]),
         Route("/api/overview", overview, methods=["GET"]),
+        Route("/api/jobs", jobs, methods=["GET"]),
         Route("/api/dead", dead, methods=["GET"]),
         Route("/api/dead/{entry}/requeue", requeue, methods=["POST"]),
         Route("/api/jobs/{job_id}/cancel", cancel, methods=["POST"]),
@@ -120,6 +156,24 @@ def dashboard(app: App) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes)
+
+
+async def _cancel(job: Job[Any]) -> str:
+    """Cancel ``job`` and say how it ended: "cancelled"; "cancelling" when it is still
+    running ``CANCEL_WAIT`` seconds later (its worker has not stopped it yet); "finished" when
+    it had finished before; or the status it ended with when it finished on its own meanwhile.
+    """
+    if not await job.cancel():
+        return "finished"
+    try:  # a queued or scheduled job is cancelled already; a running one within a round trip
+        await job.result(timeout=CANCEL_WAIT)
+    except JobCancelled:
+        return "cancelled"
+    except TimeoutError:
+        return "cancelling"
+    except TaskFailed:
+        pass
+    return (await job.status()).value
 
 
 async def _guarded(work: Any, ok: Any = None) -> Response:

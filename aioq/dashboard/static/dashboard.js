@@ -56,8 +56,12 @@ function toast(message, isError) {
   setTimeout(() => t.remove(), 4000);
 }
 
-async function act(url, button, label) {
+// actions under way, by key: a table redrawn meanwhile keeps their buttons disabled
+const pending = new Set();
+
+async function act(url, button, label, key) {
   button.disabled = true;
+  if (key) pending.add(key);
   try {
     const r = await fetch(url, { method: "POST" });
     const body = await r.json();
@@ -65,7 +69,10 @@ async function act(url, button, label) {
     toast(label + ": " + outcome, !r.ok);
   } catch (e) {
     toast(label + ": " + e, true);
+  } finally {
+    if (key) pending.delete(key);
   }
+  jobsAt = 0;
   refresh();
 }
 
@@ -99,6 +106,63 @@ function renderWorkers(workers) {
     el("td", { class: "num" }, duration(w.uptime)),
     el("td", { class: "num muted" }, w.last_beat.toFixed(1) + "s ago"))),
   8, "No worker alive");
+}
+
+// a progress value as a fraction when it says one: a number in [0, 1], or a count and a
+// total ({"step": 2, "of": 5}, {"done": 3, "total": 4}); anything else is shown as JSON
+function fraction(p) {
+  if (typeof p === "number") return p >= 0 && p <= 1 ? p : null;
+  if (!p || typeof p !== "object") return null;
+  const done = p.step ?? p.done ?? p.current, total = p.of ?? p.total;
+  if (typeof done !== "number" || typeof total !== "number" || total <= 0) return null;
+  return Math.min(1, Math.max(0, done / total));
+}
+
+function progressCell(p) {
+  if (p === null || p === undefined) return el("td", { class: "muted" }, "—");
+  const json = typeof p === "string" ? p : JSON.stringify(p);
+  const f = fraction(p);
+  if (f === null) {
+    return el("td", { class: "progress mono", title: json },
+      json.length > 40 ? json.slice(0, 39) + "…" : json);
+  }
+  const label = typeof p === "number" ? Math.round(f * 100) + "%"
+    : (p.step ?? p.done ?? p.current) + " / " + (p.of ?? p.total);
+  return el("td", { class: "progress", title: json },
+    el("span", { class: "meter" }, el("span", { style: "width: " + (f * 100).toFixed(1) + "%" })),
+    el("span", { class: "mono" }, label));
+}
+
+function renderJobs(body) {
+  const jobs = body.jobs;
+  $("#jobs-count").textContent = jobs.length || "";
+  const rows = [];
+  jobs.forEach((j, i) => {
+    const key = "cancel " + j.queue + " " + j.id;
+    const started = j.started_at ? " · started " + ago(j.started_at) : "";
+    rows.push(el("tr", { "data-job": j.id, "data-status": j.status },
+      el("td", {}, el("span", { class: "badge s-" + j.status }, j.status)),
+      el("td", { class: "mono", title: j.id }, shortId(j.id)),
+      el("td", { class: "mono" }, j.task),
+      el("td", {}, el("span", { class: "badge q" }, j.queue)),
+      el("td", { class: "num muted", title: "enqueued " + ago(j.enqueued_at) + started },
+        j.enqueued_at ? duration((Date.now() - Date.parse(j.enqueued_at)) / 1000) : "—"),
+      el("td", { class: "num" + (j.attempts ? "" : " muted") }, j.attempts || "—"),
+      progressCell(j.progress),
+      el("td", { class: "actions" },
+        el("button", { class: "cancel", ...(pending.has(key) ? { disabled: "" } : {}),
+          onclick: (e) => act("api/jobs/" + encodeURIComponent(j.id) + "/cancel?queue="
+            + encodeURIComponent(j.queue), e.target, "cancel " + shortId(j.id), key) },
+          pending.has(key) ? "Cancelling…" : "Cancel"))));
+    const last = i === jobs.length - 1 || jobs[i + 1].queue !== j.queue;
+    const shown = jobs.filter((o) => o.queue === j.queue).length;
+    if (last && shown >= body.limit) {
+      rows.push(el("tr", { class: "more" }, el("td", { colspan: 8 },
+        `At most ${body.limit} jobs per queue are shown: `,
+        el("code", {}, `aioq jobs MODULE:APP --queue ${j.queue}`), " lists more.")));
+    }
+  });
+  fill("jobs", rows, 8, "No queued, scheduled or running jobs");
 }
 
 function renderFailed(jobs) {
@@ -186,21 +250,32 @@ function setLive(ok, text) {
 }
 
 let busy = false;
+// the jobs listing scans the queues' job records, so it is read less often than the rest
+const JOBS_EVERY = 2000;
+let jobsAt = 0;
 
 async function refresh() {
   if (busy) return;
   busy = true;
   try {
-    const [ov, dead] = await Promise.all([fetch("api/overview"), fetch("api/dead")]);
+    const wantJobs = Date.now() - jobsAt >= JOBS_EVERY;
+    const [ov, dead, jobs] = await Promise.all([fetch("api/overview"), fetch("api/dead"),
+      wantJobs ? fetch("api/jobs") : null]);
     const overview = await ov.json();
     const deadBody = await dead.json();
+    const jobsBody = jobs && await jobs.json();
     if (!ov.ok) throw new Error(overview.error || ov.statusText);
     if (!dead.ok) throw new Error(deadBody.error || dead.statusText);
+    if (jobs && !jobs.ok) throw new Error(jobsBody.error || jobs.statusText);
     $("#app-name").textContent = overview.app;
     document.title = "aioq · " + overview.app;
     renderQueues(overview.queues);
     renderThroughput(overview.throughput);
     renderWorkers(overview.workers);
+    if (jobs) {
+      renderJobs(jobsBody);
+      jobsAt = Date.now();
+    }
     renderFailed(overview.failed);
     renderDead(deadBody.dead);
     renderCrons(overview.crons);
