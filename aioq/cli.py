@@ -218,13 +218,24 @@ def rate_limit(
 def demo(
     jobs: Annotated[int, typer.Option(help="how many example jobs to enqueue", min=1)] = 200,
     concurrency: Annotated[int, typer.Option(min=1)] = 50,
+    port: Annotated[
+        int, typer.Option(help="dashboard port on 127.0.0.1 (0: a free one)", min=0, max=65535)
+    ] = 0,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            help="after the batch, keep the worker, Redis and dashboard up with a trickle of "
+            "example jobs until Ctrl-C/SIGTERM"
+        ),
+    ] = False,
 ) -> None:
-    """The quickstart: a private redis-server, a worker, example jobs, a live view."""
-    from .demo import run_demo
+    """The quickstart: a private redis-server, a worker, example jobs, a live view (the web
+    dashboard and an `aioq info` command line for the demo's Redis while it runs)."""
+    from .demo import DemoError, run_demo
 
     try:
-        run_demo(jobs=jobs, concurrency=concurrency)
-    except RedisServerNotFound as exc:
+        run_demo(jobs=jobs, concurrency=concurrency, port=port, keep=keep)
+    except (RedisServerNotFound, DemoError) as exc:
         raise fail(str(exc)) from None
 
 
