@@ -381,7 +381,10 @@ local now = now_ms()
 local out = {}
 for p = PRIORITIES - 1, 0, -1 do
   use_level(p)
-  local pend = redis.pcall('XPENDING', STREAM, GROUP, '(' .. ARGV[7 + p], '+', 64, CONSUMER)
+  local pend = false                              -- an empty stream (most levels) costs an XLEN
+  if p == 0 or redis.call('XLEN', STREAM) > 0 then
+    pend = redis.pcall('XPENDING', STREAM, GROUP, '(' .. ARGV[7 + p], '+', 64, CONSUMER)
+  end
   if type(pend) == 'table' and not pend.err then
     local entries = {}
     for _, row in ipairs(pend) do
