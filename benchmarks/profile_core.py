@@ -92,7 +92,7 @@ async def ladder(url: str, n: int, repeats: int, cprof: Path | None) -> None:
     keys = app.keys()
     sha_one = await plain.script_load("return 1")
     sha_enq = await plain.script_load(ENQUEUE)
-    fields = noop.call().prepare()[4]
+    fields = noop.call().prepare()[1][1:]  # the enqueue script's values after the job id
     scripts = app.scripts
     job, stream, sched = keys.job_prefix, keys.stream, keys.scheduled
     ctr = iter(range(10**9))
@@ -102,11 +102,11 @@ async def ladder(url: str, n: int, repeats: int, cprof: Path | None) -> None:
 
     def ev_plain() -> Awaitable[Any]:
         j = jid()
-        return plain.evalsha(sha_enq, 3, job + j, stream, sched, j, 0, 0, *fields)
+        return plain.evalsha(sha_enq, 3, stream, sched, job + j, j, *fields)
 
     def ev_app() -> Awaitable[Any]:
         j = jid()
-        return app.redis.evalsha(sha_enq, 3, job + j, stream, sched, j, 0, 0, *fields)
+        return app.redis.evalsha(sha_enq, 3, stream, sched, job + j, j, *fields)
 
     import hiredis
     from redis.asyncio import ConnectionPool
@@ -117,9 +117,7 @@ async def ladder(url: str, n: int, repeats: int, cprof: Path | None) -> None:
 
     async def lean_pool() -> Any:  # what aioq could do: no redis-py command machinery
         j = jid()
-        packed = hiredis.pack_command(
-            ("EVALSHA", sha_enq, 3, job + j, stream, sched, j, 0, 0, *fields)
-        )
+        packed = hiredis.pack_command(("EVALSHA", sha_enq, 3, stream, sched, job + j, j, *fields))
         conn = await pool.get_connection()
         try:
             await conn.send_packed_command(packed, check_health=False)
@@ -129,9 +127,7 @@ async def ladder(url: str, n: int, repeats: int, cprof: Path | None) -> None:
 
     async def lean_conn() -> Any:
         j = jid()
-        packed = hiredis.pack_command(
-            ("EVALSHA", sha_enq, 3, job + j, stream, sched, j, 0, 0, *fields)
-        )
+        packed = hiredis.pack_command(("EVALSHA", sha_enq, 3, stream, sched, job + j, j, *fields))
         await conn1.send_packed_command(packed, check_health=False)
         return await conn1.read_response()
 
@@ -141,7 +137,7 @@ async def ladder(url: str, n: int, repeats: int, cprof: Path | None) -> None:
         ("evalsha-return1", lambda: plain.evalsha(sha_one, 0), "evalsha"),
         ("evalsha-enqueue", ev_plain, "evalsha"),
         ("evalsha-app", ev_app, "evalsha"),
-        ("scripts.enqueue", lambda: scripts.enqueue(keys, jid(), 0, 0, fields), "evalsha"),
+        ("scripts.enqueue", lambda: scripts.enqueue([(keys, [[jid(), *fields]])]), "evalsha"),
         ("task.enqueue", lambda: noop.enqueue(), "evalsha"),
         ("lean-pool", lean_pool, "evalsha"),
         ("lean-conn", lean_conn, "evalsha"),
@@ -424,7 +420,7 @@ async def micro(url: str, batch: int = 100, rounds: int = 200) -> None:
     def rows() -> list[list[Any]]:
         return [
             [b"1700000000000-%d" % i, os.urandom(16).hex().encode(), 1, b"noop", b"[]", b"{}",
-             b"", b"0"]
+             b"", b"0", 0, None]
             for i in range(batch)
         ]  # fmt: skip
 

@@ -141,7 +141,7 @@ async def enqueue_costs(r: aredis.Redis, app: Any, noop: Any, n: int) -> None:
     from aioq import scripts as S
 
     keys = app.keys()
-    fields = noop.call().prepare()[4]
+    fields = noop.call().prepare()[1][5:]  # the job_fields values
     if len(fields) != 6:  # the field layout these prototypes assume (ARGV[4..9])
         print(f"(enqueue variants skipped: prepare() gives {len(fields)} fields, not 6)")
         return
@@ -216,12 +216,13 @@ async def run(url: str, n: int, batch: int, repeats: int) -> None:
         await r.flushall()
         for i in range(0, n, 5000):
             await app.enqueue_many([bt.noop.call() for _ in range(min(5000, n - i))])
+        await r.xgroup_create(keys.stream, "aioq", id="0")  # a worker creates it at start
         await phase(r, n)
 
     async def fetch_all(script: Any) -> list[Any]:
         rows: list[Any] = []
         while True:
-            got = await script(keys=k2, args=[*wa.args, batch])
+            got = await script(keys=k2, args=[*wa.args, batch, 0])  # turn 0 (FETCH)
             if not got:
                 return rows
             rows.extend(got)
