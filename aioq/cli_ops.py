@@ -174,7 +174,8 @@ def job(
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     rows: list[tuple[str, str]] = [
-        ("task", found.task), ("queue", found.queue), ("status", found.status.value),
+        ("task", found.task), ("queue", found.queue), ("priority", str(found.priority)),
+        ("status", found.status.value),
         ("attempts", f"{found.attempts} (retries allowed: {found.retries})"),
         ("args", dumps(found.args)), ("kwargs", dumps(found.kwargs)),
         ("enqueued", when(found.enqueued_at)), ("started", when(found.started_at)),

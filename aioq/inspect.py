@@ -164,7 +164,7 @@ async def worker_stats(app: App) -> list[WorkerInfo]:
 
 _SUMMARY_FIELDS = (
     "status", "task", "queue", "attempts", "enqueued_at", "started_at", "finished_at",
-    "error", "exc_type", "worker", "progress",
+    "error", "exc_type", "worker", "progress", "priority",
 )  # fmt: skip
 
 
@@ -184,6 +184,7 @@ class JobSummary:
     exc_type: str | None
     worker: str | None
     progress: Any = None  # the last ``set_progress`` value (JSON), if any
+    priority: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -207,6 +208,7 @@ def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
         exc_type=_text(v["exc_type"]),
         worker=_text(v["worker"]),
         progress=_loads(v["progress"]),
+        priority=_int(v["priority"]),
     )
 
 

@@ -68,6 +68,7 @@ class JobInfo:
     traceback: str | None
     progress: Any
     worker: str | None
+    priority: int = 0
 
 
 class Job(Generic[R]):
@@ -295,4 +296,5 @@ def _info(job_id: str, queue: str, raw: dict[str, bytes]) -> JobInfo:
         traceback=_text(raw.get("traceback")),
         progress=_json(raw.get("progress")),
         worker=_text(raw.get("worker")),
+        priority=_int(raw.get("priority")),
     )

@@ -147,7 +147,7 @@ async def test_api_lists_waiting_jobs_per_queue_and_cancels_them(ops: App) -> No
         await drain(ops)
         queued = await ops.enqueue("add", 2, 3)
         later = await ops.options("nap", delay=60).enqueue(1)
-        email = await ops.enqueue("send", "ops@example.com")
+        email = await ops.options("send", priority=4).enqueue("ops@example.com")
 
         rows = (await client.get("/api/jobs")).json()["jobs"]
         assert [(r["queue"], r["status"]) for r in rows[:2]] in (
@@ -155,7 +155,14 @@ async def test_api_lists_waiting_jobs_per_queue_and_cancels_them(ops: App) -> No
             [("default", "scheduled"), ("default", "queued")],
         )  # one queue's jobs together, newest first (both enqueued within the same ms)
         assert rows[2:] == [
-            {**rows[2], "id": email.id, "queue": "emails", "task": "send", "attempts": 0}
+            {
+                **rows[2],
+                "id": email.id,
+                "queue": "emails",
+                "task": "send",
+                "attempts": 0,
+                "priority": 4,
+            }
         ]
         assert {r["id"] for r in rows[:2]} == {queued.id, later.id}
         emails = (await client.get("/api/jobs", params={"queue": "emails"})).json()["jobs"]

@@ -71,6 +71,9 @@ async def test_priority_from_task_options_and_name(app: App) -> None:
     @app.task
     async def plain() -> None: ...
 
+    assert (await (await plain.options(priority=2).enqueue()).info()).priority == 2
+    assert (await (await plain.enqueue()).info()).priority == 0
+    await app.redis.delete(*[lane.stream for lane in app.keys().lanes])
     await urgent.enqueue()
     await urgent.options(priority=0).enqueue()
     await plain.options(priority=7).enqueue()

@@ -145,6 +145,7 @@ function renderJobs(body) {
       el("td", { class: "mono", title: j.id }, shortId(j.id)),
       el("td", { class: "mono" }, j.task),
       el("td", {}, el("span", { class: "badge q" }, j.queue)),
+      el("td", { class: "num" + (j.priority ? "" : " muted") }, j.priority),
       el("td", { class: "num muted", title: "enqueued " + ago(j.enqueued_at) + started },
         j.enqueued_at ? duration((Date.now() - Date.parse(j.enqueued_at)) / 1000) : "—"),
       el("td", { class: "num" + (j.attempts ? "" : " muted") }, j.attempts || "—"),
@@ -157,7 +158,7 @@ function renderJobs(body) {
     const last = i === jobs.length - 1 || jobs[i + 1].queue !== j.queue;
     const shown = jobs.filter((o) => o.queue === j.queue).length;
     if (last && shown >= body.limit) {
-      rows.push(el("tr", { class: "more" }, el("td", { colspan: 8 },
+      rows.push(el("tr", { class: "more" }, el("td", { colspan: 9 },
         `At most ${body.limit} jobs per queue are shown: `,
         el("code", {}, `aioq jobs MODULE:APP --queue ${j.queue}`), " lists more.")));
     }
