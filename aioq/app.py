@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import timedelta, tzinfo
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -22,6 +22,7 @@ from .ratelimit import RateLimit, parse_rate
 from .results import ResultListener
 from .scripts import Scripts
 from .task import Backoff, Call, Options, Task
+from .tracing import publish
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -298,7 +299,7 @@ class App:
 
     async def _enqueue_call(self, call: Call[R]) -> Job[R]:
         queue, job = call.prepare()
-        await self._call(self.scripts.enqueue([(self.keys(queue), [job])]))
+        await self._send([(self.keys(queue), [job])], ((queue, job),))
         return Job(self, job[0], queue)
 
     async def enqueue_many(self, calls: Iterable[Call[R]]) -> list[Job[R]]:
@@ -314,8 +315,19 @@ class App:
         for queue, job in prepared:
             by_queue.setdefault(queue, []).append(job)
         batches = [(self.keys(q), jobs) for q, jobs in by_queue.items()]
-        await self._call(self.scripts.enqueue(batches))
+        await self._send(batches, prepared)
         return [Job(self, job[0], queue) for queue, job in prepared]
+
+    async def _send(
+        self, batches: list[tuple[QueueKeys, list[Any]]], prepared: Sequence[tuple[str, list[Any]]]
+    ) -> None:
+        """Enqueue prepared jobs, with the caller's trace context in each (``tracing.py``)."""
+        spans = publish(prepared)  # None when no span was made (tracing is off)
+        if spans is None:
+            await self._call(self.scripts.enqueue(batches))
+        else:
+            with spans:
+                await self._call(self.scripts.enqueue(batches))
 
     async def _find_job(self, job_id: str) -> QueueKeys:
         queues = self.queues

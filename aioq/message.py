@@ -18,6 +18,8 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
     error, exc_type, traceback              the last failure
     progress     JSON value set by ``current_job().set_progress``
     progress_seq how many values it has set (published with each, see ``job.progress()``)
+    trace        JSON object of the enqueuer's trace context (W3C ``traceparent``, ...), written
+                 only when there was one to carry (``tracing.py``)
 
 Everything is JSON through orjson; nothing is pickled.
 """
@@ -69,17 +71,21 @@ def job_fields(
     retries: int,
     timeout: float | None,
     priority: int = 0,
+    trace: bytes = b"",
 ) -> list[Any]:
     """The values the enqueue script writes, in its order: task, queue, args, kwargs, retries,
-    timeout, priority (it adds status, attempts and the enqueue time itself)."""
+    timeout, priority, trace (it adds status, attempts and the enqueue time itself). ``trace``
+    stays empty (nothing written) unless ``tracing.publish`` fills it in, as the last value."""
     t = "" if timeout is None else repr(float(timeout))
-    return [task, queue, args, kwargs, retries, t, priority]
+    return [task, queue, args, kwargs, retries, t, priority, trace]
 
 
 class Delivery:
     """One started job as the fetch/start/reclaim scripts return it, validated."""
 
-    __slots__ = ("args", "attempt", "entry_id", "job_id", "kwargs", "retries", "task", "timeout")
+    __slots__ = (
+        "args", "attempt", "entry_id", "job_id", "kwargs", "retries", "task", "timeout", "trace",
+    )  # fmt: skip
 
     entry_id: bytes
     job_id: str
@@ -89,6 +95,7 @@ class Delivery:
     kwargs: dict[str, Any]
     timeout: float | None
     retries: int
+    trace: bytes | None  # the raw ``trace`` field: decoded only by a worker that traces
 
 
 def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
@@ -106,6 +113,7 @@ def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
     d.kwargs = {}
     d.timeout = None
     d.retries = 0
+    d.trace = row[9]
     task, args, kwargs, timeout, retries = row[3:8]
     if "\ufffd" in d.job_id and d.job_id.encode() != row[1]:
         # the decoded id would name another record: the caller must use the raw id (row[1])

@@ -136,7 +136,7 @@ local SKIP_MINE = false          -- set by START_NEW, which may see entries alre
 
 -- Mark delivered entries (of STREAM) as started jobs, appended to `out`; bury what is not a
 -- job or is poison. Each started job: entry id, job id, attempt, task, args, kwargs, timeout,
--- retries, priority.
+-- retries, priority, trace (the trace-context carrier, nil when the job has none).
 local function start(entries, now, out)
   out = out or {}
   for _, e in ipairs(entries) do
@@ -163,7 +163,8 @@ local function start(entries, now, out)
       local v, hashed = false, false
       if jid then
         v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
-                        'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at', 'worker')
+                        'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at', 'worker',
+                        'trace')
         if v.err then
           problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
           v = false
@@ -209,7 +210,7 @@ local function start(entries, now, out)
       else
         redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
                    'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
-        out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL}
+        out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12]}
       end
     end
   end
@@ -223,12 +224,13 @@ end
 
 # Writing one job, shared by ENQUEUE and CRON. ARGV from `a`: job id, delay ms, eta epoch ms
 # (0: none), expires in ms (0: never), expires at epoch ms (0: never), task, queue, args, kwargs,
-# retries, timeout, priority (0-9: the stream it goes to; recorded when not 0). Returns 1 when
-# written, 0 when the id existed (then nothing is written: a retried enqueue cannot duplicate a
-# job). A job due now is stamped with the time of its stream entry id (Redis' clock), so it
-# costs no TIME call; the worker creates the consumer group if the stream is new (NOGROUP), at
-# id 0, so nothing enqueued first is missed.
-ENQUEUE_ARGS = 12
+# retries, timeout, priority (0-9: the stream it goes to; recorded when not 0), trace (JSON of
+# the trace context, tracing.py; recorded when not ""). Returns 1 when written, 0 when the id
+# existed (then nothing is written: a retried enqueue cannot duplicate a job). A job due now is
+# stamped with the time of its stream entry id (Redis' clock), so it costs no TIME call; the
+# worker creates the consumer group if the stream is new (NOGROUP), at id 0, so nothing
+# enqueued first is missed.
+ENQUEUE_ARGS = 13
 _ENQUEUE_JOB = r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local clock = nil
@@ -266,6 +268,7 @@ local function enqueue_job(stream, scheduled, key, a)
              'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
   if expires_at > 0 then redis.call('HSET', key, 'expires_at', expires_at) end
   if priority ~= '0' then redis.call('HSET', key, 'priority', priority) end
+  if ARGV[a + 13] ~= '' then redis.call('HSET', key, 'trace', ARGV[a + 13]) end
   return 1
 end
 """

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from ..cron import CronSchedule
 from ..task import Call, Options
+from ..tracing import publish
 
 if TYPE_CHECKING:
     from .core import Worker
@@ -68,9 +69,14 @@ async def _fire_due(
     task = worker.app.tasks[s.task]
     queue, job = Call(task, (), {}, Options(job_id=s.job_id(tick))).prepare()
     keys = worker.app.keys(queue)
-    written = await worker.app.scripts.cron(
-        keys, keys.cron_state(s.name), round(tick * 1000), fire, job
-    )
+    # a tick carries the active trace context like any enqueue, but starts no trace of its own
+    spans = publish([(queue, job)], new_trace=False) if fire else None
+    send = worker.app.scripts.cron(keys, keys.cron_state(s.name), round(tick * 1000), fire, job)
+    if spans is None:
+        written = await send
+    else:
+        with spans:
+            written = await send
     if written:
         log.info(
             "cron %s fired for tick %s",

@@ -11,18 +11,23 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
+from .. import tracing
 from ..context import JobContext, _current
 from ..errors import Retry
 from ..keys import QueueKeys
 from ..message import Delivery, encode_result, parse_delivery
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
     from redis.asyncio import Redis
 
     from ..metrics import JobObserver
     from .core import Worker
 
 log = logging.getLogger("aioq.worker")
+
+Record = tuple[str, bytes, str, int, bytes | str, str, str, int]
+"""A completion record (``complete.py``): op, entry id, job id, attempt, then 4 values."""
 
 
 class Runner:
@@ -48,6 +53,7 @@ class Runner:
         lanes = keys.lanes
         loop = asyncio.get_running_loop()
         complete = self.worker.completer.add
+        tracer = tracing.tracer()  # None (the usual case) unless a tracer provider is set
         for row in rows:
             keys = lanes[row[8]]
             running = self.running.get(keys)
@@ -63,7 +69,11 @@ class Runner:
                 complete(keys, ("dead", d.entry_id, row[1], d.attempt, problem, "BadJob", "", 0))
                 self.worker.slots.give(1)
                 continue
-            t = loop.create_task(self._run(keys, d))
+            t: asyncio.Task[Any]
+            if tracer is None:
+                t = loop.create_task(self._run(keys, d))
+            else:
+                t = loop.create_task(self._run_traced(keys, d, tracer))
             running[d.entry_id] = t
             self.entries[keys.queue, d.job_id] = (keys, d.entry_id)
 
@@ -93,11 +103,23 @@ class Runner:
                 n += self.interrupt(keys, entry_id)
         return n
 
-    async def _run(self, keys: QueueKeys, d: Delivery) -> None:
+    async def _run_traced(self, keys: QueueKeys, d: Delivery, tracer: Tracer) -> None:
+        """``_run`` inside the attempt's process span (``tracing.py``)."""
+        span = tracing.processing(tracer, keys.queue, d, self.worker.consumer)
+        record: Record | None = None
+        try:
+            record = await self._run(keys, d)
+        finally:
+            if span is not None:
+                span.end(record)
+
+    async def _run(self, keys: QueueKeys, d: Delivery) -> Record | None:
+        """Run one attempt; returns its completion record (None: interrupted, nothing is
+        recorded), which it has handed to the completer."""
         task = self.app.tasks[d.task]
         token = _current.set(JobContext(self.redis, keys, d.job_id, d.task, d.attempt))
         timeout = d.timeout
-        record: tuple[str, bytes, str, int, bytes | str, str, str, int] | None = None
+        record: Record | None = None
         deadline: asyncio.Timeout | None = None
         obs = self.observer
         t0 = obs.started(keys.queue, d) if obs is not None else 0.0
@@ -120,7 +142,7 @@ class Runner:
         except asyncio.CancelledError:
             if d.entry_id in self.cancelling:
                 record = ("cancelled", d.entry_id, d.job_id, d.attempt, "", "", "", 0)
-                return
+                return record
             me = asyncio.current_task()
             if me is not None and me.cancelling():
                 raise  # lease lost or worker stopping: whoever runs it next records it
@@ -143,19 +165,16 @@ class Runner:
                 obs.finished(keys.queue, d, None if record is None else record[0], t0)
             if record is not None:
                 self.worker.completer.add(keys, record)
+        return record
 
     async def _in_thread(self, call: functools.partial[Any]) -> Any:
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._threads)
 
-    def _retry(
-        self, d: Delivery, exc: BaseException, delay_ms: int
-    ) -> tuple[str, bytes, str, int, str, str, str, int]:
+    def _retry(self, d: Delivery, exc: BaseException, delay_ms: int) -> Record:
         exc_type, message, tb = _describe(exc)
         return ("retry", d.entry_id, d.job_id, d.attempt, message, exc_type, tb, delay_ms)
 
-    def _failure(
-        self, d: Delivery, backoff: Any, described: tuple[str, str, str]
-    ) -> tuple[str, bytes, str, int, str, str, str, int]:
+    def _failure(self, d: Delivery, backoff: Any, described: tuple[str, str, str]) -> Record:
         exc_type, message, tb = described
         if d.attempt <= d.retries:
             delay_ms = round(backoff(d.attempt) * 1000)
