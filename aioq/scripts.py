@@ -320,10 +320,10 @@ FETCH = (
     + r"""
 local budget, turn, FAIR = tonumber(ARGV[6]), tonumber(ARGV[7]), __FAIR__
 local now = now_ms()
-local out = {}
+local out, fair = {}, {}         -- fair: {place in this batch, its started job} per fair turn
 
--- Start up to `count` new entries of level p; returns how many entries were read.
-local function read(p, count)
+-- Start up to `count` new entries of level p into `dest`; returns how many entries were read.
+local function read(p, count, dest)
   use_level(p)
   local cmd = {'XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', count, 'STREAMS', STREAM, '>'}
   local r = redis.pcall(unpack(cmd))
@@ -333,7 +333,7 @@ local function read(p, count)
     r = redis.call(unpack(cmd))
   end
   if not r then return 0 end
-  start(r[1][2], now, out)
+  start(r[1][2], now, dest)
   return #r[1][2]
 end
 
@@ -354,7 +354,12 @@ if #live > 1 then
         for j, p in ipairs(live) do
           if p <= want then i = j; break end
         end
-        if read(live[i], 1) > 0 then budget = budget - 1; break end
+        local got = {}
+        if read(live[i], 1, got) > 0 then
+          fair[#fair + 1] = {k - turn, got}
+          budget = budget - 1
+          break
+        end
         table.remove(live, i)                       -- nothing new at that level
       end
     end
@@ -362,9 +367,20 @@ if #live > 1 then
 end
 for _, p in ipairs(live) do
   if budget <= 0 then break end
-  budget = budget - read(p, budget)
+  budget = budget - read(p, budget, out)
 end
-return out
+if #fair == 0 then return out end
+-- each fair turn at its place, so the worker starts jobs in turn order whatever its batches
+local merged, g = {}, 1
+for _, f in ipairs(fair) do
+  while #merged + 1 < f[1] and g <= #out do
+    merged[#merged + 1] = out[g]
+    g = g + 1
+  end
+  for _, row in ipairs(f[2]) do merged[#merged + 1] = row end
+end
+for i = g, #out do merged[#merged + 1] = out[i] end
+return merged
 """.replace("__FAIR__", str(FAIR))
 )
 
