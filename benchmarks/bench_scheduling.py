@@ -1,10 +1,11 @@
-"""aioq scheduling benchmark: rate-limited jobs mixed with unlimited ones, and the cost of
-100,000 scheduled jobs.
+"""aioq scheduling benchmark: rate-limited jobs mixed with unlimited ones, the cost of
+100,000 scheduled jobs, and priorities.
 
     .venv/bin/python benchmarks/bench_scheduling.py            # full (~4 min)
     .venv/bin/python benchmarks/bench_scheduling.py --quick    # smaller, 2 repeats (< 1 min)
-    options: --parts i,ii,iii (a subset), --repeats N, --n/--m/--rate (i), --s (ii),
-             --n-backlog/--backlog (iii), --concurrency N, --unix, --redis-url URL
+    options: --parts i,ii,iii,iv (a subset), --repeats N, --n/--m/--rate (i), --s (ii),
+             --n-backlog/--backlog (iii), --n-prio (iv), --concurrency N, --unix,
+             --redis-url URL
 
 Starts its own redis-server on 127.0.0.1 (``bench_core.redis_server``; ``--unix`` for a unix
 socket, ``--redis-url`` to use a running server, which is FLUSHALL'd), then:
@@ -36,6 +37,22 @@ socket, ``--redis-url`` to use a running server, which is FLUSHALL'd), then:
       unlimited jobs/s both ways, and how often limited jobs were brought back to the stream
       (promotions, from XINFO STREAM entries-added) and started, per second, meanwhile: a
       limiter that keeps a backlog waiting should bring it back at about the rate it can start.
+  iv. priorities: a backlog of N3 no-op jobs (``prio(p)``, enqueued before the worker starts)
+      drained by one worker, two ways (order rotated every repeat):
+        flat      all at priority 0 (the reference)
+        spread    job i at priority i % 10: all ten streams busy
+      Jobs/s from first start to last finish, as in i, and the ratio spread/flat: the cost of
+      reading ten streams (also per repeat, flat and spread run back to back), and Redis' own
+      time in scripts per job and commands per 100 jobs (INFO commandstats, reset before the
+      worker starts). Every job records its level, in the order the worker starts
+      them, and its fetched batch (bench_sched_tasks.py). From that order in ``spread``: the
+      share of starts that went to the highest level with jobs waiting at that moment, and of
+      the rest (fair turns: a lower level while a higher one waited); per level, the largest
+      gap in starts between two of its starts while it had jobs waiting (its first start
+      counted from the run's first); the same in the fetch script's own rotation count
+      (where a batch's fair turns sit at its multiples of 10, though the script starts them
+      first). The documented bound is that a waiting level gets at least one of every 100 of
+      a worker's starts: every gap over 100 is counted and told in a note.
 
 Prints versions, machine, and median (min-max) over the repeats.
 """
@@ -52,6 +69,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +81,15 @@ sys.path.insert(0, str(HERE))
 import redis.asyncio as aredis  # noqa: E402
 from bench_core import log, redis_server, versions  # noqa: E402
 
+from aioq.keys import PRIORITIES  # noqa: E402
+from aioq.scripts import FAIR  # noqa: E402
+
 K_DONE, K_FIRST_START, K_LAST = "bench:done", "bench:first_start", "bench:last"
 K_LIMITED_DONE = "bench:limited_done"
+K_LAT = "bench:lat"  # iv: "level time batch" per start, in start order (bench_record.lat)
 HOUR = 3600.0
+COUNTED = ("evalsha", "xreadgroup", "xlen", "xack")  # iv: Redis commands counted per job
+BOUND = FAIR * PRIORITIES  # iv: a waiting level gets at least one of every 100 starts
 
 
 def span(xs: list[float], unit: str = "") -> str:
@@ -93,6 +119,97 @@ def max_in_window(starts: list[int], window_ms: int) -> int:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
+
+
+def batches(starts: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """(level, batch) starts, in order, grouped by batch."""
+    out: list[list[tuple[int, int]]] = []
+    for st in starts:
+        if not out or out[-1][0][1] != st[1]:
+            out.append([])
+        out[-1].append(st)
+    return out
+
+
+@dataclass
+class Order:
+    """How a worker's starts followed priority (iv). A level waits from the first start until
+    its last job starts (the whole backlog is queued before the worker starts)."""
+
+    to_highest: int = 0  # starts that went to the highest level with jobs waiting
+    lower: int = 0  # starts given to a lower level while a higher one waited: fair turns
+    contested: int = 0  # starts made while two or more levels had jobs waiting
+    # per level, the largest gap between two of its starts while it waited (the first counted
+    # from the run's start: a level whose first start is the 40th has waited 40 starts)
+    gap: dict[int, int] = field(default_factory=dict)
+    # the same with every start placed where the fetch script's rotation counts it (see
+    # rotation()), not where the worker started it
+    rotation_gap: dict[int, int] = field(default_factory=dict)
+    over: list[str] = field(default_factory=list)  # every gap over BOUND, told in full
+
+
+def rotation(groups: list[list[tuple[int, int]]], multi: list[bool]) -> list[int]:
+    """The place (1-based) of every start in the fetch script's count (ARGV[7] + 1 ...): in a
+    batch taken after ``turn`` starts, the jobs at the multiples of FAIR are the fair turns,
+    but the script reads them first, so the worker starts them first; the rest fill the other
+    places in order. ``multi``: several levels waited when the batch was read (else no fair
+    turns)."""
+    out: list[int] = []
+    for g, several in zip(groups, multi, strict=True):
+        turn = len(out)
+        places = range(turn + 1, turn + len(g) + 1)
+        fair = [k for k in places if k % FAIR == 0] if several else []
+        out += fair + [k for k in places if k not in fair]
+    return out
+
+
+def order_stats(starts: list[tuple[int, int]]) -> Order:
+    groups = batches(starts)
+    left = Counter(lv for lv, _ in starts)  # jobs not yet started, per level
+    o = Order(gap=dict.fromkeys(left, 0), rotation_gap=dict.fromkeys(left, 0))
+    multi, where = [], []
+    for i, g in enumerate(groups):
+        multi.append(sum(1 for c in left.values() if c > 0) > 1)
+        for j, (lv, _) in enumerate(g):
+            left[lv] -= 1
+            where.append((i, j))
+    rot = rotation(groups, multi)
+    left = Counter(lv for lv, _ in starts)
+    last: dict[int, int] = dict.fromkeys(left, -1)
+    places: dict[int, list[int]] = {lv: [0] for lv in left}
+    for n, (lv, _) in enumerate(starts):
+        top = max(left)  # left holds only the levels with jobs waiting
+        o.contested += len(left) > 1
+        if lv == top:
+            o.to_highest += 1
+        else:
+            o.lower += 1
+        g = n - last[lv]
+        o.gap[lv] = max(o.gap[lv], g)
+        places[lv].append(rot[n])
+        if g > BOUND:
+            (b2, j2), k2 = where[n], rot[n]
+            if last[lv] < 0:
+                since = "the run's first start"
+            else:
+                (b1, j1), k1 = where[last[lv]], rot[last[lv]]
+                since = (
+                    f"its start #{last[lv] + 1} (batch {b1 + 1}, {j1 + 1}. of "
+                    f"{len(groups[b1])}; rotation place {k1})"
+                )
+            o.over.append(
+                f"level {lv} waited {g} starts, from {since} to its start #{n + 1} "
+                f"(batch {b2 + 1}, {j2 + 1}. of {len(groups[b2])}; rotation place {k2}); "
+                f"levels waiting then: {sorted(left, reverse=True)}"
+            )
+        last[lv] = n
+        left[lv] -= 1
+        if not left[lv]:
+            del left[lv]
+    for lv, ks in places.items():
+        ks.sort()
+        o.rotation_gap[lv] = max(b - a for a, b in pairwise(ks))
+    return o
 
 
 class Bench:
@@ -273,6 +390,72 @@ class Bench:
             msg += f"; limited jobs brought back {comebacks:,.0f}/s, started {started / dt:,.0f}/s"
         log(msg)
 
+    # -- iv. priorities --
+
+    async def priorities(self, variant: str, rep: int) -> None:
+        """A backlog of N no-op jobs drained by one worker: all at priority 0 (flat) or at
+        priorities i % 10 (spread); each start recorded in order with its level and batch."""
+        n: int = self.args.n_prio
+        prio = self.t.prio
+        await self.r.flushall()
+        levels = [0 if variant == "flat" else i % PRIORITIES for i in range(n)]
+        for i in range(0, n, 10_000):
+            chunk = levels[i : i + 10_000]
+            await self.app.enqueue_many([prio.options(priority=lv).call(lv) for lv in chunk])
+        await self.r.config_resetstat()
+        p = self.spawn(f"prio-{variant}.r{rep}")
+        try:
+
+            async def drained() -> bool:
+                return await self.count(K_DONE) >= n and await self.r.llen(K_LAT) >= n
+
+            await self.until(drained, 300, f"{n} jobs at priorities done", p)
+            first = float(await self.r.get(K_FIRST_START) or 0)
+            last = float(await self.r.get(K_LAST) or 0)
+            rows: list[bytes] = await self.r.lrange(K_LAT, 0, -1)
+            stats = await self.r.info("commandstats")
+        finally:
+            await self.stop(p)
+        rate = n / (last - first)
+        self.add(f"prio {variant}", rate)
+        # Redis work per job: script calls (round trips of the worker) and the commands the
+        # scripts ran (start-up, the idle worker's parked reads and the bench's polls included)
+        calls = {c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in COUNTED}
+        for c, k in calls.items():
+            self.add(f"prio {variant} {c}", k / n * 100)
+        script_us = stats.get("cmdstat_evalsha", {}).get("usec", 0) / n
+        self.add(f"prio {variant} script us", script_us)
+        msg = f"rep {rep} {variant:>6}: {rate:>9,.0f} jobs/s, {script_us:.1f} us/job in scripts"
+        msg += ", per 100 jobs " + ", ".join(f"{k / n * 100:.1f} {c}" for c, k in calls.items())
+        starts = [(int(level), int(batch)) for level, _, batch in (r.split() for r in rows)]
+        if sorted(lv for lv, _ in starts) != sorted(levels):
+            raise RuntimeError(f"{variant}: the starts recorded are not the jobs enqueued")
+        sizes = [len(g) for g in batches(starts)]
+        full = min(200, (self.args.concurrency + 1) // 2)  # Worker.fetch_size
+        self.add(f"prio {variant} full", sum(s for s in sizes if s == full) / n * 100)
+        msg += f", batches of {statistics.median(sizes):.0f} (median; {len(sizes):,} batches)"
+        if variant == "spread":
+            o = order_stats(starts)
+            self.add("prio to highest", o.to_highest / n * 100)
+            self.add("prio fair", o.lower / n * 100)
+            self.add("prio contested", o.contested)
+            self.add("prio fair of contested", o.lower / o.contested * 100)
+            self.add("prio max gap", max(o.gap.values()))
+            self.add("prio max rotation gap", max(o.rotation_gap.values()))
+            self.add("prio gaps over bound", len(o.over))
+            for level, g in o.gap.items():
+                self.add(f"prio gap {level}", g)
+            for w in o.over[:5]:
+                self.notes.append(f"iv. rep {rep}: {w}")
+            if len(o.over) > 5:
+                self.notes.append(f"iv. rep {rep}: and {len(o.over) - 5} more gaps over {BOUND}")
+            msg += (
+                f"; {o.to_highest / n:.1%} to the highest waiting level, {o.lower / n:.1%} fair "
+                f"turns to a lower one; largest gap {max(o.gap.values())} starts (level "
+                f"{max(o.gap, key=lambda lv: o.gap[lv])}), {len(o.over)} over {BOUND}"
+            )
+        log(msg)
+
     async def limited_starts(self, ids: list[str]) -> tuple[list[int], list[int]]:
         keys = self.app.keys()
         async with self.r.pipeline(transaction=False) as pipe:
@@ -394,14 +577,26 @@ class Bench:
         for rep in range(self.args.repeats if "iii" in parts else 0):
             for v in variants[rep % 2 :] + variants[: rep % 2]:
                 await self.backlog(v, rep)
+        variants = ["flat", "spread"]
+        for rep in range(self.args.repeats if "iv" in parts else 0):
+            for v in variants[rep % 2 :] + variants[: rep % 2]:
+                await self.priorities(v, rep)
+            # the same repeat's pair, a few seconds apart: less of the machine's drift
+            f = self.figures
+            self.add("prio paired", f["prio spread"][-1] / f["prio flat"][-1])
+            us = f["prio spread script us"][-1] / f["prio flat script us"][-1]
+            self.add("prio paired script us", us)
         await self.r.flushall()
 
 
-def compared(f: dict[str, list[float]], rows: list[tuple[str, str]]) -> list[str]:
+def compared(
+    f: dict[str, list[float]], rows: list[tuple[str, str]], base_name: str = "alone"
+) -> list[str]:
     """Rows of jobs/s with their ratio to the first row's median."""
     base = statistics.median(f[rows[0][1]])
     return [
-        f"  {label:<56} {span(f[key]):<28} ratio to alone {statistics.median(f[key]) / base:.2f}"
+        f"  {label:<56} {span(f[key]):<28} ratio to {base_name} "
+        f"{statistics.median(f[key]) / base:.2f}"
         for label, key in rows
     ]
 
@@ -468,6 +663,44 @@ def report(b: Bench, info: dict[str, str], url: str) -> str:
             ("limited jobs brought back to the stream (/s)", "backlog come-backs/s"),
             ("limited jobs started (/s)", "backlog starts/s"),
         ])  # fmt: skip
+    if "iv" in a.parts:
+        lines += [
+            "",
+            f"iv. one worker, --concurrency {a.concurrency}; a backlog of {a.n_prio:,} no-op "
+            f"jobs, all at priority 0 (flat) or at priorities i % {PRIORITIES} (spread)",
+        ]
+        lines += compared(f, [
+            ("jobs/s, flat: all at priority 0", "prio flat"),
+            (f"jobs/s, spread: {PRIORITIES} levels, all busy", "prio spread"),
+        ], "flat")  # fmt: skip
+        lines += plain(f, [("  spread / flat, each repeat's pair", "prio paired")])
+        lines += compared(f, [
+            ("Redis time in scripts per job (us), flat", "prio flat script us"),
+            ("Redis time in scripts per job (us), spread", "prio spread script us"),
+        ], "flat")  # fmt: skip
+        lines += plain(f, [("  spread / flat, each repeat's pair", "prio paired script us")])
+        full = min(200, (a.concurrency + 1) // 2)
+        for c in COUNTED:
+            fl, sp = (statistics.median(f[f"prio {v} {c}"]) for v in ("flat", "spread"))
+            what = "script calls" if c == "evalsha" else f"{c.upper()}s"
+            lines.append(f"  {what + ' per 100 jobs, flat / spread':<56} {fl:.1f} / {sp:.1f}")
+        lines += plain(f, [
+            (f"flat: starts in full batches of {full} (%)", "prio flat full"),
+            (f"spread: starts in full batches of {full} (%)", "prio spread full"),
+            ("spread, % of starts: to the highest level waiting", "prio to highest"),
+            ("  to a lower level while a higher waited (fair turns)", "prio fair"),
+            ("  the same, % of the starts while 2+ levels waited", "prio fair of contested"),
+            ("  starts made while 2+ levels waited", "prio contested"),
+            ("largest gap between a level's starts while it waited", "prio max gap"),
+            ("  the same, in the fetch script's rotation count", "prio max rotation gap"),
+            (f"gaps over {BOUND} starts (the documented bound: none)", "prio gaps over bound"),
+        ])  # fmt: skip
+        by_level = ", ".join(
+            f"p{lv} {max(f[f'prio gap {lv}']):,.0f}"
+            for lv in range(PRIORITIES - 1, -1, -1)
+            if f"prio gap {lv}" in f
+        )
+        lines.append(f"  largest gap by level, the most over the repeats: {by_level}")
     if b.notes:
         lines.append("")
         lines += [f"note: {n}" for n in b.notes]
@@ -485,19 +718,21 @@ def main() -> int:
     ap.add_argument("--s", type=int, help="scheduled jobs (100,000; quick 20,000)")
     ap.add_argument("--n-backlog", type=int, help="unlimited jobs in iii (100,000; quick 20,000)")
     ap.add_argument("--backlog", type=int, help="limited jobs waiting in iii (10,000; quick 5,000)")
-    ap.add_argument("--repeats", type=int, help="repeats of i and iii (3; quick 2)")
+    ap.add_argument("--n-prio", type=int, help="jobs in iv (20,000; quick 5,000)")
+    ap.add_argument("--repeats", type=int, help="repeats of i, iii and iv (3; quick 2)")
     ap.add_argument("--scheduled-repeats", type=int, help="repeats of ii (2; quick 1)")
     ap.add_argument("--concurrency", type=int, default=100)
-    ap.add_argument("--parts", default="i,ii,iii", help="comma-separated subset of i,ii,iii")
+    ap.add_argument("--parts", default="i,ii,iii,iv", help="comma-separated subset of i,ii,iii,iv")
     args = ap.parse_args()
     args.parts = set(args.parts.split(","))
-    if not args.parts <= {"i", "ii", "iii"}:
-        ap.error(f"--parts: expected a subset of i,ii,iii, got {','.join(sorted(args.parts))}")
+    if not args.parts <= {"i", "ii", "iii", "iv"}:
+        ap.error(f"--parts: expected a subset of i,ii,iii,iv, got {','.join(sorted(args.parts))}")
     args.n = args.n or (5_000 if args.quick else 20_000)
     args.m = args.m or (500 if args.quick else 2_000)
     args.s = args.s or (20_000 if args.quick else 100_000)
     args.n_backlog = args.n_backlog or (20_000 if args.quick else 100_000)
     args.backlog = args.backlog or (5_000 if args.quick else 10_000)
+    args.n_prio = args.n_prio or (5_000 if args.quick else 20_000)
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.scheduled_repeats = args.scheduled_repeats or (1 if args.quick else 2)
 
