@@ -45,6 +45,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import without_otel
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -180,7 +182,9 @@ class Bench:
         bench_tasks.app.redis_url = url
         self.bt = bench_tasks
         self.raw = aredis.from_url(url)  # the ceiling's producer client
-        self.env = {**os.environ, "AIOQ_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
+        self.env = without_otel.child_env(
+            {**os.environ, "AIOQ_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
+        )
         if args.trace:
             self.env["BENCH_TRACE"] = "1"
         self.logdir = Path(tempfile.mkdtemp(prefix="aioq-bench-logs-"))

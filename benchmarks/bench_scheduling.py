@@ -75,6 +75,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import without_otel
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -224,7 +226,7 @@ class Bench:
         self.app = bench_sched_tasks.app
         self.app.redis_url = url
         self.r = aredis.from_url(url)
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.env = without_otel.child_env({**os.environ, "PYTHONUNBUFFERED": "1"})
         self.logdir = Path(tempfile.mkdtemp(prefix="aioq-bench-sched-logs-"))
         self.figures: dict[str, list[float]] = {}
         self.notes: list[str] = []
