@@ -72,12 +72,13 @@ class QueueKeys:
 
     def lane(self, priority: int) -> QueueKeys:
         """The keys of this queue's stream for ``priority`` (0..9)."""
-        return self._lanes[priority]
+        return self.lanes[priority]
 
     @property
     def lanes(self) -> tuple[QueueKeys, ...]:
         """One per priority, lowest (0) first."""
-        return self._lanes
+        # a lane built directly (QueueKeys(app, queue, 3)) has none of its own: its queue's
+        return self._lanes or QueueKeys(self.app, self.queue).lanes
 
     @property
     def tag(self) -> str:

@@ -19,11 +19,24 @@ from redis.exceptions import NoScriptError
 from .connection import CommandLane, pack
 from .keys import GROUP, PRIORITIES, QueueKeys
 
+# The stream of priority p (string or number) of the queue whose priority-0 stream is `base`:
+# "<base>:<p>" for 1-9 (keys.py), and anything else is priority 0. Shared by every script that
+# picks a job's stream.
+_LEVEL_STREAM = r"""
+local function level_stream(base, p)
+  p = tostring(p or '')
+  if string.match(p, '^[1-9]$') then return base .. ':' .. p end
+  return base
+end
+"""
+
 # Shared Lua: helpers, and `start`, which turns delivered stream entries into started jobs.
 # ARGV for every script using `start`: 1 group, 2 consumer, 3 max deliveries, 4 result ttl (s),
 # 5 dead-letter stream length cap; KEYS: 1 stream, 2 dead-letter stream. A queue has one stream
 # per priority (keys.py); scripts reading several set the one they work on with `use_level`.
-_PRELUDE = r"""
+_PRELUDE = (
+    _LEVEL_STREAM
+    + r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local STREAM, DEAD = KEYS[1], KEYS[2]
 local GROUP, CONSUMER = ARGV[1], ARGV[2]
@@ -34,7 +47,7 @@ local LEVEL = 0                                          -- the priority of STRE
 
 local function use_level(p)
   LEVEL = p
-  if p == 0 then STREAM = TAG .. 'stream' else STREAM = TAG .. 'stream:' .. p end
+  STREAM = level_stream(TAG .. 'stream', p)
 end
 local JOBP, DONEP = TAG .. 'job:', TAG .. 'done:'
 local FAILED = TAG .. 'failed'                          -- the failed-jobs index (keys.py)
@@ -111,7 +124,7 @@ local function rate_allows(task, eid, jid, now)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - lim[2])
   local used = redis.call('ZCARD', key)
   if used < lim[1] then
-    redis.call('ZADD', key, now, eid)
+    redis.call('ZADD', key, now, LEVEL .. ':' .. eid)     -- entry ids repeat across levels
     redis.call('PEXPIRE', key, lim[2])
     return true
   end
@@ -220,7 +233,26 @@ end
 local function ensure_group()
   redis.pcall('XGROUP', 'CREATE', STREAM, GROUP, '0', 'MKSTREAM')
 end
+
+-- Scripts reading several levels never raise once one job has started (Redis does not roll a
+-- script back: it would be marked running and never run). A level that cannot be read (another
+-- program's key of another type) is skipped; FAULT keeps why, returned as the error only when
+-- nothing started, so it still surfaces.
+local FAULT = nil
+local function fault(err)
+  FAULT = FAULT or (STREAM .. ': ' .. tostring(err))
+end
+
+-- How many entries level p's stream holds (0 when it cannot be read).
+local function level_len(p)
+  use_level(p)
+  local n = redis.pcall('XLEN', STREAM)
+  if type(n) == 'number' then return n end
+  fault(n.err)
+  return 0
+end
 """.replace("__PRIORITIES__", str(PRIORITIES))
+)
 
 # Writing one job, shared by ENQUEUE and CRON. ARGV from `a`: job id, delay ms, eta epoch ms
 # (0: none), expires in ms (0: never), expires at epoch ms (0: never), task, queue, args, kwargs,
@@ -231,7 +263,9 @@ end
 # worker creates the consumer group if the stream is new (NOGROUP), at id 0, so nothing
 # enqueued first is missed.
 ENQUEUE_ARGS = 13
-_ENQUEUE_JOB = r"""
+_ENQUEUE_JOB = (
+    _LEVEL_STREAM
+    + r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local clock = nil
 local function time_ms()
@@ -256,10 +290,9 @@ local function enqueue_job(stream, scheduled, key, a)
       redis.call('ZADD', scheduled, due, jid)
     end
   end
-  local priority = ARGV[a + 12]
+  local lane = level_stream(stream, ARGV[a + 12])        -- the stream of the job's priority
   if not stamp then
-    if priority ~= '0' then stream = stream .. ':' .. priority end
-    stamp = tonumber(string.match(redis.call('XADD', stream, '*', 'id', jid), '^%d+'))
+    stamp = tonumber(string.match(redis.call('XADD', lane, '*', 'id', jid), '^%d+'))
   end
   local expires_in, expires_at = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
   if expires_in > 0 then expires_at = stamp + expires_in end
@@ -267,11 +300,12 @@ local function enqueue_job(stream, scheduled, key, a)
              'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
              'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
   if expires_at > 0 then redis.call('HSET', key, 'expires_at', expires_at) end
-  if priority ~= '0' then redis.call('HSET', key, 'priority', priority) end
+  if lane ~= stream then redis.call('HSET', key, 'priority', ARGV[a + 12]) end
   if ARGV[a + 13] ~= '' then redis.call('HSET', key, 'trace', ARGV[a + 13]) end
   return 1
 end
 """
+)
 
 # Enqueue one job or many. KEYS: stream, scheduled, then one job key per job; ARGV: the
 # ENQUEUE_ARGS values of each job in turn. Returns one 1/0 per job.
@@ -327,10 +361,13 @@ local function read(p, count, dest)
   use_level(p)
   local cmd = {'XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', count, 'STREAMS', STREAM, '>'}
   local r = redis.pcall(unpack(cmd))
-  if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'NOGROUP') then error(r) end
+  if type(r) == 'table' and r.err and string.find(r.err, 'NOGROUP') then
     ensure_group()                              -- Redis lost the group (restart without data)
-    r = redis.call(unpack(cmd))
+    r = redis.pcall(unpack(cmd))
+  end
+  if type(r) == 'table' and r.err then
+    fault(r.err)
+    return 0
   end
   if not r then return 0 end
   start(r[1][2], now, dest)
@@ -341,7 +378,7 @@ end
 -- costs one XLEN. Level 0 is always read (it recreates a lost group).
 local live = {}
 for p = PRIORITIES - 1, 1, -1 do
-  if redis.call('XLEN', TAG .. 'stream:' .. p) > 0 then live[#live + 1] = p end
+  if level_len(p) > 0 then live[#live + 1] = p end
 end
 live[#live + 1] = 0
 
@@ -369,6 +406,7 @@ for _, p in ipairs(live) do
   if budget <= 0 then break end
   budget = budget - read(p, budget, out)
 end
+if #out == 0 and #fair == 0 and FAULT then return redis.error_reply(FAULT) end
 if #fair == 0 then return out end
 -- each fair turn at its place, so the worker starts jobs in turn order whatever its batches
 local merged, g = {}, 1
@@ -389,8 +427,9 @@ return merged
 # there (ARGV[7 + level]), at most ARGV[6] in all. Pipelined right behind the blocking read on
 # the same connection, it runs the moment the read returns, so an idle worker starts a job
 # with no extra round trip; after a lost connection, a resent pair finds what the first read
-# delivered too. Entries beyond ARGV[6] (several levels written at once) are handed back: re-
-# added at the end of their stream, for any worker.
+# delivered too. Entries this worker already runs (taken over by its reclaimer) are left
+# alone; entries beyond ARGV[6] (several levels written at once) are handed back: re-added at
+# the end of their stream, for any worker.
 START_NEW = (
     _PRELUDE
     + r"""
@@ -399,28 +438,29 @@ local budget = tonumber(ARGV[6])
 local now = now_ms()
 local out = {}
 for p = PRIORITIES - 1, 0, -1 do
-  use_level(p)
-  local pend = false                              -- an empty stream (most levels) costs an XLEN
-  if p == 0 or redis.call('XLEN', STREAM) > 0 then
-    pend = redis.pcall('XPENDING', STREAM, GROUP, '(' .. ARGV[7 + p], '+', 64, CONSUMER)
-  end
-  if type(pend) == 'table' and not pend.err then
-    local entries = {}
-    for _, row in ipairs(pend) do
-      local e = redis.call('XRANGE', STREAM, row[1], row[1])[1]
-      if budget > 0 then
-        entries[#entries + 1] = e or {row[1], false}
-        budget = budget - 1
-      elseif not e then
-        redis.call('XACK', STREAM, GROUP, row[1])
-      else
-        local jid = field(e[2], 'id')
+  if p == 0 or level_len(p) > 0 then              -- an empty stream (most levels): one XLEN
+    use_level(p)
+    local entries, from = {}, '(' .. ARGV[7 + p]
+    while from do
+      local pend = redis.pcall('XPENDING', STREAM, GROUP, from, '+', 100, CONSUMER)
+      if type(pend) ~= 'table' or pend.err then break end
+      for _, row in ipairs(pend) do
+        local e = redis.call('XRANGE', STREAM, row[1], row[1])[1]
+        local jid = e and field(e[2], 'id')
         local rec = jid and redis.pcall('HMGET', JOBP .. jid, 'status', 'worker')
-        if not (rec and not rec.err and rec[1] == 'running' and rec[2] == CONSUMER) then
+        if rec and not rec.err and rec[1] == 'running' and rec[2] == CONSUMER then
+          -- this worker runs it already
+        elseif budget > 0 then
+          entries[#entries + 1] = e or {row[1], false}
+          budget = budget - 1
+        elseif not e then
+          redis.call('XACK', STREAM, GROUP, row[1])
+        else
           drop(row[1])
           redis.call('XADD', STREAM, '*', unpack(e[2]))
         end
       end
+      from = #pend == 100 and ('(' .. pend[#pend][1]) or nil
     end
     start(entries, now, out)
   end
@@ -445,8 +485,7 @@ for p = PRIORITIES - 1, 0, -1 do
     local r = redis.pcall('XAUTOCLAIM', STREAM, GROUP, CONSUMER, ARGV[6], cursors[p + 1],
                           'COUNT', budget)
     if type(r) == 'table' and r.err then
-      if not string.find(r.err, 'NOGROUP') then return redis.error_reply(r.err) end
-      ensure_group()
+      if string.find(r.err, 'NOGROUP') then ensure_group() else fault(r.err) end
       cursors[p + 1] = '0-0'
     else
       cursors[p + 1] = r[1]
@@ -455,6 +494,7 @@ for p = PRIORITIES - 1, 0, -1 do
     end
   end
 end
+if #out == 0 and FAULT then return redis.error_reply(FAULT) end
 return {cursors, out}
 """
 )
@@ -585,7 +625,9 @@ return n
 # ARGV: limit, result ttl (s).
 # Returns {moved, next due ms or -1, now ms}. ZREM decides who moves a job, so several workers
 # promoting at once never duplicate one.
-PROMOTE = r"""
+PROMOTE = (
+    _LEVEL_STREAM
+    + r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -605,9 +647,7 @@ for _, jid in ipairs(ids) do
       redis.call('PUBLISH', TAG .. 'done:' .. jid, 'expired')
     else
       redis.call('HSET', key, 'status', 'queued')
-      local stream = KEYS[2]
-      if rec[3] and string.match(rec[3], '^[1-9]$') then stream = stream .. ':' .. rec[3] end
-      redis.call('XADD', stream, '*', 'id', jid)
+      redis.call('XADD', level_stream(KEYS[2], rec[3]), '*', 'id', jid)
       moved = moved + 1
     end
   end
@@ -615,6 +655,7 @@ end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {moved, tonumber(nxt[2]) or -1, now}
 """
+)
 
 # Cancel a job. KEYS: job, scheduled. ARGV: job id, result ttl (s). Returns 1 when a queued or
 # scheduled job was cancelled (it will never start: its stream entry is dropped at delivery),
@@ -895,7 +936,9 @@ class WorkerArgs:
 
 # Shared by REQUEUE_DEAD, RETRY and PURGE. KEYS[1]: the queue's stream (of priority 0, except
 # for PURGE, which is called once per priority).
-_OPS_PRELUDE = r"""
+_OPS_PRELUDE = (
+    _LEVEL_STREAM
+    + r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local STREAM = KEYS[1]
 local TAG = string.match(STREAM, '^(.*}:)')              -- "aioq:{app:queue}:"
@@ -920,14 +963,10 @@ local function requeue(jid)
   redis.call('PERSIST', key)
   redis.call('ZREM', TAG .. 'failed', jid)
   redis.call('ZREM', TAG .. 'scheduled', jid)
-  local p = redis.call('HGET', key, 'priority')
-  if p and string.match(p, '^[1-9]$') then
-    redis.call('XADD', STREAM .. ':' .. p, '*', 'id', jid)
-  else
-    redis.call('XADD', STREAM, '*', 'id', jid)
-  end
+  redis.call('XADD', level_stream(STREAM, redis.call('HGET', key, 'priority')), '*', 'id', jid)
 end
 """
+)
 
 # Requeue dead-letter entries. KEYS: stream, dead. ARGV: dead-letter entry ids. Returns one
 # outcome per id: "requeued" (the entry is deleted), "missing", or why it stays. The job record

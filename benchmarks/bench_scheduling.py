@@ -49,10 +49,9 @@ socket, ``--redis-url`` to use a running server, which is FLUSHALL'd), then:
       share of starts that went to the highest level with jobs waiting at that moment, and of
       the rest (fair turns: a lower level while a higher one waited); per level, the largest
       gap in starts between two of its starts while it had jobs waiting (its first start
-      counted from the run's first); the same in the fetch script's own rotation count
-      (where a batch's fair turns sit at its multiples of 10, though the script starts them
-      first). The documented bound is that a waiting level gets at least one of every 100 of
-      a worker's starts: every gap over 100 is counted and told in a note.
+      counted from the run's first). The documented bound is that a waiting level gets at
+      least one of every 100 of a worker's starts: every gap over 100 is counted and told in a
+      note.
 
 Prints versions, machine, and median (min-max) over the repeats.
 """
@@ -71,7 +70,6 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -144,41 +142,15 @@ class Order:
     # per level, the largest gap between two of its starts while it waited (the first counted
     # from the run's start: a level whose first start is the 40th has waited 40 starts)
     gap: dict[int, int] = field(default_factory=dict)
-    # the same with every start placed where the fetch script's rotation counts it (see
-    # rotation()), not where the worker started it
-    rotation_gap: dict[int, int] = field(default_factory=dict)
     over: list[str] = field(default_factory=list)  # every gap over BOUND, told in full
-
-
-def rotation(groups: list[list[tuple[int, int]]], multi: list[bool]) -> list[int]:
-    """The place (1-based) of every start in the fetch script's count (ARGV[7] + 1 ...): in a
-    batch taken after ``turn`` starts, the jobs at the multiples of FAIR are the fair turns,
-    but the script reads them first, so the worker starts them first; the rest fill the other
-    places in order. ``multi``: several levels waited when the batch was read (else no fair
-    turns)."""
-    out: list[int] = []
-    for g, several in zip(groups, multi, strict=True):
-        turn = len(out)
-        places = range(turn + 1, turn + len(g) + 1)
-        fair = [k for k in places if k % FAIR == 0] if several else []
-        out += fair + [k for k in places if k not in fair]
-    return out
 
 
 def order_stats(starts: list[tuple[int, int]]) -> Order:
     groups = batches(starts)
     left = Counter(lv for lv, _ in starts)  # jobs not yet started, per level
-    o = Order(gap=dict.fromkeys(left, 0), rotation_gap=dict.fromkeys(left, 0))
-    multi, where = [], []
-    for i, g in enumerate(groups):
-        multi.append(sum(1 for c in left.values() if c > 0) > 1)
-        for j, (lv, _) in enumerate(g):
-            left[lv] -= 1
-            where.append((i, j))
-    rot = rotation(groups, multi)
-    left = Counter(lv for lv, _ in starts)
+    o = Order(gap=dict.fromkeys(left, 0))
+    where = [(i, j) for i, g in enumerate(groups) for j in range(len(g))]
     last: dict[int, int] = dict.fromkeys(left, -1)
-    places: dict[int, list[int]] = {lv: [0] for lv in left}
     for n, (lv, _) in enumerate(starts):
         top = max(left)  # left holds only the levels with jobs waiting
         o.contested += len(left) > 1
@@ -188,29 +160,24 @@ def order_stats(starts: list[tuple[int, int]]) -> Order:
             o.lower += 1
         g = n - last[lv]
         o.gap[lv] = max(o.gap[lv], g)
-        places[lv].append(rot[n])
         if g > BOUND:
-            (b2, j2), k2 = where[n], rot[n]
+            b2, j2 = where[n]
             if last[lv] < 0:
                 since = "the run's first start"
             else:
-                (b1, j1), k1 = where[last[lv]], rot[last[lv]]
+                b1, j1 = where[last[lv]]
                 since = (
-                    f"its start #{last[lv] + 1} (batch {b1 + 1}, {j1 + 1}. of "
-                    f"{len(groups[b1])}; rotation place {k1})"
+                    f"its start #{last[lv] + 1} (batch {b1 + 1}, {j1 + 1}. of {len(groups[b1])})"
                 )
             o.over.append(
                 f"level {lv} waited {g} starts, from {since} to its start #{n + 1} "
-                f"(batch {b2 + 1}, {j2 + 1}. of {len(groups[b2])}; rotation place {k2}); "
+                f"(batch {b2 + 1}, {j2 + 1}. of {len(groups[b2])}); "
                 f"levels waiting then: {sorted(left, reverse=True)}"
             )
         last[lv] = n
         left[lv] -= 1
         if not left[lv]:
             del left[lv]
-    for lv, ks in places.items():
-        ks.sort()
-        o.rotation_gap[lv] = max(b - a for a, b in pairwise(ks))
     return o
 
 
@@ -443,7 +410,6 @@ class Bench:
             self.add("prio contested", o.contested)
             self.add("prio fair of contested", o.lower / o.contested * 100)
             self.add("prio max gap", max(o.gap.values()))
-            self.add("prio max rotation gap", max(o.rotation_gap.values()))
             self.add("prio gaps over bound", len(o.over))
             for level, g in o.gap.items():
                 self.add(f"prio gap {level}", g)
@@ -694,7 +660,6 @@ def report(b: Bench, info: dict[str, str], url: str) -> str:
             ("  the same, % of the starts while 2+ levels waited", "prio fair of contested"),
             ("  starts made while 2+ levels waited", "prio contested"),
             ("largest gap between a level's starts while it waited", "prio max gap"),
-            ("  the same, in the fetch script's rotation count", "prio max rotation gap"),
             (f"gaps over {BOUND} starts (the documented bound: none)", "prio gaps over bound"),
         ])  # fmt: skip
         by_level = ", ".join(

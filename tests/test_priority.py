@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from aioq import App, JobStatus, Worker
+from aioq import App, Job, JobCancelled, JobStatus, Worker
 from aioq.inspect import queue_stats
 from aioq.keys import GROUP
 from aioq.ops import purge_queue
@@ -195,3 +195,86 @@ async def test_purge_empties_every_priority(app: App) -> None:
         await work.options(priority=p).enqueue()
     assert await purge_queue(app, app.default_queue) == (3, 3)
     assert (await queue_stats(app))[0].queued == 0
+
+
+async def colliding_pair(app: App, calls: list[object]) -> list[Job[object]]:
+    """Enqueue two calls at different priorities until their stream entries get the same id
+    (each stream numbers its own entries, so that happens within one millisecond)."""
+    for _ in range(50):
+        jobs: list[Job[object]] = await app.enqueue_many(calls)  # type: ignore[arg-type]
+        ids = [(await app.redis.xrange(app.keys().lane(p).stream, count=1))[0][0] for p in (0, 5)]
+        if ids[0] == ids[1]:
+            return jobs
+        await purge_queue(app, app.default_queue)
+    raise AssertionError("no two entries with the same id in 50 tries")
+
+
+async def test_cancelling_one_of_two_jobs_with_the_same_entry_id(app: App) -> None:
+    """Entry ids repeat across priority streams: cancelling one job must not touch the other,
+    and the cancelled one ends at once even while the other finishes first."""
+    running = asyncio.Event()
+    both: list[str] = []
+
+    @app.task
+    async def hold(name: str, seconds: float) -> str:
+        both.append(name)
+        if len(both) == 2:
+            running.set()
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # cleanup, while the other job finishes
+            raise
+        return name
+
+    a, b = await colliding_pair(app, [hold.call("a", 30), hold.options(priority=5).call("b", 0.1)])
+    async with Worker(app, concurrency=4):
+        await asyncio.wait_for(running.wait(), 5)
+        assert await a.cancel()
+        assert await b.result(timeout=5) == "b"
+        t0 = time.perf_counter()
+        with pytest.raises(JobCancelled):
+            await a.result(timeout=5)
+        assert time.perf_counter() - t0 < 2  # not the visibility timeout (5 s)
+    assert await b.status() is JobStatus.SUCCEEDED
+
+
+async def test_an_idle_slot_takes_a_new_job_at_once_after_a_batch_with_fair_turns(
+    app: App,
+) -> None:
+    """A batch mixing levels (fair turns placed inside it) must leave the worker knowing the
+    newest entry of each stream, or its next parked read loses track of a new job."""
+    started = asyncio.Event()
+    count: list[int] = []
+
+    @app.task
+    async def long(i: int) -> None:
+        count.append(i)
+        if len(count) == 200:
+            started.set()
+        await asyncio.sleep(3)
+
+    @app.task
+    async def quick() -> float:
+        return time.perf_counter()
+
+    calls = [long.options(priority=9).call(0)] + [long.call(i) for i in range(1, 200)]
+    await app.enqueue_many(calls)  # type: ignore[arg-type]
+    async with Worker(app, concurrency=400):
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.sleep(0.2)  # parked again
+        t0 = time.perf_counter()
+        assert await (await quick.enqueue()).result(timeout=10) - t0 < 1
+
+
+async def test_a_foreign_key_at_one_level_does_not_stop_the_others(app: App) -> None:
+    @app.task
+    async def ping(p: int) -> int:
+        return p
+
+    async with Worker(app):
+        await app.redis.delete(app.keys().lane(3).stream)
+        await app.redis.set(app.keys().lane(3).stream, "not a stream")  # another program's key
+        jobs = [await ping.options(priority=p).enqueue(p) for p in (9, 0)]
+        assert [await j.result(timeout=10) for j in jobs] == [9, 0]
+    await app.redis.delete(app.keys().lane(3).stream)

@@ -12,8 +12,14 @@ from aioq.scripts import _PRELUDE
 
 pytestmark = pytest.mark.anyio
 
-# the production function, driven with ARGV: 6 task, 7 entry id, 8 job id, 9 now (epoch ms)
-DRIVER = _PRELUDE + "\nreturn rate_allows(ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])) and 1 or 0"
+# the production function, driven with ARGV: 6 task, 7 entry id, 8 job id, 9 now (epoch ms),
+# 10 the priority whose stream the entry is in
+DRIVER = (
+    _PRELUDE
+    + """
+use_level(tonumber(ARGV[10]))
+return rate_allows(ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])) and 1 or 0"""
+)
 
 
 class Limiter:
@@ -25,12 +31,15 @@ class Limiter:
     async def setup(self) -> None:
         await self.app.redis.hset(self.keys.ratelimits, "t", f"{self.limit} {self.period}")
 
-    async def ask(self, now: int) -> tuple[bool, float | None]:
+    async def ask(
+        self, now: int, entry_id: str | None = None, priority: int = 0
+    ) -> tuple[bool, float | None]:
         """One start asked for at ``now``: allowed, or the time it is due again."""
         self.n += 1
         jid = f"j{self.n}"
         await self.app.redis.hset(self.keys.job(jid), "status", "queued")
-        args = ["aioq", "c", 5, 60, 100, "t", f"{self.n}-0", jid, now]
+        eid = entry_id or f"{self.n}-0"
+        args = ["aioq", "c", 5, 60, 100, "t", eid, jid, now, priority]
         allowed = await self.app.redis.eval(DRIVER, 2, self.keys.stream, self.keys.dead, *args)
         due = await self.app.redis.zscore(self.keys.scheduled, jid)
         return bool(allowed), due
@@ -82,3 +91,13 @@ async def test_waiting_jobs_stop_counting_once_due(app: App) -> None:
     # longer "waiting"); a newcomer then waits behind the one still waiting only
     assert await lim.ask(t0 + 1500) == (True, None)
     assert await lim.ask(t0 + 1600) == (False, t0 + 1500 + 2000)
+
+
+async def test_starts_from_two_priorities_with_the_same_entry_id_both_count(app: App) -> None:
+    """Each priority's stream numbers its own entries, so two starts can share an entry id."""
+    lim = Limiter(app, 2, 1000)
+    await lim.setup()
+    t0 = 120_000_000
+    assert (await lim.ask(t0, "1700000000000-0", priority=0))[0] is True
+    assert (await lim.ask(t0 + 1, "1700000000000-0", priority=5))[0] is True
+    assert (await lim.ask(t0 + 2))[0] is False  # two starts in the window already

@@ -91,13 +91,11 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
 
 
 def _advance(newest: list[bytes], rows: list[Any]) -> None:
-    """Move each priority's newest entry id on to the entries of ``rows`` (row[8] is the
-    priority). Within a priority they come in stream order, so only the last can be newer
-    (stream ids are ``<ms>-<seq>``)."""
-    if not rows:
-        return
-    last = {row[8]: row[0] for row in rows}
-    for level, entry_id in last.items():
+    """Move each priority's newest entry id on to the newest of ``rows`` there (row[8] is the
+    priority; stream ids are ``<ms>-<seq>``, and a batch is not in stream order: fair turns
+    sit at their places in it)."""
+    for row in rows:
+        level, entry_id = row[8], row[0]
         if _id_key(entry_id) > _id_key(newest[level]):
             newest[level] = entry_id
 

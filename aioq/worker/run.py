@@ -16,6 +16,7 @@ from ..context import JobContext, _current
 from ..errors import Retry
 from ..keys import QueueKeys
 from ..message import Delivery, encode_result, parse_delivery
+from .complete import Record
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
     from .core import Worker
 
 log = logging.getLogger("aioq.worker")
-
-Record = tuple[str, bytes, str, int, bytes | str, str, str, int]
-"""A completion record (``complete.py``): op, entry id, job id, attempt, then 4 values."""
 
 
 class Runner:
@@ -40,7 +38,8 @@ class Runner:
         self.running: dict[QueueKeys, dict[bytes, asyncio.Task[None]]] = {}
         # (queue name, job id) -> (lane, entry id)
         self.entries: dict[tuple[str, str], tuple[QueueKeys, bytes]] = {}
-        self.cancelling: set[bytes] = set()  # entries whose job.cancel() arrived
+        # (lane, entry id) of jobs whose job.cancel() arrived (ids repeat across lanes)
+        self.cancelling: set[tuple[QueueKeys, bytes]] = set()
         self.redis: Redis  # set when the worker opens (it runs in one event loop)
         self._threads = anyio.CapacityLimiter(min(worker.concurrency, 64))
         self.observer: JobObserver | None = None  # set when metrics or job logs are on
@@ -93,7 +92,7 @@ class Runner:
         keys, entry_id = held
         if not self.interrupt(keys, entry_id):
             return False
-        self.cancelling.add(entry_id)
+        self.cancelling.add((keys, entry_id))
         return True
 
     def interrupt_all(self) -> int:
@@ -140,7 +139,7 @@ class Runner:
         except Retry as exc:
             record = self._retry(d, exc, round(exc.delay * 1000))
         except asyncio.CancelledError:
-            if d.entry_id in self.cancelling:
+            if (keys, d.entry_id) in self.cancelling:
                 record = ("cancelled", d.entry_id, d.job_id, d.attempt, "", "", "", 0)
                 return record
             me = asyncio.current_task()
@@ -159,7 +158,7 @@ class Runner:
             _current.reset(token)
             self.running[keys].pop(d.entry_id, None)
             self.entries.pop((keys.queue, d.job_id), None)
-            self.cancelling.discard(d.entry_id)
+            self.cancelling.discard((keys, d.entry_id))
             self.worker.slots.give(1)
             if obs is not None:
                 obs.finished(keys.queue, d, None if record is None else record[0], t0)

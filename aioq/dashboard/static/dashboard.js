@@ -163,7 +163,7 @@ function renderJobs(body) {
         el("code", {}, `aioq jobs MODULE:APP --queue ${j.queue}`), " lists more.")));
     }
   });
-  fill("jobs", rows, 8, "No queued, scheduled or running jobs");
+  fill("jobs", rows, 9, "No queued, scheduled or running jobs");
 }
 
 function renderFailed(jobs) {
