@@ -303,7 +303,7 @@ async def _scanned_jobs(
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """One entry of a queue's dead-letter stream (written by ``bury`` in scripts.py).
+    """One entry of a queue's dead-letter stream (written by ``bury`` in scripts/worker.py).
 
     ``entry`` is its id in the dead-letter stream (what ``aioq dlq show/requeue`` take);
     ``stream_entry`` the id the job had on the queue's stream; ``fields`` the raw stream entry;

@@ -8,7 +8,8 @@ single cluster slot and two apps (or two queues) never collide::
                                         field, ``id=<job id>``; finished entries are XACKed and
                                         XDELed, so the stream stays bounded.
     aioq:{shop:default}:stream:<p>      the same for priority p, 1..9 (``lanes``): one stream
-                                        per level, read highest first (``scripts.FETCH``).
+                                        per level, read highest first (FETCH in
+                                        ``scripts/worker.py``).
     aioq:{shop:default}:scheduled       sorted set: job id -> epoch milliseconds it is due
                                         (delays, retry backoff); promoted into the stream by Lua.
     aioq:{shop:default}:dead            dead-letter stream: poison, garbage and unknown-task

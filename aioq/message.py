@@ -73,15 +73,17 @@ def job_fields(
     priority: int = 0,
     trace: bytes = b"",
 ) -> list[Any]:
-    """The values the enqueue script writes, in its order: task, queue, args, kwargs, retries,
-    timeout, priority, trace (it adds status, attempts and the enqueue time itself). ``trace``
-    stays empty (nothing written) unless ``tracing.publish`` fills it in, as the last value."""
+    """The values the enqueue script (``scripts/enqueue.py``) writes, in its order: task, queue,
+    args, kwargs, retries, timeout, priority, trace (it adds status, attempts and the
+    enqueue time itself). ``trace`` stays empty (nothing written) unless ``tracing.publish``
+    fills it in, as the last value."""
     t = "" if timeout is None else repr(float(timeout))
     return [task, queue, args, kwargs, retries, t, priority, trace]
 
 
 class Delivery:
-    """One started job as the fetch/start/reclaim scripts return it, validated."""
+    """One started job as the fetch/start/reclaim scripts (``scripts/worker.py``) return it,
+    validated."""
 
     __slots__ = (
         "args", "attempt", "entry_id", "job_id", "kwargs", "retries", "task", "timeout", "trace",

@@ -1,9 +1,9 @@
 """Operations that change an app's queues, for the CLI and the dashboard: requeue dead-letter
 entries, retry failed jobs, cancel, purge a queue, pause and resume it.
 
-Each is atomic per job (one Lua script in scripts.py, section "Operations"), so running one
-while workers run is safe: a job is never both requeued and running, and a purge never touches
-an entry a worker holds. Read-only views are in ``inspect.py``.
+Each is atomic per job (one Lua script of ``scripts/ops.py``), so running one while workers run
+is safe: a job is never both requeued and running, and a purge never touches an entry a worker
+holds. Read-only views are in ``inspect.py``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Global rate limits: ``"N/s"``, ``"N/m"``, ``"N/h"`` starts of a task across every worker.
 
 The limiter is a sliding-window log kept in Redis and consulted by the start script (see
-``scripts.py``) before a job is marked running: a sorted set of the start times of the last
-period. A start is allowed while fewer than N fall inside the window ending now, so no window
-of that length ever holds more than N starts (a token bucket or GCRA would allow up to 2N in
-a window straddling a refill). A job that is not allowed goes back to the scheduled set for the
-instant a start leaves the window that no job turned away before it is waiting for: it holds no
-concurrency slot and spends no retry, and a backlog comes back at the rate it can start.
+``scripts/worker.py``) before a job is marked running: a sorted set of the start times of the
+last period. A start is allowed while fewer than N fall inside the window ending now, so no
+window of that length ever holds more than N starts (a token bucket or GCRA would allow up to 2N
+in a window straddling a refill). A job that is not allowed goes back to the scheduled set for
+the instant a start leaves the window that no job turned away before it is waiting for: it holds
+no concurrency slot and spends no retry, and a backlog comes back at the rate it can start.
 
 Limits live in the queue's ``ratelimits`` hash (key layout in ``keys.py``): workers write the
 limits their code declares, and ``aioq rate-limit`` / ``app.set_rate_limit`` write an override

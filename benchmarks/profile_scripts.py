@@ -26,7 +26,7 @@ Then the ENQUEUE script (awaited one at a time, as `await task.enqueue()` does) 
   xadd              the raw ceiling's plain XADD
 
 The lean variants are measurement prototypes for the 'ok' path only (no bury/poison/retry
-branches); they are here to size what a rewrite of scripts.py can win, not to be used.
+branches); they are here to size what a rewrite of aioq/scripts/worker.py can win, not to be used.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from ..scripts import Scripts, WorkerArgs
 
 log = logging.getLogger("aioq.worker")
 
-RECORD = 8  # values per record, see scripts.COMPLETE
+RECORD = 8  # values per record, see COMPLETE in scripts/worker.py
 Record = tuple[str, bytes, str | bytes, int, bytes | str, str, str, int]
 
 

@@ -1,0 +1,304 @@
+"""Every Lua script aioq runs, with typed Python wrappers: ``Scripts`` calls them over one
+``CommandLane``; ``WorkerArgs`` is the ARGV prefix the worker's scripts share.
+
+Each script touches the keys of exactly one queue (one hash tag, one cluster slot) and is one
+round trip. Times come from Redis ``TIME`` so workers with skewed clocks agree. Field names
+of the job hash are listed in ``message.py``; key names in ``keys.py``. The Lua lives beside
+this module, by job::
+
+    enqueue.py   ENQUEUE and CRON: writing jobs
+    worker.py    the worker's path: FETCH, START_NEW, RECLAIM, COMPLETE, RENEW, RELEASE_ALL,
+                 PROMOTE, and CANCEL, on a shared ``_PRELUDE``
+    ops.py       the operations: REQUEUE_DEAD, RETRY, PURGE, HEARTBEAT, PROGRESS
+    levels.py    ``level_stream``, the Lua helper all three share
+
+Every script and constant is importable from here (``from aioq.scripts import FETCH``), and
+so are the private Lua pieces that tests and benchmarks build on (``_PRELUDE``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from ..connection import CommandLane, pack
+from ..keys import GROUP, QueueKeys
+from .enqueue import _ENQUEUE_JOB as _ENQUEUE_JOB
+from .enqueue import CRON, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
+from .levels import _LEVEL_STREAM as _LEVEL_STREAM
+from .ops import _OPS_PRELUDE as _OPS_PRELUDE
+from .ops import HEARTBEAT, PROGRESS, PROGRESS_SHA, PURGE, REQUEUE_DEAD, RETRY
+from .worker import _PRELUDE as _PRELUDE
+from .worker import CANCEL, COMPLETE, FAIR, FETCH, PROMOTE, RECLAIM, RELEASE_ALL, RENEW, START_NEW
+
+__all__ = [
+    "CANCEL",
+    "COMPLETE",
+    "CRON",
+    "ENQUEUE",
+    "ENQUEUE_ARGS",
+    "ENQUEUE_CHUNK",
+    "FAIR",
+    "FETCH",
+    "HEARTBEAT",
+    "PROGRESS",
+    "PROGRESS_SHA",
+    "PROMOTE",
+    "PURGE",
+    "RECLAIM",
+    "RELEASE_ALL",
+    "RENEW",
+    "REQUEUE_DEAD",
+    "RETRY",
+    "START_NEW",
+    "Scripts",
+    "WorkerArgs",
+]
+
+
+class _Script:
+    """A Lua script called by its SHA1 over the command lane; reloaded after NOSCRIPT (a
+    restarted or flushed Redis forgets scripts)."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def command(self, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
+        return pack("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """Every script, called through typed methods over one ``CommandLane``."""
+
+    def __init__(self, lane: CommandLane) -> None:
+        self._lane = lane
+        self._enqueue = _Script(ENQUEUE)
+        self._fetch = _Script(FETCH)
+        self._start_new = _Script(START_NEW)
+        self._reclaim = _Script(RECLAIM)
+        self._complete = _Script(COMPLETE)
+        self._renew = _Script(RENEW)
+        self._release_all = _Script(RELEASE_ALL)
+        self._promote = _Script(PROMOTE)
+        self._cancel = _Script(CANCEL)
+        # operations (ops.py)
+        self._requeue_dead = _Script(REQUEUE_DEAD)
+        self._retry = _Script(RETRY)
+        self._purge = _Script(PURGE)
+        self._heartbeat = _Script(HEARTBEAT)
+        self._cron = _Script(CRON)
+
+    async def prepare(
+        self, queues: Sequence[QueueKeys], rate_limits: dict[QueueKeys, dict[str, str | None]]
+    ) -> None:
+        """Create each queue's consumer group (at id 0, so nothing enqueued before is missed),
+        record the rate limits the code declares (``None``: none) and load every script, in
+        one round trip."""
+        commands = [
+            pack("XGROUP", "CREATE", lane.stream, GROUP, "0", "MKSTREAM")
+            for keys in queues
+            for lane in keys.lanes
+        ]
+        for keys, limits in rate_limits.items():
+            for task, wire in limits.items():
+                if wire is None:
+                    commands.append(pack("HDEL", keys.ratelimits, task))
+                else:
+                    commands.append(pack("HSET", keys.ratelimits, task, wire))
+        scripts = [s for s in vars(self).values() if isinstance(s, _Script)]
+        commands += [pack("SCRIPT", "LOAD", s.source) for s in scripts]
+        for reply in await self._lane.call(commands, len(commands)):
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
+
+    async def _run(self, script: _Script, commands: list[bytes]) -> list[Any]:
+        """Send script calls in one write; return their replies, raising the first error."""
+        replies = await self._lane.call(commands, len(commands))
+        if any(isinstance(r, NoScriptError) for r in replies):
+            await self._lane.call(pack("SCRIPT", "LOAD", script.source))
+            replies = await self._lane.call(commands, len(commands))
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _call(self, script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        return (await self._run(script, [script.command(keys, args)]))[0]
+
+    async def enqueue(self, batches: Sequence[tuple[QueueKeys, Sequence[Any]]]) -> list[int]:
+        """Enqueue jobs, one written/existed flag (1/0) each, in order; one round trip.
+
+        ``batches`` pairs a queue with its jobs, each the ENQUEUE_ARGS values of one job.
+        Every ENQUEUE_CHUNK jobs of a queue make one EVALSHA, all written at once; they are
+        safe to resend after an ambiguous network error.
+        """
+        commands: list[bytes] = []
+        for keys, jobs in batches:
+            for i in range(0, len(jobs), ENQUEUE_CHUNK):
+                chunk = jobs[i : i + ENQUEUE_CHUNK]
+                argv: list[Any] = []
+                for job in chunk:
+                    argv += job
+                job_keys = [keys.job(job[0]) for job in chunk]
+                commands.append(
+                    self._enqueue.command([keys.stream, keys.scheduled, *job_keys], argv)
+                )
+        out: list[int] = []
+        for reply in await self._run(self._enqueue, commands):
+            out += reply
+        return out
+
+    async def cron(
+        self, keys: QueueKeys, state: str, tick_ms: int, fire: bool, job: Sequence[Any]
+    ) -> int:
+        """Fire (or only mark) one cron tick; 1 when its job was written."""
+        written: int = await self._call(
+            self._cron,
+            [keys.stream, keys.scheduled, keys.job(job[0]), state],
+            [tick_ms, "fire" if fire else "mark", *job],
+        )
+        return written
+
+    async def wait_and_start(
+        self,
+        keys: QueueKeys,
+        worker: WorkerArgs,
+        count: int,
+        block_ms: int,
+        newest: Sequence[bytes],
+    ) -> list[Any]:
+        """Park in XREADGROUP on every priority's stream until entries arrive (or
+        ``block_ms``), and start up to ``count`` of them: the read and START_NEW go in one
+        write on one connection, so it is one round trip.
+
+        ``newest`` holds, per priority, the newest entry id this worker had seen there. The read
+        takes one entry per stream: what arrives at an idle worker is mostly one job, and a
+        burst is fetched next, in priority order.
+        """
+        streams = [lane.stream for lane in keys.lanes]
+        start_args = [*worker.args, count, *newest]
+        commands = [
+            pack("XREADGROUP", "GROUP", GROUP, worker.args[1], "COUNT", 1,
+                 "BLOCK", block_ms, "STREAMS", *streams, *(">" for _ in streams)),
+            self._start_new.command([keys.stream, keys.dead], start_args),
+        ]  # fmt: skip
+        read, started = await self._lane.call(commands, 2)
+        if isinstance(started, NoScriptError):  # a restarted Redis: load, then start them
+            await self._lane.call(pack("SCRIPT", "LOAD", START_NEW))
+            started = await self._call(self._start_new, [keys.stream, keys.dead], start_args)
+        if isinstance(read, Exception):
+            if "NOGROUP" not in str(read):
+                raise read
+            # a stream or group is gone (Redis restarted without its data, or a key deleted)
+            await self._lane.call(
+                [pack("XGROUP", "CREATE", s, GROUP, "0", "MKSTREAM") for s in streams],
+                len(streams),
+            )
+        if isinstance(started, Exception):
+            raise started
+        rows: list[Any] = started
+        return rows
+
+    async def fetch(self, keys: QueueKeys, worker: WorkerArgs, count: int, turn: int) -> list[Any]:
+        """Start up to ``count`` queued jobs, highest priority first; ``turn``: how many this
+        worker has started from the queue so far (see FETCH)."""
+        rows: list[Any] = await self._call(
+            self._fetch, [keys.stream, keys.dead], [*worker.args, count, turn]
+        )
+        return rows
+
+    async def reclaim(
+        self,
+        keys: QueueKeys,
+        worker: WorkerArgs,
+        min_idle_ms: int,
+        count: int,
+        cursors: Sequence[bytes],
+    ) -> tuple[list[bytes], list[Any]]:
+        """Start up to ``count`` jobs whose lease lapsed; ``cursors``: where each priority's
+        scan goes on. Returns the next cursors and the started jobs."""
+        cur, rows = await self._call(
+            self._reclaim,
+            [keys.stream, keys.dead],
+            [*worker.args, min_idle_ms, count, *cursors],
+        )
+        return cur, rows
+
+    async def complete(
+        self, keys: QueueKeys, worker: WorkerArgs, records: list[Any]
+    ) -> list[bytes]:
+        fenced: list[bytes] = await self._call(
+            self._complete, [keys.stream, keys.dead, keys.scheduled], [*worker.args, *records]
+        )
+        return fenced
+
+    async def renew(self, keys: QueueKeys, consumer: str, entry_ids: list[Any]) -> list[bytes]:
+        lost: list[bytes] = await self._call(
+            self._renew, [keys.stream], [GROUP, consumer, *entry_ids]
+        )
+        return lost
+
+    async def release_all(self, keys: QueueKeys, consumer: str) -> int:
+        streams = [lane.stream for lane in keys.lanes]
+        n: int = await self._call(self._release_all, streams, [GROUP, consumer])
+        return n
+
+    async def promote(
+        self, keys: QueueKeys, result_ttl: int, limit: int = 1000
+    ) -> tuple[int, int, int]:
+        moved, next_due, now = await self._call(
+            self._promote, [keys.scheduled, keys.stream], [limit, result_ttl]
+        )
+        return int(moved), int(next_due), int(now)
+
+    async def cancel(self, keys: QueueKeys, job_id: str, result_ttl: int) -> int:
+        n: int = await self._call(
+            self._cancel, [keys.job(job_id), keys.scheduled], [job_id, result_ttl]
+        )
+        return n
+
+    # -- operations (ops.py) ---------------------------------------------------------------
+
+    async def requeue_dead(self, keys: QueueKeys, entry_ids: Sequence[str]) -> list[str]:
+        """Requeue dead-letter entries as fresh attempts: one outcome each ("requeued", or
+        why the entry stays)."""
+        if not entry_ids:
+            return []
+        out: list[bytes] = await self._call(
+            self._requeue_dead, [keys.stream, keys.dead], list(entry_ids)
+        )
+        return [o.decode(errors="replace") for o in out]
+
+    async def retry(self, keys: QueueKeys, job_ids: Sequence[str]) -> list[str]:
+        """Put failed jobs back as fresh attempts: one outcome each ("requeued", "missing",
+        "not a job record", or the status of a job that is not failed)."""
+        if not job_ids:
+            return []
+        out: list[bytes] = await self._call(self._retry, [keys.stream], list(job_ids))
+        return [o.decode(errors="replace") for o in out]
+
+    async def purge(self, keys: QueueKeys, until: bytes, count: int) -> tuple[int, int]:
+        """Delete up to ``count`` queued entries with ids up to ``until``, and their queued
+        jobs' records: (entries scanned, jobs deleted)."""
+        scanned, jobs = await self._call(self._purge, [keys.stream], [GROUP, until, count])
+        return int(scanned), int(jobs)
+
+    async def heartbeat(self, key: str, consumer: str, stats: bytes, ttl: int) -> int:
+        """Write a worker's stats stamped with Redis' time (epoch ms, returned)."""
+        now: int = await self._call(self._heartbeat, [key], [consumer, stats, ttl])
+        return now
+
+
+class WorkerArgs:
+    """The ARGV prefix every worker-side script shares (see ``_PRELUDE`` in ``worker.py``)."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, consumer: str, max_deliveries: int, result_ttl: int, dead_max: int) -> None:
+        self.args = (GROUP, consumer, max_deliveries, result_ttl, dead_max)
