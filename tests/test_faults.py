@@ -207,6 +207,12 @@ async def test_frozen_worker_cannot_overwrite_the_new_owners_result(
     job = await app.enqueue("whoami", 2.0, str(finished))
     await eventually(lambda: running_on(app, job.id, frozen), 10, "job running on first worker")
 
+    async def sleeping() -> bool:  # "running" in Redis is not yet running in the process
+        started = anyio.Path(f"{finished}.started")
+        return await started.exists() and str(frozen.pid) in (await started.read_text()).split()
+
+    await eventually(sleeping, 10, "the first worker's copy began")
+
     frozen.signal(signal.SIGSTOP)
     try:
         owner = workers(app.name, vt)

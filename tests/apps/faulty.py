@@ -44,10 +44,13 @@ async def work(i: int, ms: int) -> int:
 
 @app.task
 async def whoami(seconds: float, path: str) -> int:
-    """Sleep, then append this process's pid to ``path`` (synchronously) and return it.
+    """Append this process's pid to ``<path>.started``, sleep, then append it to ``path``
+    (synchronously) and return it.
 
     Nothing is awaited after the sleep, so a copy whose sleep is over always finishes.
     """
+    with Path(path + ".started").open("a") as f:  # noqa: ASYNC230 - sync on purpose
+        f.write(f"{os.getpid()}\n")
     await asyncio.sleep(seconds)
     with Path(path).open("a") as f:  # noqa: ASYNC230 - sync on purpose: no await after the sleep
         f.write(f"{os.getpid()}\n")
