@@ -117,10 +117,10 @@ def jobs(
         return
     print_table(
         f"{len(rows)} job(s) of app {app.name!r} (times UTC)",
-        ["id", "queue", "task", "status", "tries", "at", "error"],
+        ["id", "queue", "task", "prio", "status", "tries", "at", "error"],
         [
             [
-                r.id, r.queue, r.task, r.status, str(r.attempts),
+                r.id, r.queue, r.task, str(r.priority), r.status, str(r.attempts),
                 when(r.finished_at or r.started_at or r.enqueued_at, short=True),
                 short(f"{r.exc_type}: {r.error}" if r.error else None),
             ]
