@@ -250,6 +250,46 @@ async def list_jobs(
     return rows[:limit]
 
 
+_FINISHED = {s.value.encode() for s in JobStatus if s.finished}
+
+
+async def recent_jobs(
+    app: App, queues: list[str] | None = None, limit: int = 20
+) -> list[JobSummary]:
+    """Up to ``limit`` jobs their workers finished last (succeeded, failed or cancelled), most
+    recent first, from each queue's ``recent`` stream (keys.py): no SCAN. Jobs whose records
+    have expired are left out."""
+    names = queues or app.queues
+    redis = app.redis
+    async with redis.pipeline(transaction=False) as pipe:
+        for q in names:
+            pipe.xrevrange(app.keys(q).recent, count=limit)
+        batches: list[list[tuple[bytes, dict[bytes, bytes]]]] = await pipe.execute()
+    wanted: dict[tuple[str, str], None] = {}  # (queue, job id), newest first, no repeats
+    for q, entries in zip(names, batches, strict=True):
+        n = 0
+        for _, fields in entries:
+            try:
+                ids = orjson.loads(fields.get(b"ids", b"[]"))
+            except orjson.JSONDecodeError:
+                continue
+            for jid in reversed(ids) if isinstance(ids, list) else ():
+                if isinstance(jid, str) and n < limit and (q, jid) not in wanted:
+                    wanted[q, jid] = None
+                    n += 1
+    async with redis.pipeline(transaction=False) as pipe:
+        for q, jid in wanted:
+            pipe.hmget(app.keys(q).job(jid), _SUMMARY_FIELDS)
+        records = await pipe.execute()
+    rows = [
+        _summary(jid, q, values)
+        for (q, jid), values in zip(wanted, records, strict=True)
+        if values[0] in _FINISHED  # not since retried (or expired)
+    ]
+    rows.sort(key=lambda r: r.finished_at or _EPOCH, reverse=True)
+    return rows[:limit]
+
+
 async def _failed_jobs(app: App, queue: str, task: str | None, limit: int) -> list[JobSummary]:
     keys, redis = app.keys(queue), app.redis
     out: list[JobSummary] = []

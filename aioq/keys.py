@@ -30,6 +30,11 @@ single cluster slot and two apps (or two queues) never collide::
     aioq:{shop:default}:paused          string: present while ``aioq pause`` holds the queue;
                                         workers read it every 0.5 s and take nothing new.
     aioq:{shop:default}:progress:<id>   pub/sub channel: "<seq> <JSON>" on each set_progress.
+    aioq:{shop:default}:recent          stream: one entry per worker script call that finished
+                                        jobs (a completion batch, mostly), field ``ids``: a JSON
+                                        array of them (succeeded, failed, cancelled, expired),
+                                        capped near 100 entries: the recently finished jobs
+                                        (``inspect.recent_jobs``), one XADD per batch, not job.
 
 One key is per app rather than per queue (hash tag ``{<app>}``)::
 
@@ -125,6 +130,10 @@ class QueueKeys:
     @property
     def paused(self) -> str:
         return self.tag + "paused"
+
+    @property
+    def recent(self) -> str:
+        return self.tag + "recent"
 
     def progress(self, job_id: str) -> str:
         return self.tag + "progress:" + job_id

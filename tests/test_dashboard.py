@@ -119,6 +119,9 @@ async def test_api_overview_dead_and_actions(ops: App) -> None:
         )  # fmt: skip
         assert {j["error"] for j in overview["failed"]} >= {"kaput"}
         assert [c["task"] for c in overview["crons"]] == ["nightly_report"]
+        recent = {j["id"]: j for j in overview["recent"]}  # what the workers finished
+        assert set(recent) == {failed.id, dead_id}  # not the queued one
+        assert (recent[failed.id]["status"], recent[failed.id]["error"]) == ("failed", "kaput")
         [entry] = (await client.get("/queues/api/dead")).json()["dead"]
         assert entry["job_id"] == dead_id
 
@@ -236,6 +239,9 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
                 await expect(page.locator("#workers tbody")).to_contain_text(worker.consumer)
                 await expect(queued).to_have_text("0")
                 await expect(page.locator("#throughput svg rect").first).to_be_visible()
+                recent = page.locator("#recent")
+                await expect(recent.locator('tr[data-status="succeeded"]').first).to_be_visible()
+                await expect(recent).to_contain_text("payment provider")
                 await page.screenshot(path=str(SCREENSHOT), full_page=True)
 
                 await row.locator("button.requeue").click()

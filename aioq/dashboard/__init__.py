@@ -34,6 +34,7 @@ STATIC = Path(__file__).parent / "static"
 FAILED_LIMIT = 20
 DEAD_LIMIT = 100
 JOBS_LIMIT = 20  # queued, scheduled and running jobs listed per queue
+RECENT_LIMIT = 15  # recently finished jobs listed
 ACTIVE = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
 CANCEL_WAIT = 2.0  # seconds a cancel request waits for a running job's worker to stop it
 
@@ -72,6 +73,9 @@ def dashboard(app: App) -> Starlette:
                 "crons": await aioq_inspect.cron_stats(app),
                 "rate_limits": await aioq_inspect.rate_limit_stats(app),
                 "failed": [j.as_dict() for j in failed],
+                "recent": [
+                    j.as_dict() for j in await aioq_inspect.recent_jobs(app, limit=RECENT_LIMIT)
+                ],
             }
 
         return await _guarded(collect)

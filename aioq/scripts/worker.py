@@ -64,7 +64,10 @@ local function bury(eid, jid, reason, fields, now)
 end
 
 -- Finish a job for good: final status, fields, expiry, and the pushed notification.
+local FINISHED = {}               -- jobs this call finished, for the `recent` stream (noted)
+
 local function finish(jid, status, now, ...)
+  FINISHED[#FINISHED + 1] = jid
   local key = JOBP .. jid
   redis.call('HSET', key, 'status', status, 'finished_at', now, ...)
   if TTL > 0 then redis.call('EXPIRE', key, TTL) end
@@ -73,6 +76,15 @@ local function finish(jid, status, now, ...)
     if TTL > 0 then redis.call('ZREMRANGEBYSCORE', FAILED, '-inf', now - TTL * 1000) end
   end
   redis.call('PUBLISH', DONEP .. jid, status)
+end
+
+-- A script's reply, once the jobs it finished are noted in the queue's `recent` stream (one
+-- entry per call, keys.py).
+local function noted(reply)
+  if #FINISHED > 0 then
+    redis.call('XADD', TAG .. 'recent', 'MAXLEN', '~', 100, '*', 'ids', cjson.encode(FINISHED))
+  end
+  return reply
 end
 
 local function drop(eid)
@@ -305,8 +317,8 @@ for _, p in ipairs(live) do
   if budget <= 0 then break end
   budget = budget - read(p, budget, out)
 end
-if #out == 0 and #fair == 0 and FAULT then return redis.error_reply(FAULT) end
-if #fair == 0 then return out end
+if #out == 0 and #fair == 0 and FAULT then return noted(redis.error_reply(FAULT)) end
+if #fair == 0 then return noted(out) end
 -- each fair turn at its place, so the worker starts jobs in turn order whatever its batches
 local merged, g = {}, 1
 for _, f in ipairs(fair) do
@@ -317,7 +329,7 @@ for _, f in ipairs(fair) do
   for _, row in ipairs(f[2]) do merged[#merged + 1] = row end
 end
 for i = g, #out do merged[#merged + 1] = out[i] end
-return merged
+return noted(merged)
 """.replace("__FAIR__", str(FAIR))
 )
 
@@ -364,7 +376,7 @@ for p = PRIORITIES - 1, 0, -1 do
     start(entries, now, out)
   end
 end
-return out
+return noted(out)
 """
 )
 
@@ -393,8 +405,8 @@ for p = PRIORITIES - 1, 0, -1 do
     end
   end
 end
-if #out == 0 and FAULT then return redis.error_reply(FAULT) end
-return {cursors, out}
+if #out == 0 and FAULT then return noted(redis.error_reply(FAULT)) end
+return noted({cursors, out})
 """
 )
 
@@ -461,7 +473,7 @@ if #done > 0 then
   redis.pcall('XACK', STREAM, GROUP, unpack(done))
   redis.pcall('XDEL', STREAM, unpack(done))
 end
-return fenced
+return noted(fenced)
 """
 )
 

@@ -166,6 +166,28 @@ function renderJobs(body) {
   fill("jobs", rows, 9, "No queued, scheduled or running jobs");
 }
 
+function renderRecent(jobs) {
+  $("#recent-count").textContent = jobs.length || "";
+  fill("recent", jobs.map((j) => {
+    const ms = j.started_at && j.finished_at
+      ? Date.parse(j.finished_at) - Date.parse(j.started_at) : null;
+    const took = ms === null ? "—" : ms < 1000 ? Math.max(0, ms) + " ms" : duration(ms / 1000);
+    const outcome = j.error
+      ? el("td", { class: "error", title: (j.exc_type || "") + ": " + j.error },
+        el("span", { class: "exc" }, j.exc_type || "Error"), ": " + j.error)
+      : el("td", { class: "muted" }, j.status === "succeeded" ? "ok" : j.status);
+    return el("tr", { "data-job": j.id, "data-status": j.status },
+      el("td", {}, el("span", { class: "badge s-" + j.status }, j.status)),
+      el("td", { class: "mono", title: j.id }, shortId(j.id)),
+      el("td", { class: "mono" }, j.task),
+      el("td", {}, el("span", { class: "badge q" }, j.queue)),
+      el("td", { class: "num" + (j.priority ? "" : " muted") }, j.priority),
+      el("td", { class: "num muted" }, took),
+      el("td", { class: "num muted" }, ago(j.finished_at)),
+      outcome);
+  }), 8, "No job has finished yet");
+}
+
 function renderFailed(jobs) {
   $("#failed-count").textContent = jobs.length || "";
   fill("failed", jobs.map((j) => el("tr", { "data-job": j.id },
@@ -277,6 +299,7 @@ async function refresh() {
       renderJobs(jobsBody);
       jobsAt = Date.now();
     }
+    renderRecent(overview.recent);
     renderFailed(overview.failed);
     renderDead(deadBody.dead);
     renderCrons(overview.crons);
