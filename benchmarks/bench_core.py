@@ -45,7 +45,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import without_otel
+import as_installed
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -182,7 +182,7 @@ class Bench:
         bench_tasks.app.redis_url = url
         self.bt = bench_tasks
         self.raw = aredis.from_url(url)  # the ceiling's producer client
-        self.env = without_otel.child_env(
+        self.env = as_installed.child_env(
             {**os.environ, "AIOQ_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
         )
         if args.trace:

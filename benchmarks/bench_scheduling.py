@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import without_otel
+import as_installed
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -193,7 +193,7 @@ class Bench:
         self.app = bench_sched_tasks.app
         self.app.redis_url = url
         self.r = aredis.from_url(url)
-        self.env = without_otel.child_env({**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.env = as_installed.child_env({**os.environ, "PYTHONUNBUFFERED": "1"})
         self.logdir = Path(tempfile.mkdtemp(prefix="aioq-bench-sched-logs-"))
         self.figures: dict[str, list[float]] = {}
         self.notes: list[str] = []
