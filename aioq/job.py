@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import JobCancelled, JobNotFound, TaskFailed
+from .results import subscribe_confirmed
 
 if TYPE_CHECKING:
     from .app import App
@@ -185,11 +186,7 @@ class Job(Generic[R]):
         while True:
             pubsub: Any = redis.pubsub()
             try:
-                await pubsub.subscribe(*channels)
-                confirmed = 0
-                while confirmed < len(channels):  # subscribed for sure before reading the state
-                    msg = await pubsub.get_message(timeout=None)
-                    confirmed += msg is not None and msg.get("type") == "subscribe"
+                await subscribe_confirmed(pubsub, channels)  # before reading the state
                 delay = 0.05
                 msg = None
                 while True:

@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
@@ -165,3 +166,13 @@ class ResultListener:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
             self._reader = None
+
+
+async def subscribe_confirmed(pubsub: Any, channels: Sequence[bytes]) -> None:
+    """SUBSCRIBE a redis-py ``PubSub`` to ``channels`` and return once Redis has confirmed
+    each: state read after this cannot miss a message published after that read."""
+    await pubsub.subscribe(*channels)
+    confirmed = 0
+    while confirmed < len(channels):
+        msg = await pubsub.get_message(timeout=None)
+        confirmed += msg is not None and msg.get("type") == "subscribe"

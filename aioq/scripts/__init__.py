@@ -28,7 +28,7 @@ from ..connection import CommandLane, pack
 from ..keys import GROUP, QueueKeys
 from .enqueue import _ENQUEUE_JOB as _ENQUEUE_JOB
 from .enqueue import CRON, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
-from .levels import _LEVEL_STREAM as _LEVEL_STREAM
+from .helpers import _HELPERS as _HELPERS
 from .ops import _OPS_PRELUDE as _OPS_PRELUDE
 from .ops import HEARTBEAT, PROGRESS, PROGRESS_SHA, PURGE, REQUEUE_DEAD, RETRY
 from .worker import _PRELUDE as _PRELUDE
@@ -100,11 +100,7 @@ class Scripts:
         """Create each queue's consumer group (at id 0, so nothing enqueued before is missed),
         record the rate limits the code declares (``None``: none) and load every script, in
         one round trip."""
-        commands = [
-            pack("XGROUP", "CREATE", lane.stream, GROUP, "0", "MKSTREAM")
-            for keys in queues
-            for lane in keys.lanes
-        ]
+        commands = [c for keys in queues for c in _create_groups(keys)]
         for keys, limits in rate_limits.items():
             for task, wire in limits.items():
                 if wire is None:
@@ -196,10 +192,7 @@ class Scripts:
             if "NOGROUP" not in str(read):
                 raise read
             # a stream or group is gone (Redis restarted without its data, or a key deleted)
-            await self._lane.call(
-                [pack("XGROUP", "CREATE", s, GROUP, "0", "MKSTREAM") for s in streams],
-                len(streams),
-            )
+            await self._lane.call(_create_groups(keys), len(streams))
         if isinstance(started, Exception):
             raise started
         rows: list[Any] = started
@@ -293,6 +286,12 @@ class Scripts:
         """Write a worker's stats stamped with Redis' time (epoch ms, returned)."""
         now: int = await self._call(self._heartbeat, [key], [consumer, stats, ttl])
         return now
+
+
+def _create_groups(keys: QueueKeys) -> list[bytes]:
+    """XGROUP CREATE for each of a queue's streams, at id 0 (nothing enqueued before is
+    missed), creating the stream if need be; BUSYGROUP replies (it exists) are harmless."""
+    return [pack("XGROUP", "CREATE", lane.stream, GROUP, "0", "MKSTREAM") for lane in keys.lanes]
 
 
 class WorkerArgs:

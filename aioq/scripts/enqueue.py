@@ -5,7 +5,7 @@ job (``Call.prepare`` in ``task.py`` builds them); ENQUEUE_CHUNK jobs at most go
 
 from __future__ import annotations
 
-from .levels import _LEVEL_STREAM
+from .helpers import _HELPERS
 
 # Writing one job, shared by ENQUEUE and CRON. ARGV from `a`: job id, delay ms, eta epoch ms
 # (0: none), expires in ms (0: never), expires at epoch ms (0: never), task, queue, args, kwargs,
@@ -17,15 +17,12 @@ from .levels import _LEVEL_STREAM
 # enqueued first is missed.
 ENQUEUE_ARGS = 13
 _ENQUEUE_JOB = (
-    _LEVEL_STREAM
+    _HELPERS
     + r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local clock = nil
 local function time_ms()
-  if not clock then
-    local t = redis.call('TIME')
-    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  end
+  if not clock then clock = now_ms() end   -- one TIME per call, however many jobs
   return clock
 end
 

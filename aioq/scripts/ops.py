@@ -8,25 +8,18 @@ from __future__ import annotations
 
 import hashlib
 
-from .levels import _LEVEL_STREAM
+from .helpers import _HELPERS
 
 # Shared by REQUEUE_DEAD, RETRY and PURGE. KEYS[1]: the queue's stream (of priority 0, except
 # for PURGE, which is called once per priority).
 _OPS_PRELUDE = (
-    _LEVEL_STREAM
+    _HELPERS
     + r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local STREAM = KEYS[1]
 local TAG = string.match(STREAM, '^(.*}:)')              -- "aioq:{app:queue}:"
 local JOBP, DONEP = TAG .. 'job:', TAG .. 'done:'
 local ACTIVE = {queued = true, scheduled = true, running = true}
-
-local function field(fields, name)
-  for i = 1, #fields, 2 do
-    if fields[i] == name then return fields[i + 1] end
-  end
-  return nil
-end
 
 -- Put a job back on its stream as a fresh attempt: queued, no deliveries held against it (the
 -- poison counter), the last outcome cleared, no expiry of the record while it waits (and no
@@ -151,14 +144,16 @@ return {#entries, jobs}
 # A worker's heartbeat. KEYS: the app's workers hash. ARGV: consumer, stats (a JSON object),
 # hash ttl (s). Stamps the stats with Redis' time ("beat", epoch ms), so readers judge
 # staleness on one clock whatever the workers' clocks say. Returns that time.
-HEARTBEAT = r"""
+HEARTBEAT = (
+    _HELPERS
+    + r"""
 if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call('HSET', KEYS[1], ARGV[1], '{"beat":' .. now .. ',' .. string.sub(ARGV[2], 2))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return now
 """
+)
 
 # Record a running job's progress and publish it. KEYS: job, progress channel. ARGV: JSON.
 # Each value gets the next `progress_seq`, published as "<seq> <JSON>": a reader that reads

@@ -12,14 +12,14 @@ slots and mark them running) and ``complete`` (write results, XACK, XDEL, publis
 from __future__ import annotations
 
 from ..keys import PRIORITIES
-from .levels import _LEVEL_STREAM
+from .helpers import _HELPERS
 
 # Shared Lua: helpers, and `start`, which turns delivered stream entries into started jobs.
 # ARGV for every script using `start`: 1 group, 2 consumer, 3 max deliveries, 4 result ttl (s),
 # 5 dead-letter stream length cap; KEYS: 1 stream, 2 dead-letter stream. A queue has one stream
 # per priority (keys.py); scripts reading several set the one they work on with `use_level`.
 _PRELUDE = (
-    _LEVEL_STREAM
+    _HELPERS
     + r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local STREAM, DEAD = KEYS[1], KEYS[2]
@@ -36,18 +36,6 @@ end
 local JOBP, DONEP = TAG .. 'job:', TAG .. 'done:'
 local FAILED = TAG .. 'failed'                          -- the failed-jobs index (keys.py)
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function field(fields, name)
-  for i = 1, #fields, 2 do
-    if fields[i] == name then return fields[i + 1] end
-  end
-  return nil
-end
 
 -- Keep the raw entry (and the job record, if any) in the dead-letter stream with the reason.
 local function bury(eid, jid, reason, fields, now)
@@ -537,11 +525,10 @@ return n
 # Returns {moved, next due ms or -1, now ms}. ZREM decides who moves a job, so several workers
 # promoting at once never duplicate one.
 PROMOTE = (
-    _LEVEL_STREAM
+    _HELPERS
     + r"""
 if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local TAG = string.sub(KEYS[2], 1, #KEYS[2] - 6)
 local JOBP = TAG .. 'job:'
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
@@ -572,14 +559,15 @@ return {moved, tonumber(nxt[2]) or -1, now}
 # scheduled job was cancelled (it will never start: its stream entry is dropped at delivery),
 # 2 when a running job was flagged and its workers were signalled, 0 when it had finished,
 # -1 when there is no such job.
-CANCEL = r"""
+CANCEL = (
+    _HELPERS
+    + r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 local TAG = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1] - 4)        -- "aioq:{app:queue}:"
 if status == 'queued' or status == 'scheduled' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = now_ms()
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now)
   if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
@@ -592,3 +580,4 @@ elseif status == 'running' then
 end
 return 0
 """
+)

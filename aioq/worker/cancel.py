@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from ..results import subscribe_confirmed
+
 if TYPE_CHECKING:
     from .core import Worker
 
@@ -24,11 +26,7 @@ async def cancel_loop(worker: Worker) -> None:
     while True:
         pubsub: Any = worker.app.redis.pubsub()
         try:
-            await pubsub.subscribe(*by_channel)
-            confirmed = 0
-            while confirmed < len(by_channel):  # subscribed for sure before the sweep reads
-                msg = await pubsub.get_message(timeout=None)
-                confirmed += msg is not None and msg.get("type") == "subscribe"
+            await subscribe_confirmed(pubsub, list(by_channel))  # before the sweep reads
             await _sweep(worker)  # cancels published before the subscription
             delay = 0.05
             while True:

@@ -54,10 +54,10 @@ class Runner:
         complete = self.worker.completer.add
         tracer = tracing.tracer()  # None (the usual case) unless a tracer provider is set
         for row in rows:
-            keys = lanes[row[8]]
-            running = self.running.get(keys)
+            lane = lanes[row[8]]  # the stream of the job's priority
+            running = self.running.get(lane)
             if running is None:
-                running = self.running[keys] = {}
+                running = self.running[lane] = {}
             d, problem = parse_delivery(row)
             if problem is None and d.task not in self.app.tasks:
                 known = ", ".join(sorted(self.app.tasks)) or "none"
@@ -65,16 +65,16 @@ class Runner:
             if problem is not None:
                 log.error("job %s is not runnable: %s", d.job_id, problem)
                 # row[1]: the raw id, which a job id that is not UTF-8 needs to name its record
-                complete(keys, ("dead", d.entry_id, row[1], d.attempt, problem, "BadJob", "", 0))
+                complete(lane, ("dead", d.entry_id, row[1], d.attempt, problem, "BadJob", "", 0))
                 self.worker.slots.give(1)
                 continue
             t: asyncio.Task[Any]
             if tracer is None:
-                t = loop.create_task(self._run(keys, d))
+                t = loop.create_task(self._run(lane, d))
             else:
-                t = loop.create_task(self._run_traced(keys, d, tracer))
+                t = loop.create_task(self._run_traced(lane, d, tracer))
             running[d.entry_id] = t
-            self.entries[keys.queue, d.job_id] = (keys, d.entry_id)
+            self.entries[lane.queue, d.job_id] = (lane, d.entry_id)
 
     def interrupt(self, keys: QueueKeys, entry_id: bytes) -> bool:
         """Cancel a running job without recording an outcome (lease lost, or shutdown)."""
