@@ -55,6 +55,10 @@ def make_client(url: str, max_connections: int) -> Redis:
     return Redis.from_pool(pool)
 
 
+class ReplyLost(RedisConnectionError):
+    """The connection failed after a non-idempotent command was written: it may have run."""
+
+
 class CommandLane:
     """A few dedicated connections for the producer's hot path (enqueue).
 
@@ -75,13 +79,26 @@ class CommandLane:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._retries = retries
 
-    async def call(self, packed: bytes | list[bytes], replies: int = 1) -> list[Any]:
+    async def call(
+        self, packed: bytes | list[bytes], replies: int = 1, *, idempotent: bool = True
+    ) -> list[Any]:
         """Send pre-packed command(s) and return their ``replies`` replies (errors included
-        as exception objects, as redis-py pipelines do). Connection errors are retried."""
+        as exception objects, as redis-py pipelines do).
+
+        Connection errors are retried with backoff. A call that is not ``idempotent`` (a script
+        that starts jobs: running it twice is not running it once) is resent only when it
+        cannot have reached Redis (the connection failed to open); once its bytes may have
+        been written, a connection error raises ``ReplyLost`` instead, and the caller recovers
+        what the lost reply held (``Scripts.recover``).
+        """
         delay = 0.02
         for attempt in range(self._retries + 1):
             conn = await self._checkout()
+            sent = False
             try:
+                if not conn.is_connected:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                sent = True
                 await conn.send_packed_command(packed, check_health=False)
                 out: list[Any] = []
                 for _ in range(replies):
@@ -89,8 +106,10 @@ class CommandLane:
                         out.append(await conn.read_response(disable_decoding=True))
                     except ResponseError as exc:  # an error reply: the stream stays in step
                         out.append(exc)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 await self._discard(conn)
+                if sent and not idempotent:
+                    raise ReplyLost(f"reply lost ({exc}); the command may have run") from exc
                 if attempt == self._retries:
                     raise
                 await asyncio.sleep(delay)

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -125,3 +125,20 @@ class WorkerProcess:
         self._reader.join(5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+async def parked(worker: Any, queues: int | None = None, timeout: float = 10.0) -> None:
+    """Wait until an in-process ``Worker`` has parked its fetchers in their blocking reads:
+    every served queue idle (or ``queues`` of them) and as many blocked XREADGROUPs in Redis.
+
+    Tests run one after another on the session's Redis, so the blocked reads are this worker's.
+    """
+    want = len(worker.queue_keys) if queues is None else queues
+
+    async def blocked() -> bool:
+        if len(worker.idle) < want:
+            return False
+        clients = await worker.app.redis.client_list()
+        return sum(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in clients) >= want
+
+    await eventually(blocked, timeout, f"{want} fetcher(s) parked in XREADGROUP")

@@ -11,6 +11,7 @@ from aioq import App, Job, JobCancelled, JobStatus, Worker
 from aioq.inspect import queue_stats
 from aioq.keys import GROUP
 from aioq.ops import purge_queue
+from tests.helpers import parked
 
 pytestmark = pytest.mark.anyio
 
@@ -126,8 +127,8 @@ async def test_idle_worker_wakes_at_once_for_any_priority(app: App) -> None:
     async def ping() -> float:
         return time.perf_counter()
 
-    async with Worker(app):
-        await asyncio.sleep(0.3)  # parked in its blocking read
+    async with Worker(app) as worker:
+        await parked(worker)
         for p in (0, 7, 9, 1):
             t0 = time.perf_counter()
             started = await ping.options(priority=p).enqueue()
@@ -139,8 +140,8 @@ async def test_a_burst_at_several_levels_to_a_parked_worker_runs_each_job_once(
 ) -> None:
     """A parked read takes one entry per level; with one free slot, the rest go back."""
     job, order = recorder(app)
-    async with Worker(app, concurrency=1):
-        await asyncio.sleep(0.3)
+    async with Worker(app, concurrency=1) as worker:
+        await parked(worker)
         calls = [job.options(priority=p).call(p) for p in (2, 8, 5, 0)]  # type: ignore[attr-defined]
         jobs = await app.enqueue_many(calls)
         await asyncio.gather(*(j.result(timeout=10) for j in jobs))
@@ -260,9 +261,9 @@ async def test_an_idle_slot_takes_a_new_job_at_once_after_a_batch_with_fair_turn
 
     calls = [long.options(priority=9).call(0)] + [long.call(i) for i in range(1, 200)]
     await app.enqueue_many(calls)  # type: ignore[arg-type]
-    async with Worker(app, concurrency=400):
+    async with Worker(app, concurrency=400) as worker:
         await asyncio.wait_for(started.wait(), 10)
-        await asyncio.sleep(0.2)  # parked again
+        await parked(worker)  # parked again
         t0 = time.perf_counter()
         assert await (await quick.enqueue()).result(timeout=10) - t0 < 1
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from aioq import App, JobCancelled, JobStatus, Retry, TaskFailed, Worker, current_job
+from tests.helpers import parked
 
 pytestmark = pytest.mark.anyio
 
@@ -397,8 +398,8 @@ async def test_fewer_slots_than_queues_serves_every_queue(app: App) -> None:
     async def in_b(i: int) -> int:
         return i
 
-    async with Worker(app, concurrency=1, queues=["a", "b"]):
-        await asyncio.sleep(0.1)  # both fetchers are parked or waiting by now
+    async with Worker(app, concurrency=1, queues=["a", "b"]) as worker:
+        await parked(worker, queues=1)  # one parked with the slot, the other waiting for it
         t0 = time.monotonic()
         jobs = [await in_b.enqueue(i) for i in range(5)]
         assert [await j.result(timeout=5) for j in jobs] == list(range(5))

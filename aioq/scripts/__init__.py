@@ -7,8 +7,8 @@ of the job hash are listed in ``message.py``; key names in ``keys.py``. The Lua 
 this module, by job::
 
     enqueue.py   ENQUEUE and CRON: writing jobs
-    worker.py    the worker's path: FETCH, START_NEW, RECLAIM, COMPLETE, RENEW, RELEASE_ALL,
-                 PROMOTE, and CANCEL, on a shared ``_PRELUDE``
+    worker.py    the worker's path: FETCH, START_NEW, RECLAIM, RECOVER, COMPLETE, RENEW,
+                 RELEASE_ALL, PROMOTE, and CANCEL, on a shared ``_PRELUDE``
     ops.py       the operations: REQUEUE_DEAD, RETRY, PURGE, HEARTBEAT, PROGRESS
     levels.py    ``level_stream``, the Lua helper all three share
 
@@ -32,7 +32,18 @@ from .helpers import _HELPERS as _HELPERS
 from .ops import _OPS_PRELUDE as _OPS_PRELUDE
 from .ops import HEARTBEAT, PROGRESS, PROGRESS_SHA, PURGE, REQUEUE_DEAD, RETRY
 from .worker import _PRELUDE as _PRELUDE
-from .worker import CANCEL, COMPLETE, FAIR, FETCH, PROMOTE, RECLAIM, RELEASE_ALL, RENEW, START_NEW
+from .worker import (
+    CANCEL,
+    COMPLETE,
+    FAIR,
+    FETCH,
+    PROMOTE,
+    RECLAIM,
+    RECOVER,
+    RELEASE_ALL,
+    RENEW,
+    START_NEW,
+)
 
 __all__ = [
     "CANCEL",
@@ -49,6 +60,7 @@ __all__ = [
     "PROMOTE",
     "PURGE",
     "RECLAIM",
+    "RECOVER",
     "RELEASE_ALL",
     "RENEW",
     "REQUEUE_DEAD",
@@ -82,6 +94,7 @@ class Scripts:
         self._fetch = _Script(FETCH)
         self._start_new = _Script(START_NEW)
         self._reclaim = _Script(RECLAIM)
+        self._recover = _Script(RECOVER)
         self._complete = _Script(COMPLETE)
         self._renew = _Script(RENEW)
         self._release_all = _Script(RELEASE_ALL)
@@ -113,19 +126,29 @@ class Scripts:
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                 raise reply
 
-    async def _run(self, script: _Script, commands: list[bytes]) -> list[Any]:
-        """Send script calls in one write; return their replies, raising the first error."""
-        replies = await self._lane.call(commands, len(commands))
+    async def _run(
+        self, script: _Script, commands: list[bytes], idempotent: bool = True
+    ) -> list[Any]:
+        """Send script calls in one write; return their replies, raising the first error.
+
+        Scripts that start jobs are not ``idempotent``: after a connection error they are not
+        resent (``CommandLane.call`` raises ``ReplyLost``), and the worker calls ``recover``.
+        After NOSCRIPT nothing ran, so every script is resent then.
+        """
+        n = len(commands)
+        replies = await self._lane.call(commands, n, idempotent=idempotent)
         if any(isinstance(r, NoScriptError) for r in replies):
             await self._lane.call(pack("SCRIPT", "LOAD", script.source))
-            replies = await self._lane.call(commands, len(commands))
+            replies = await self._lane.call(commands, n, idempotent=idempotent)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         return replies
 
-    async def _call(self, script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        return (await self._run(script, [script.command(keys, args)]))[0]
+    async def _call(
+        self, script: _Script, keys: Sequence[Any], args: Sequence[Any], idempotent: bool = True
+    ) -> Any:
+        return (await self._run(script, [script.command(keys, args)], idempotent))[0]
 
     async def enqueue(self, batches: Sequence[tuple[QueueKeys, Sequence[Any]]]) -> list[int]:
         """Enqueue jobs, one written/existed flag (1/0) each, in order; one round trip.
@@ -184,10 +207,12 @@ class Scripts:
                  "BLOCK", block_ms, "STREAMS", *streams, *(">" for _ in streams)),
             self._start_new.command([keys.stream, keys.dead], start_args),
         ]  # fmt: skip
-        read, started = await self._lane.call(commands, 2)
+        read, started = await self._lane.call(commands, 2, idempotent=False)
         if isinstance(started, NoScriptError):  # a restarted Redis: load, then start them
             await self._lane.call(pack("SCRIPT", "LOAD", START_NEW))
-            started = await self._call(self._start_new, [keys.stream, keys.dead], start_args)
+            started = await self._call(
+                self._start_new, [keys.stream, keys.dead], start_args, idempotent=False
+            )
         if isinstance(read, Exception):
             if "NOGROUP" not in str(read):
                 raise read
@@ -202,8 +227,14 @@ class Scripts:
         """Start up to ``count`` queued jobs, highest priority first; ``turn``: how many this
         worker has started from the queue so far (see FETCH)."""
         rows: list[Any] = await self._call(
-            self._fetch, [keys.stream, keys.dead], [*worker.args, count, turn]
+            self._fetch, [keys.stream, keys.dead], [*worker.args, count, turn], idempotent=False
         )
+        return rows
+
+    async def recover(self, keys: QueueKeys, worker: WorkerArgs) -> list[Any]:
+        """Every job this worker holds in Redis on the queue, as started-job rows (see
+        RECOVER): after a lost reply, the worker runs those it does not run yet."""
+        rows: list[Any] = await self._call(self._recover, [keys.stream, keys.dead], worker.args)
         return rows
 
     async def reclaim(
@@ -213,15 +244,17 @@ class Scripts:
         min_idle_ms: int,
         count: int,
         cursors: Sequence[bytes],
-    ) -> tuple[list[bytes], list[Any]]:
+    ) -> tuple[list[bytes], list[Any], list[Any]]:
         """Start up to ``count`` jobs whose lease lapsed; ``cursors``: where each priority's
-        scan goes on. Returns the next cursors and the started jobs."""
-        cur, rows = await self._call(
+        scan goes on. Returns the next cursors, the started jobs, and the rows of this
+        worker's own idle entries (never restarted, see RECLAIM)."""
+        cur, rows, held = await self._call(
             self._reclaim,
             [keys.stream, keys.dead],
             [*worker.args, min_idle_ms, count, *cursors],
+            idempotent=False,
         )
-        return cur, rows
+        return cur, rows, held
 
     async def complete(
         self, keys: QueueKeys, worker: WorkerArgs, records: list[Any]

@@ -1,9 +1,9 @@
 """The Lua of the worker's path: ``_PRELUDE`` (shared helpers and ``start``, which turns
 delivered stream entries into started jobs), FETCH and START_NEW (read and start new jobs,
 highest priority first, with FAIR turns for the lower ones), RECLAIM (take over lapsed
-leases), COMPLETE (write outcomes, fenced), RENEW (leases), RELEASE_ALL (shutdown), PROMOTE
-(due scheduled jobs), and CANCEL (what ``job.cancel()`` runs; a running job is flagged for its
-worker).
+leases), RECOVER (what a lost reply held), COMPLETE (write outcomes, fenced), RENEW (leases),
+RELEASE_ALL (shutdown), PROMOTE (due scheduled jobs), and CANCEL (what ``job.cancel()`` runs;
+a running job is flagged for its worker).
 
 The worker's hot path is two calls per *batch*, never per job: ``fetch`` (read up to the free
 slots and mark them running) and ``complete`` (write results, XACK, XDEL, publish).
@@ -14,42 +14,12 @@ from __future__ import annotations
 from ..keys import PRIORITIES
 from .helpers import _HELPERS
 
-# Shared Lua: helpers, and `start`, which turns delivered stream entries into started jobs.
-# ARGV for every script using `start`: 1 group, 2 consumer, 3 max deliveries, 4 result ttl (s),
-# 5 dead-letter stream length cap; KEYS: 1 stream, 2 dead-letter stream. A queue has one stream
-# per priority (keys.py); scripts reading several set the one they work on with `use_level`.
-_PRELUDE = (
-    _HELPERS
-    + r"""
-if redis.replicate_commands then redis.replicate_commands() end
-local STREAM, DEAD = KEYS[1], KEYS[2]
-local GROUP, CONSUMER = ARGV[1], ARGV[2]
-local MAX_DELIVERIES, TTL, DEAD_MAX = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local TAG = string.match(STREAM, '^(.*}:)')              -- "aioq:{app:queue}:"
-local PRIORITIES = __PRIORITIES__
-local LEVEL = 0                                          -- the priority of STREAM
-
-local function use_level(p)
-  LEVEL = p
-  STREAM = level_stream(TAG .. 'stream', p)
-end
+# Finishing a job, shared by every script that ends jobs (the worker's, PROMOTE's expiry and
+# CANCEL), so each finished job gets the same fields, expiry, failed-index entry, notification
+# and `recent` note. Needs the locals TAG ("aioq:{app:queue}:") and TTL (result ttl, s).
+_FINISH = r"""
 local JOBP, DONEP = TAG .. 'job:', TAG .. 'done:'
 local FAILED = TAG .. 'failed'                          -- the failed-jobs index (keys.py)
-local TERMINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
-
--- Keep the raw entry (and the job record, if any) in the dead-letter stream with the reason.
-local function bury(eid, jid, reason, fields, now)
-  local args = {'XADD', DEAD, 'MAXLEN', '~', DEAD_MAX, '*',
-                'reason', reason, 'entry', eid, 'at', now, 'fields', cjson.encode(fields)}
-  if jid then
-    args[#args + 1] = 'id'; args[#args + 1] = jid
-    local rec = redis.pcall('HGETALL', JOBP .. jid)        -- pcall: a foreign key of any type
-    if not rec.err and #rec > 0 then
-      args[#args + 1] = 'job'; args[#args + 1] = cjson.encode(rec)
-    end
-  end
-  redis.call(unpack(args))
-end
 
 -- Finish a job for good: final status, fields, expiry, and the pushed notification.
 local FINISHED = {}               -- jobs this call finished, for the `recent` stream (noted)
@@ -73,6 +43,47 @@ local function noted(reply)
     redis.call('XADD', TAG .. 'recent', 'MAXLEN', '~', 100, '*', 'ids', cjson.encode(FINISHED))
   end
   return reply
+end
+"""
+
+# Shared Lua: helpers, and `start`, which turns delivered stream entries into started jobs.
+# ARGV for every script using `start`: 1 group, 2 consumer, 3 max deliveries, 4 result ttl (s),
+# 5 dead-letter stream length cap; KEYS: 1 stream, 2 dead-letter stream. A queue has one stream
+# per priority (keys.py); scripts reading several set the one they work on with `use_level`.
+_PRELUDE = (
+    _HELPERS
+    + r"""
+if redis.replicate_commands then redis.replicate_commands() end
+local STREAM, DEAD = KEYS[1], KEYS[2]
+local GROUP, CONSUMER = ARGV[1], ARGV[2]
+local MAX_DELIVERIES, TTL, DEAD_MAX = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local TAG = string.match(STREAM, '^(.*}:)')              -- "aioq:{app:queue}:"
+local PRIORITIES = """
+    + str(PRIORITIES)
+    + r"""
+local LEVEL = 0                                          -- the priority of STREAM
+"""
+    + _FINISH
+    + r"""
+
+local function use_level(p)
+  LEVEL = p
+  STREAM = level_stream(TAG .. 'stream', p)
+end
+local TERMINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
+
+-- Keep the raw entry (and the job record, if any) in the dead-letter stream with the reason.
+local function bury(eid, jid, reason, fields, now)
+  local args = {'XADD', DEAD, 'MAXLEN', '~', DEAD_MAX, '*',
+                'reason', reason, 'entry', eid, 'at', now, 'fields', cjson.encode(fields)}
+  if jid then
+    args[#args + 1] = 'id'; args[#args + 1] = jid
+    local rec = redis.pcall('HGETALL', JOBP .. jid)        -- pcall: a foreign key of any type
+    if not rec.err and #rec > 0 then
+      args[#args + 1] = 'job'; args[#args + 1] = cjson.encode(rec)
+    end
+  end
+  redis.call(unpack(args))
 end
 
 local function drop(eid)
@@ -129,8 +140,6 @@ local function rate_allows(task, eid, jid, now)
   return false
 end
 
-local SKIP_MINE = false          -- set by START_NEW, which may see entries already started
-
 -- Mark delivered entries (of STREAM) as started jobs, appended to `out`; bury what is not a
 -- job or is poison. Each started job: entry id, job id, attempt, task, args, kwargs, timeout,
 -- retries, priority, trace (the trace-context carrier, nil when the job has none).
@@ -180,9 +189,7 @@ local function start(entries, now, out)
           problem = 'job record ' .. JOBP .. jid .. ' holds a counter that is not an integer'
         end
       end
-      if SKIP_MINE and status == 'running' and v[11] == CONSUMER then
-        -- START_NEW: this worker started it already (e.g. reclaimed it): leave it running
-      elseif problem then
+      if problem then
         bury(eid, jid, problem, fields, now)
         if hashed and not TERMINAL[status] then              -- a missing record is created failed
           finish(jid, 'failed', now, 'error', problem, 'exc_type', 'BadJob')
@@ -214,6 +221,16 @@ local function start(entries, now, out)
   return out
 end
 
+-- The started-job row (as `start` makes it, attempt unchanged) of an entry whose record says
+-- this consumer runs it, or nil. A worker that holds such an entry in Redis either runs it
+-- (and the row is ignored) or lost the reply that started it, and runs it now (RECOVER).
+local function held_row(eid, jid)
+  local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'worker', 'attempts', 'task', 'args',
+                        'kwargs', 'timeout', 'retries', 'trace')
+  if v.err or v[1] ~= 'running' or v[2] ~= CONSUMER then return nil end
+  return {eid, jid, tonumber(v[3]) or 0, v[4], v[5], v[6], v[7], v[8], LEVEL, v[9]}
+end
+
 local function ensure_group()
   redis.pcall('XGROUP', 'CREATE', STREAM, GROUP, '0', 'MKSTREAM')
 end
@@ -235,7 +252,7 @@ local function level_len(p)
   fault(n.err)
   return 0
 end
-""".replace("__PRIORITIES__", str(PRIORITIES))
+"""
 )
 
 # Read up to ARGV[6] new entries without blocking and start them. Returns started jobs.
@@ -332,7 +349,6 @@ return noted(merged)
 START_NEW = (
     _PRELUDE
     + r"""
-SKIP_MINE = true
 local budget = tonumber(ARGV[6])
 local now = now_ms()
 local out = {}
@@ -370,13 +386,19 @@ return noted(out)
 
 # Take over entries whose lease lapsed (idle > ARGV[6] ms), at most ARGV[7], from the highest
 # priority down, scanning each level's stream from its cursor (ARGV[8 + level]). Returns
-# {next cursors by level, started jobs}.
+# {next cursors by level, started jobs, held jobs}.
+#
+# XAUTOCLAIM matches the caller's own idle entries too (an event loop blocked past the lease,
+# a renewal that failed). Those are never restarted here: a second copy of a running job would
+# count an attempt, and the first copy's outcome would then be fenced. They are returned as
+# held rows instead (the claim has renewed them); the worker ignores the ones it runs and runs
+# the others, whose start it never heard of (see RECOVER).
 RECLAIM = (
     _PRELUDE
     + r"""
 local budget = tonumber(ARGV[7])
 local now = now_ms()
-local out, cursors = {}, {}
+local out, held, cursors = {}, {}, {}
 for p = 0, PRIORITIES - 1 do cursors[p + 1] = ARGV[8 + p] end
 for p = PRIORITIES - 1, 0, -1 do
   if budget > 0 then
@@ -389,12 +411,51 @@ for p = PRIORITIES - 1, 0, -1 do
     else
       cursors[p + 1] = r[1]
       budget = budget - #r[2]
-      start(r[2], now, out)
+      local lapsed = {}
+      for _, e in ipairs(r[2]) do
+        local jid = e[2] and field(e[2], 'id')
+        local row = jid and held_row(e[1], jid)
+        if row then held[#held + 1] = row else lapsed[#lapsed + 1] = e end
+      end
+      start(lapsed, now, out)
     end
   end
 end
-if #out == 0 and FAULT then return noted(redis.error_reply(FAULT)) end
-return noted({cursors, out})
+if #out == 0 and #held == 0 and FAULT then return noted(redis.error_reply(FAULT)) end
+return noted({cursors, out, held})
+"""
+)
+
+# Every job this consumer holds in Redis, for a worker that lost a reply (a connection error
+# after FETCH, START_NEW or RECLAIM was sent: those are never resent, since running them twice
+# would start more jobs and strand the first batch until its lease lapsed). Entries pending for
+# this consumer that were delivered but not started (a blocking read whose START_NEW never
+# ran) are started; the rest are returned as held rows, attempt unchanged. Running it again
+# returns the same jobs, so it is safe to resend. The worker runs the rows it does not run yet.
+RECOVER = (
+    _PRELUDE
+    + r"""
+local now = now_ms()
+local out = {}
+for p = PRIORITIES - 1, 0, -1 do
+  if p == 0 or level_len(p) > 0 then
+    use_level(p)
+    local fresh, from = {}, '-'
+    while from do
+      local pend = redis.pcall('XPENDING', STREAM, GROUP, from, '+', 200, CONSUMER)
+      if type(pend) ~= 'table' or pend.err then break end
+      for _, row in ipairs(pend) do
+        local e = redis.call('XRANGE', STREAM, row[1], row[1])[1]
+        local jid = e and field(e[2], 'id')
+        local h = jid and held_row(row[1], jid)
+        if h then out[#out + 1] = h else fresh[#fresh + 1] = e or {row[1], false} end
+      end
+      from = #pend == 200 and ('(' .. pend[#pend][1]) or nil
+    end
+    start(fresh, now, out)
+  end
+end
+return noted(out)
 """
 )
 
@@ -407,7 +468,6 @@ return noted({cursors, out})
 #   fail     a = error, b = exc_type, c = traceback
 #   retry    a, b, c as fail; d = delay ms (0: back on the stream now)
 #   dead     a = reason: the job fails and the raw entry goes to the dead-letter stream
-#   release  hand an unfinished job back to the stream (worker shutdown)
 #   cancelled  the running coroutine was cancelled by job.cancel()
 # A job flagged by job.cancel() ends "cancelled" whatever the record says. Entries are
 # acknowledged and deleted with one XACK and one XDEL for the whole batch.
@@ -448,10 +508,6 @@ for i = 6, #ARGV, 8 do
       else
         redis.call('XADD', STREAM, '*', 'id', jid)
       end
-    elseif op == 'release' then
-      redis.call('HSET', key, 'status', 'queued')
-      redis.call('HINCRBY', key, 'deliveries', -1)
-      redis.call('XADD', STREAM, '*', 'id', jid)
     end
     done[#done + 1] = eid
   end
@@ -530,7 +586,10 @@ PROMOTE = (
 if redis.replicate_commands then redis.replicate_commands() end
 local now = now_ms()
 local TAG = string.sub(KEYS[2], 1, #KEYS[2] - 6)
-local JOBP = TAG .. 'job:'
+local TTL = tonumber(ARGV[2])
+"""
+    + _FINISH
+    + r"""
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
 local moved = 0
 for _, jid in ipairs(ids) do
@@ -539,10 +598,7 @@ for _, jid in ipairs(ids) do
   local rec = redis.pcall('HMGET', key, 'status', 'expires_at', 'priority')
   if not rec.err and rec[1] == 'scheduled' then
     if rec[2] and now > (tonumber(rec[2]) or math.huge) then
-      redis.call('HSET', key, 'status', 'expired', 'finished_at', now,
-                 'error', 'not started before it expired')
-      if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', key, ARGV[2]) end
-      redis.call('PUBLISH', TAG .. 'done:' .. jid, 'expired')
+      finish(jid, 'expired', now, 'error', 'not started before it expired')
     else
       redis.call('HSET', key, 'status', 'queued')
       redis.call('XADD', level_stream(KEYS[2], rec[3]), '*', 'id', jid)
@@ -551,7 +607,7 @@ for _, jid in ipairs(ids) do
   end
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {moved, tonumber(nxt[2]) or -1, now}
+return noted({moved, tonumber(nxt[2]) or -1, now})
 """
 )
 
@@ -566,13 +622,14 @@ if redis.replicate_commands then redis.replicate_commands() end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 local TAG = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1] - 4)        -- "aioq:{app:queue}:"
+local TTL = tonumber(ARGV[2])
+"""
+    + _FINISH
+    + r"""
 if status == 'queued' or status == 'scheduled' then
-  local now = now_ms()
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now)
-  if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-  redis.call('PUBLISH', TAG .. 'done:' .. ARGV[1], 'cancelled')
-  return 1
+  finish(ARGV[1], 'cancelled', now_ms())
+  return noted(1)
 elseif status == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
   redis.call('PUBLISH', TAG .. 'cancel', ARGV[1])

@@ -48,8 +48,9 @@ class Completer:
         self._wake.set()
 
     def pending(self, keys: QueueKeys) -> list[bytes]:
-        """Entry ids written into the buffer but not yet to Redis (their leases still count)."""
-        return [r[1] for r in self._buffers.get(keys, ())]
+        """Entry ids written into the buffer but not yet to Redis (their leases still count).
+        Safe from another thread (the lease thread): it iterates a copy made in one C call."""
+        return [r[1] for r in list(self._buffers.get(keys, ()))]
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buffers.values())

@@ -30,7 +30,7 @@ from .complete import Completer
 from .cron import cron_loop, served_schedules
 from .fetch import fetch_loop
 from .heartbeat import PausedQueues, heartbeat_loop
-from .lease import renew_loop
+from .lease import LeaseKeeper
 from .run import Runner
 from .schedule import promote_loop
 from .slots import Slots
@@ -44,7 +44,10 @@ class Worker:
     ``concurrency`` jobs run at once; ``queues`` defaults to every queue the app knows;
     ``burst`` stops the worker once every queue is empty and nothing scheduled is due;
     ``metrics_port`` serves Prometheus metrics on ``metrics_host:metrics_port`` (0: a free
-    port, see ``metrics_address``; ``aioq/metrics.py``).
+    port, see ``metrics_address``; ``aioq/metrics.py``); ``max_loop_block``: seconds the event
+    loop may stay blocked (sync code in an async task) while this worker keeps its jobs'
+    leases; a worker blocked longer counts as hung and its jobs go to other workers
+    (``lease.py``).
     """
 
     def __init__(
@@ -58,9 +61,14 @@ class Worker:
         batch_size: int = 200,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        max_loop_block: float = 600.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
+        if max_loop_block <= 0:
+            raise ValueError(f"max_loop_block must be > 0 seconds, got {max_loop_block!r}")
+        self.max_loop_block = float(max_loop_block)
+        self._leases: LeaseKeeper | None = None
         self.app = app
         self.concurrency = concurrency
         names = list(queues) if queues is not None else app.queues
@@ -151,7 +159,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         spawn = loop.create_task
         self._loops.append(spawn(self.completer.run(), name="aioq-complete"))
-        self._loops.append(spawn(renew_loop(self), name="aioq-renew"))
+        self._leases = LeaseKeeper(self)
+        self._leases.start()
         self._loops.append(spawn(cancel_loop(self), name="aioq-cancel"))
         self._loops.append(spawn(heartbeat_loop(self), name="aioq-heartbeat"))
         schedules = served_schedules(self)
@@ -208,6 +217,9 @@ class Worker:
                 await asyncio.wait(pending, timeout=2.0)
         await cancel_and_wait(self._loops[1:])  # everything but the completer
         await self._write_back()
+        if self._leases is not None:  # after the write-back: buffered outcomes are still ours
+            await asyncio.to_thread(self._leases.stop)
+            self._leases = None
         await cancel_and_wait(self._loops[:1])
         self._loops.clear()
         if self._metrics_server is not None:

@@ -5,6 +5,11 @@ priority first (each priority has its own stream, see ``keys.py``). When the que
 fetcher parks in a blocking XREADGROUP on those streams (no polling) and starts what it delivers
 with the ``start`` script. Before reading, the fetcher takes over lapsed leases with the slots
 it holds (``lease.Reclaimer``).
+
+The scripts that start jobs are never resent after a connection error: Redis may have run them,
+and a second run would start another batch while the first waited a whole visibility timeout.
+The fetcher asks Redis what this worker holds instead (``Scripts.recover``) and runs what it
+does not run yet.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from ..connection import ReplyLost
 from ..keys import PRIORITIES, QueueKeys
-from .lease import Reclaimer
+from .lease import Reclaimer, orphans
 
 if TYPE_CHECKING:
     from .core import Worker
@@ -34,14 +40,26 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
     newest = [b"0-0"] * PRIORITIES
     turn = 0  # jobs started from this queue: places each fetch in the fairness rotation
     delay = 0.05
+    recover = False  # a reply that started jobs was lost: find them before reading on
     while True:
         n = await slots.take(worker.fetch_size)
-        if keys.queue in worker.paused:  # `aioq pause`: take nothing new (see heartbeat.py)
+        if keys.queue in worker.paused and not recover:  # `aioq pause`: take nothing new
             slots.give(n)
             await worker.paused.wait_resumed(worker, keys)
             continue
         started = 0
         try:
+            if recover:
+                held = await worker.app.scripts.recover(keys, worker.script_args)
+                recover = False
+                lost = orphans(worker, keys, held)
+                if len(lost) > n:  # more than this round's slots: run them all the same
+                    slots.overdraw(len(lost) - n)
+                    n = len(lost)
+                runner.start(keys, lost)
+                _advance(newest, lost)
+                started = len(lost)
+                continue
             # lapsed leases first (when due), then new entries, with the slots we hold
             taken = await reclaimer.reclaim(n)
             runner.start(keys, taken)
@@ -82,6 +100,11 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
             started += len(rows)
             runner.start(keys, rows)
             delay = 0.05
+        except ReplyLost as exc:
+            recover = True
+            log.warning("fetching from %s: %s; recovering what it started", keys.queue, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
         except (RedisError, OSError) as exc:  # any: ending this loop would fetch nothing more
             log.warning("fetching from %s failed (%s); retrying in %.2fs", keys.queue, exc, delay)
             await asyncio.sleep(delay)

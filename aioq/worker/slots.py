@@ -50,6 +50,7 @@ class Slots:
         """Someone is waiting for a slot: a fetcher holding slots should not park for long."""
         return bool(self._waiters)
 
-    @property
-    def busy(self) -> int:
-        return self.total - self.free
+    def overdraw(self, n: int) -> None:
+        """Reserve ``n`` slots at once, free or not (jobs Redis already started for this
+        worker, found after a lost reply: they run in any case); later takers wait longer."""
+        self.free -= n

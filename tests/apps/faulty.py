@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 from aioq import App, current_job
@@ -75,4 +76,18 @@ async def nap(seconds: float, first_attempt_only: bool = False) -> int:
     await app.redis.rpush(side_key(app.name, f"runs:{ctx.id}"), os.getpid())
     if ctx.attempt == 1 or not first_attempt_only:
         await asyncio.sleep(seconds)
+    return os.getpid()
+
+
+@app.task
+async def block(seconds: float, first_attempt_only: bool = False) -> int:
+    """Block the worker's event loop with a sync sleep (the bug this simulates: sync I/O or a
+    CPU-heavy step inside ``async def``), record the run (list of pids per job), return the pid.
+
+    With ``first_attempt_only`` later attempts return at once.
+    """
+    ctx = current_job()
+    await app.redis.rpush(side_key(app.name, f"runs:{ctx.id}"), os.getpid())
+    if ctx.attempt == 1 or not first_attempt_only:
+        time.sleep(seconds)  # noqa: ASYNC251 - blocking the loop is the point
     return os.getpid()
