@@ -7,9 +7,8 @@ single cluster slot and two apps (or two queues) never collide::
                                         default); consumer group "aioq". Each entry is one
                                         field, ``id=<job id>``; finished entries are XACKed and
                                         XDELed, so the stream stays bounded.
-    aioq:{shop:default}:stream:<p>      the same for priority p, 1..9 (``lanes``): one stream
-                                        per level, read highest first (FETCH in
-                                        ``scripts/worker.py``).
+    aioq:{shop:default}:stream:<p>      the same for priority p, 1..9: one stream per level,
+                                        read highest first (``scripts/fetch.lua``).
     aioq:{shop:default}:scheduled       sorted set: job id -> epoch milliseconds it is due
                                         (delays, retry backoff); promoted into the stream by Lua.
     aioq:{shop:default}:dead            dead-letter stream: poison, garbage and unknown-task
@@ -36,6 +35,12 @@ single cluster slot and two apps (or two queues) never collide::
                                         capped near 100 entries: the recently finished jobs
                                         (``inspect.recent_jobs``), one XADD per batch, not job.
 
+The Lua never spells a key: the suffixes below are rendered into it (``LUA``), every script of
+a queue gets the queue's keys in its KEYS (``QueueKeys.declared``, in the order
+``scripts/queue.lua`` names them), and keys named by data (``job:<id>``, ``rate:<task>``) are
+built on the hash tag of a declared key (``tag_of`` in ``scripts/helpers.lua``), the one way
+the Lua derives it.
+
 One key is per app rather than per queue (hash tag ``{<app>}``)::
 
     aioq:{shop}:workers                 hash: worker consumer name -> JSON of its stats and the
@@ -56,6 +61,40 @@ GROUP = "aioq"
 PRIORITIES = 10
 """Priority levels 0 (the default, lowest) to 9 (highest): one stream each."""
 
+# The suffixes after a queue's tag, said once: ``QueueKeys`` builds names from them and the Lua
+# gets them rendered in (``LUA``, ``scripts/lua.py``), so the two cannot drift apart.
+STREAM = "stream"
+SCHEDULED = "scheduled"
+DEAD = "dead"
+FAILED = "failed"
+RECENT = "recent"
+RATELIMITS = "ratelimits"
+PAUSED = "paused"
+CANCEL = "cancel"
+JOB = "job:"
+DONE = "done:"
+RATE = "rate:"
+RATEWAIT = "ratewait:"
+CRON = "cron:"
+PROGRESS = "progress:"
+
+QUEUE_KEYS = PRIORITIES + 5
+"""How many KEYS ``QueueKeys.declared`` gives a script: the queue's keys it may touch."""
+
+LUA: dict[str, str] = {
+    "PRIORITIES": str(PRIORITIES),
+    "QUEUE_KEYS": str(QUEUE_KEYS),
+    **{
+        f"KEY_{name}": value
+        for name, value in dict(
+            STREAM=STREAM, SCHEDULED=SCHEDULED, DEAD=DEAD, FAILED=FAILED, RECENT=RECENT,
+            RATELIMITS=RATELIMITS, CANCEL=CANCEL, JOB=JOB, DONE=DONE, RATE=RATE,
+            RATEWAIT=RATEWAIT,
+        ).items()
+    },
+}  # fmt: skip
+"""What ``{{NAME}}`` stands for in the Lua."""
+
 
 @dataclass(frozen=True, slots=True, eq=False)  # App.keys() caches one per queue: identity
 class QueueKeys:
@@ -69,12 +108,18 @@ class QueueKeys:
     queue: str
     priority: int = 0
     _lanes: tuple[QueueKeys, ...] = field(default=(), init=False, repr=False)
+    _declared: tuple[str, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.priority == 0:
             lanes = (self, *(QueueKeys(self.app, self.queue, p) for p in range(1, PRIORITIES)))
             for lane in lanes:
                 object.__setattr__(lane, "_lanes", lanes)
+            declared = (
+                *(lane.stream for lane in lanes),
+                self.scheduled, self.dead, self.failed, self.recent, self.ratelimits,
+            )  # fmt: skip
+            object.__setattr__(self, "_declared", declared)
 
     def lane(self, priority: int) -> QueueKeys:
         """The keys of this queue's stream for ``priority`` (0..9)."""
@@ -93,50 +138,58 @@ class QueueKeys:
     @property
     def stream(self) -> str:
         if self.priority:
-            return f"{self.tag}stream:{self.priority}"
-        return self.tag + "stream"
+            return f"{self.tag}{STREAM}:{self.priority}"
+        return self.tag + STREAM
 
     @property
     def scheduled(self) -> str:
-        return self.tag + "scheduled"
+        return self.tag + SCHEDULED
 
     @property
     def dead(self) -> str:
-        return self.tag + "dead"
+        return self.tag + DEAD
 
     @property
     def job_prefix(self) -> str:
-        return self.tag + "job:"
+        return self.tag + JOB
 
     @property
     def done_prefix(self) -> str:
-        return self.tag + "done:"
+        return self.tag + DONE
 
     @property
     def cancel(self) -> str:
-        return self.tag + "cancel"
+        return self.tag + CANCEL
 
     @property
     def ratelimits(self) -> str:
-        return self.tag + "ratelimits"
+        return self.tag + RATELIMITS
 
     def cron_state(self, schedule: str) -> str:
-        return self.tag + "cron:" + schedule
+        return self.tag + CRON + schedule
 
     @property
     def failed(self) -> str:
-        return self.tag + "failed"
+        return self.tag + FAILED
 
     @property
     def paused(self) -> str:
-        return self.tag + "paused"
+        return self.tag + PAUSED
 
     @property
     def recent(self) -> str:
-        return self.tag + "recent"
+        return self.tag + RECENT
+
+    @property
+    def declared(self) -> tuple[str, ...]:
+        """The KEYS of every script of the queue: each priority's stream (0 first), then the
+        scheduled set, the dead-letter stream, the failed index, the recent stream and the rate
+        limits (``queue.lua`` names them). Keys named by data (a job's record, a task's rate
+        log) share their hash tag, so every script stays in one cluster slot."""
+        return self.lanes[0]._declared
 
     def progress(self, job_id: str) -> str:
-        return self.tag + "progress:" + job_id
+        return self.tag + PROGRESS + job_id
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id

@@ -40,7 +40,8 @@ class Limiter:
         await self.app.redis.hset(self.keys.job(jid), "status", "queued")
         eid = entry_id or f"{self.n}-0"
         args = ["aioq", "c", 5, 60, 100, "t", eid, jid, now, priority]
-        allowed = await self.app.redis.eval(DRIVER, 2, self.keys.stream, self.keys.dead, *args)
+        keys = self.keys.declared
+        allowed = await self.app.redis.eval(DRIVER, len(keys), *keys, *args)
         due = await self.app.redis.zscore(self.keys.scheduled, jid)
         return bool(allowed), due
 

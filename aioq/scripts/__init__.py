@@ -2,15 +2,18 @@
 ``CommandLane``; ``WorkerArgs`` is the ARGV prefix the worker's scripts share.
 
 Each script touches the keys of exactly one queue (one hash tag, one cluster slot) and is one
-round trip. Times come from Redis ``TIME`` so workers with skewed clocks agree. Field names
-of the job hash are listed in ``message.py``; key names in ``keys.py``. The Lua lives beside
-this module, by job::
+round trip. Every key a script touches whose name is known before the call is declared in its
+KEYS (most get the queue's ``QueueKeys.declared``, see ``queue.lua``); the keys named by data
+it reads (a job's record, a task's rate log) are built on the same hash tag. Times come from
+Redis ``TIME`` so workers with skewed clocks agree. Field names of the job hash are listed in
+``message.py``; key names in ``keys.py``, whose suffixes are rendered into the Lua
+(``lua.py``). The Lua lives in ``.lua`` files beside this module; the modules naming them::
 
     enqueue.py   ENQUEUE and CRON: writing jobs
     worker.py    the worker's path: FETCH, START_NEW, RECLAIM, RECOVER, COMPLETE, RENEW,
-                 RELEASE_ALL, PROMOTE, and CANCEL, on a shared ``_PRELUDE``
+                 RELEASE_ALL, PROMOTE, and CANCEL, on a shared ``_PRELUDE`` (start.lua)
     ops.py       the operations: REQUEUE_DEAD, RETRY, PURGE, HEARTBEAT, PROGRESS
-    levels.py    ``level_stream``, the Lua helper all three share
+    helpers.py   ``helpers.lua``, the Lua helpers every script may include
 
 Every script and constant is importable from here (``from aioq.scripts import FETCH``), and
 so are the private Lua pieces that tests and benchmarks build on (``_PRELUDE``).
@@ -26,10 +29,8 @@ from redis.exceptions import NoScriptError
 
 from ..connection import CommandLane, pack
 from ..keys import GROUP, QueueKeys
-from .enqueue import _ENQUEUE_JOB as _ENQUEUE_JOB
 from .enqueue import CRON, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
 from .helpers import _HELPERS as _HELPERS
-from .ops import _OPS_PRELUDE as _OPS_PRELUDE
 from .ops import HEARTBEAT, PROGRESS, PROGRESS_SHA, PURGE, REQUEUE_DEAD, RETRY
 from .worker import _PRELUDE as _PRELUDE
 from .worker import (
@@ -165,9 +166,7 @@ class Scripts:
                 for job in chunk:
                     argv += job
                 job_keys = [keys.job(job[0]) for job in chunk]
-                commands.append(
-                    self._enqueue.command([keys.stream, keys.scheduled, *job_keys], argv)
-                )
+                commands.append(self._enqueue.command([*keys.declared, *job_keys], argv))
         out: list[int] = []
         for reply in await self._run(self._enqueue, commands):
             out += reply
@@ -179,7 +178,7 @@ class Scripts:
         """Fire (or only mark) one cron tick; 1 when its job was written."""
         written: int = await self._call(
             self._cron,
-            [keys.stream, keys.scheduled, keys.job(job[0]), state],
+            [*keys.declared, keys.job(job[0]), state],
             [tick_ms, "fire" if fire else "mark", *job],
         )
         return written
@@ -205,14 +204,12 @@ class Scripts:
         commands = [
             pack("XREADGROUP", "GROUP", GROUP, worker.args[1], "COUNT", 1,
                  "BLOCK", block_ms, "STREAMS", *streams, *(">" for _ in streams)),
-            self._start_new.command([keys.stream, keys.dead], start_args),
+            self._start_new.command(keys.declared, start_args),
         ]  # fmt: skip
         read, started = await self._lane.call(commands, 2, idempotent=False)
         if isinstance(started, NoScriptError):  # a restarted Redis: load, then start them
             await self._lane.call(pack("SCRIPT", "LOAD", START_NEW))
-            started = await self._call(
-                self._start_new, [keys.stream, keys.dead], start_args, idempotent=False
-            )
+            started = await self._call(self._start_new, keys.declared, start_args, idempotent=False)
         if isinstance(read, Exception):
             if "NOGROUP" not in str(read):
                 raise read
@@ -227,14 +224,14 @@ class Scripts:
         """Start up to ``count`` queued jobs, highest priority first; ``turn``: how many this
         worker has started from the queue so far (see FETCH)."""
         rows: list[Any] = await self._call(
-            self._fetch, [keys.stream, keys.dead], [*worker.args, count, turn], idempotent=False
+            self._fetch, keys.declared, [*worker.args, count, turn], idempotent=False
         )
         return rows
 
     async def recover(self, keys: QueueKeys, worker: WorkerArgs) -> list[Any]:
         """Every job this worker holds in Redis on the queue, as started-job rows (see
         RECOVER): after a lost reply, the worker runs those it does not run yet."""
-        rows: list[Any] = await self._call(self._recover, [keys.stream, keys.dead], worker.args)
+        rows: list[Any] = await self._call(self._recover, keys.declared, worker.args)
         return rows
 
     async def reclaim(
@@ -250,7 +247,7 @@ class Scripts:
         worker's own idle entries (never restarted, see RECLAIM)."""
         cur, rows, held = await self._call(
             self._reclaim,
-            [keys.stream, keys.dead],
+            keys.declared,
             [*worker.args, min_idle_ms, count, *cursors],
             idempotent=False,
         )
@@ -259,8 +256,9 @@ class Scripts:
     async def complete(
         self, keys: QueueKeys, worker: WorkerArgs, records: list[Any]
     ) -> list[bytes]:
+        """Write the outcomes of jobs of one stream (``keys``' priority); the fenced ids."""
         fenced: list[bytes] = await self._call(
-            self._complete, [keys.stream, keys.dead, keys.scheduled], [*worker.args, *records]
+            self._complete, keys.declared, [*worker.args, keys.priority, *records]
         )
         return fenced
 
@@ -278,14 +276,12 @@ class Scripts:
     async def promote(
         self, keys: QueueKeys, result_ttl: int, limit: int = 1000
     ) -> tuple[int, int, int]:
-        moved, next_due, now = await self._call(
-            self._promote, [keys.scheduled, keys.stream], [limit, result_ttl]
-        )
+        moved, next_due, now = await self._call(self._promote, keys.declared, [limit, result_ttl])
         return int(moved), int(next_due), int(now)
 
     async def cancel(self, keys: QueueKeys, job_id: str, result_ttl: int) -> int:
         n: int = await self._call(
-            self._cancel, [keys.job(job_id), keys.scheduled], [job_id, result_ttl]
+            self._cancel, [*keys.declared, keys.job(job_id)], [job_id, result_ttl]
         )
         return n
 
@@ -296,9 +292,7 @@ class Scripts:
         why the entry stays)."""
         if not entry_ids:
             return []
-        out: list[bytes] = await self._call(
-            self._requeue_dead, [keys.stream, keys.dead], list(entry_ids)
-        )
+        out: list[bytes] = await self._call(self._requeue_dead, keys.declared, list(entry_ids))
         return [o.decode(errors="replace") for o in out]
 
     async def retry(self, keys: QueueKeys, job_ids: Sequence[str]) -> list[str]:
@@ -306,7 +300,7 @@ class Scripts:
         "not a job record", or the status of a job that is not failed)."""
         if not job_ids:
             return []
-        out: list[bytes] = await self._call(self._retry, [keys.stream], list(job_ids))
+        out: list[bytes] = await self._call(self._retry, keys.declared, list(job_ids))
         return [o.decode(errors="replace") for o in out]
 
     async def purge(self, keys: QueueKeys, until: bytes, count: int) -> tuple[int, int]:

@@ -1,0 +1,57 @@
+-- Finish a batch of jobs of one stream. KEYS: the queue's (queue.lua). ARGV 1-5 as `start`'s,
+-- 6 the priority of the stream, then records of 8 values: op, entry id, job id, attempt, a, b, c, d. A record is applied only while the job
+-- record says this consumer runs the current attempt (fencing): whoever takes an entry over
+-- (reclaim) or finishes it rewrites `worker`, `attempts` or `status` in the same script, so a
+-- worker frozen past its lease writes nothing over the new owner's work. Returns the fenced ids.
+--   ok       a = result JSON
+--   fail     a = error, b = exc_type, c = traceback
+--   retry    a, b, c as fail; d = delay ms (0: back on the stream now)
+--   dead     a = reason: the job fails and the raw entry goes to the dead-letter stream
+--   cancelled  the running coroutine was cancelled by job.cancel()
+-- A job flagged by job.cancel() ends "cancelled" whatever the record says. Entries are
+-- acknowledged and deleted with one XACK and one XDEL for the whole batch.
+--#include start
+use_level(tonumber(ARGV[6]))
+local now = now_ms()
+local fenced, done = {}, {}
+for i = 7, #ARGV, 8 do
+  local op, eid, jid, att = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local key = JOBP .. jid
+  -- pcall: a foreign key of another type is not ours to write
+  local rec = redis.pcall('HMGET', key, 'attempts', 'worker', 'status', 'cancel')
+  if rec.err or rec[1] ~= att or rec[2] ~= CONSUMER or rec[3] ~= 'running' then
+    fenced[#fenced + 1] = jid
+  else
+    if rec[4] then op = 'cancelled' end        -- job.cancel() won the race with the outcome
+    if op == 'ok' then
+      finish(jid, 'succeeded', now, 'result', ARGV[i + 4])
+    elseif op == 'cancelled' then
+      finish(jid, 'cancelled', now)
+    elseif op == 'fail' then
+      finish(jid, 'failed', now, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5],
+             'traceback', ARGV[i + 6])
+    elseif op == 'dead' then
+      local e = redis.call('XRANGE', STREAM, eid, eid)
+      bury(eid, jid, ARGV[i + 4], (e[1] and e[1][2]) or {}, now)
+      finish(jid, 'failed', now, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5])
+    elseif op == 'retry' then
+      local delay = tonumber(ARGV[i + 7])
+      local status = 'queued'
+      if delay > 0 then status = 'scheduled' end
+      redis.call('HSET', key, 'status', status, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5],
+                 'traceback', ARGV[i + 6], 'deliveries', 0)
+      if delay > 0 then
+        redis.call('ZADD', SCHEDULED, now + delay, jid)
+      else
+        redis.call('XADD', STREAM, '*', 'id', jid)
+      end
+    end
+    done[#done + 1] = eid
+  end
+end
+if #done > 0 then
+  -- pcall: after a Redis restart without data the stream and group may be gone
+  redis.pcall('XACK', STREAM, GROUP, unpack(done))
+  redis.pcall('XDEL', STREAM, unpack(done))
+end
+return noted(fenced)

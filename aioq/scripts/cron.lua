@@ -1,0 +1,14 @@
+-- Fire one cron tick. KEYS: the queue's (queue.lua), the job, the cron state. ARGV: tick epoch ms, mode, then
+-- the job's ENQUEUE_ARGS values. The state holds the last tick handled, so a tick fires at most
+-- once and never after a later one, however many workers race; the job id names the tick, so
+-- even a state lost with Redis cannot fire it twice while the job record lives. Mode "fire"
+-- enqueues; "mark" only advances the state (first start, or a tick skipped by the catch-up
+-- policy). Returns 1 when the tick's job was written, 0 otherwise.
+--#include enqueue_job
+local tick = tonumber(ARGV[1])
+local JOB, STATE = KEYS[OWN_KEYS], KEYS[OWN_KEYS + 1]
+local last = tonumber(redis.call('GET', STATE) or '-1')
+if tick <= last then return 0 end
+redis.call('SET', STATE, ARGV[1])
+if ARGV[2] ~= 'fire' then return 0 end
+return enqueue_job(JOB, 2)

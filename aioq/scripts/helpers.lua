@@ -1,0 +1,28 @@
+-- The helpers every script may include.
+-- tag_of: the hash tag prefix of one of aioq's keys, "aioq:{app:queue}:" (keys.py): the only
+--   way the Lua derives it; keys named by data (a job's record) are built on it.
+-- level_of: the priority a job record's `priority` field (string, number or nil) stands for:
+--   1-9 as written, anything else 0.
+-- now_ms: Redis' clock in epoch milliseconds (every script times jobs by Redis, not workers).
+-- field: a field's value in a flat stream-entry list {name, value, ...}, or nil.
+local function tag_of(key)
+  return string.match(key, '^(.*}:)')
+end
+
+local function level_of(p)
+  p = tostring(p or '')
+  if string.match(p, '^[1-9]$') then return tonumber(p) end
+  return 0
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] end
+  end
+  return nil
+end

@@ -1,0 +1,27 @@
+-- Move due scheduled jobs onto the stream; those past their expiry end "expired" instead.
+-- KEYS: the queue's (queue.lua; a job of priority p goes to its stream p). ARGV: limit, result
+-- ttl (s).
+-- Returns {moved, next due ms or -1, now ms}. ZREM decides who moves a job, so several workers
+-- promoting at once never duplicate one.
+if redis.replicate_commands then redis.replicate_commands() end
+local TTL = tonumber(ARGV[2])
+--#include finish
+local now = now_ms()
+local ids = redis.call('ZRANGEBYSCORE', SCHEDULED, '-inf', now, 'LIMIT', 0, ARGV[1])
+local moved = 0
+for _, jid in ipairs(ids) do
+  redis.call('ZREM', SCHEDULED, jid)
+  local key = JOBP .. jid
+  local rec = redis.pcall('HMGET', key, 'status', 'expires_at', 'priority')
+  if not rec.err and rec[1] == 'scheduled' then
+    if rec[2] and now > (tonumber(rec[2]) or math.huge) then
+      finish(jid, 'expired', now, 'error', 'not started before it expired')
+    else
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('XADD', STREAMS[level_of(rec[3])], '*', 'id', jid)
+      moved = moved + 1
+    end
+  end
+end
+local nxt = redis.call('ZRANGE', SCHEDULED, 0, 0, 'WITHSCORES')
+return noted({moved, tonumber(nxt[2]) or -1, now})

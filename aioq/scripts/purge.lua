@@ -1,0 +1,27 @@
+-- Delete up to ARGV[3] queued entries (never delivered to the group ARGV[1], so never a running
+-- job's entry in the pending list) with ids up to ARGV[2], and the records of their jobs that
+-- are still queued; their waiters are woken and find the job gone. Returns {entries scanned,
+-- jobs deleted}; 0 entries: done. KEYS: one of the queue's streams (it is called once per
+-- priority).
+--#include helpers
+if redis.replicate_commands then redis.replicate_commands() end
+local STREAM = KEYS[1]
+local JOBP, DONEP = tag_of(STREAM) .. '{{KEY_JOB}}', tag_of(STREAM) .. '{{KEY_DONE}}'
+local groups = redis.pcall('XINFO', 'GROUPS', STREAM)
+if groups.err then return {0, 0} end                      -- no stream
+local from = '-'
+for _, g in ipairs(groups) do
+  if field(g, 'name') == ARGV[1] then from = '(' .. field(g, 'last-delivered-id') end
+end
+local entries = redis.call('XRANGE', STREAM, from, ARGV[2], 'COUNT', ARGV[3])
+local jobs = 0
+for _, e in ipairs(entries) do
+  local jid = field(e[2], 'id')
+  if jid and redis.pcall('HGET', JOBP .. jid, 'status') == 'queued' then
+    redis.call('DEL', JOBP .. jid)
+    redis.call('PUBLISH', DONEP .. jid, 'purged')
+    jobs = jobs + 1
+  end
+  redis.call('XDEL', STREAM, e[1])
+end
+return {#entries, jobs}

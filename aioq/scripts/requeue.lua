@@ -1,0 +1,18 @@
+-- Shared by REQUEUE_DEAD and RETRY. KEYS: the queue's (queue.lua).
+if redis.replicate_commands then redis.replicate_commands() end
+--#include queue
+local ACTIVE = {queued = true, scheduled = true, running = true}
+
+-- Put a job back on its stream as a fresh attempt: queued, no deliveries held against it (the
+-- poison counter), the last outcome cleared, no expiry of the record while it waits (and no
+-- `expires_at`: an operator asked for it to run). `attempts` keeps counting every start.
+local function requeue(jid)
+  local key = JOBP .. jid
+  redis.call('HDEL', key, 'error', 'exc_type', 'traceback', 'result', 'cancel', 'worker',
+             'started_at', 'finished_at', 'expires_at')
+  redis.call('HSET', key, 'status', 'queued', 'deliveries', 0)
+  redis.call('PERSIST', key)
+  redis.call('ZREM', FAILED, jid)
+  redis.call('ZREM', SCHEDULED, jid)
+  redis.call('XADD', STREAMS[level_of(redis.call('HGET', key, 'priority'))], '*', 'id', jid)
+end

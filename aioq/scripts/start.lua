@@ -1,0 +1,197 @@
+-- Shared by the worker's scripts: `start`, which turns delivered stream entries into started
+-- jobs, and its helpers. KEYS: the queue's (queue.lua). ARGV for every script using `start`:
+-- 1 group, 2 consumer, 3 max deliveries, 4 result ttl (s), 5 dead-letter stream length cap. A
+-- queue has one stream per priority (keys.py); scripts reading several set the one they work
+-- on with `use_level`.
+if redis.replicate_commands then redis.replicate_commands() end
+local GROUP, CONSUMER = ARGV[1], ARGV[2]
+local MAX_DELIVERIES, TTL, DEAD_MAX = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+--#include finish
+local STREAM, LEVEL = STREAMS[0], 0                      -- the stream worked on, its priority
+
+local function use_level(p)
+  LEVEL = p
+  STREAM = STREAMS[p]
+end
+local TERMINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
+
+-- Keep the raw entry (and the job record, if any) in the dead-letter stream with the reason.
+local function bury(eid, jid, reason, fields, now)
+  local args = {'XADD', DEAD, 'MAXLEN', '~', DEAD_MAX, '*',
+                'reason', reason, 'entry', eid, 'at', now, 'fields', cjson.encode(fields)}
+  if jid then
+    args[#args + 1] = 'id'; args[#args + 1] = jid
+    local rec = redis.pcall('HGETALL', JOBP .. jid)        -- pcall: a foreign key of any type
+    if not rec.err and #rec > 0 then
+      args[#args + 1] = 'job'; args[#args + 1] = cjson.encode(rec)
+    end
+  end
+  redis.call(unpack(args))
+end
+
+local function drop(eid)
+  redis.call('XACK', STREAM, GROUP, eid)
+  redis.call('XDEL', STREAM, eid)
+end
+
+-- Global rate limits (see ratelimit.py): a sliding-window log of start times per task. The
+-- queue's `ratelimits` hash holds "<limit> <period ms>" per task, and an override under
+-- "<task>!" that wins. Looked up once per task per script call, and not at all when the queue
+-- has no limits.
+local RATEP, RATEW = TAG .. '{{KEY_RATE}}', TAG .. '{{KEY_RATEWAIT}}'
+local limits = nil
+local function rate_allows(task, eid, jid, now)
+  if limits == nil then
+    limits = {}
+    if redis.call('EXISTS', RATES) == 0 then limits = false end
+  end
+  if not limits or not task then return true end
+  local lim = limits[task]
+  if lim == nil then
+    local conf = redis.call('HMGET', RATES, task .. '!', task)
+    local spec = conf[1] or conf[2]
+    lim = false
+    if spec and spec ~= '' then
+      local n, p = string.match(spec, '^(%d+) (%d+)$')
+      if n then lim = {tonumber(n), tonumber(p)} end
+    end
+    limits[task] = lim
+  end
+  if not lim then return true end
+  local key = RATEP .. task
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - lim[2])
+  local used = redis.call('ZCARD', key)
+  if used < lim[1] then
+    redis.call('ZADD', key, now, LEVEL .. ':' .. eid)     -- entry ids repeat across levels
+    redis.call('PEXPIRE', key, lim[2])
+    return true
+  end
+  -- Not allowed now: due when a start leaves the window. Jobs turned away before and not yet
+  -- due are counted in `ratewait:<task>` (job id -> due), across script calls and workers:
+  -- with r of them waiting, this job waits for the r-th oldest start (one period later per
+  -- full window). So a backlog comes back spread out at the rate it can start, each job about
+  -- once, not all of it every period (which made Redis work grow with the backlog).
+  local waiting = RATEW .. task
+  redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
+  local r = redis.call('ZCARD', waiting)
+  local oldest = tonumber(redis.call('ZRANGE', key, r % used, r % used, 'WITHSCORES')[2])
+  local due = oldest + lim[2] * (1 + math.floor(r / used))
+  redis.call('ZADD', waiting, due, jid)
+  redis.call('PEXPIRE', waiting, due - now + 2 * lim[2])
+  redis.call('HSET', JOBP .. jid, 'status', 'scheduled')
+  redis.call('ZADD', SCHEDULED, due, jid)
+  return false
+end
+
+-- Mark delivered entries (of STREAM) as started jobs, appended to `out`; bury what is not a
+-- job or is poison. Each started job: entry id, job id, attempt, task, args, kwargs, timeout,
+-- retries, priority, trace (the trace-context carrier, nil when the job has none).
+local function start(entries, now, out)
+  out = out or {}
+  for _, e in ipairs(entries) do
+    local eid, fields = e[1], e[2]
+    if not fields then
+      redis.call('XACK', STREAM, GROUP, eid)               -- deleted while pending
+    else
+      local jid, problem
+      if #fields == 2 and fields[1] == 'id' and fields[2] ~= '' then
+        jid = fields[2]
+      else
+        jid = field(fields, 'id')
+        if jid == '' then jid = nil end
+        local names = {}
+        for i = 1, #fields, 2 do names[#names + 1] = fields[i] end
+        problem = 'malformed stream entry ' .. eid .. ': expected the single field "id", got '
+                  .. cjson.encode(names)
+      end
+      -- Foreign data must never make this script raise: an error fails the whole batch, and
+      -- every later fetch or reclaim of the same entries, so the worker would stop fetching.
+      -- Hence pcall where another program's keys can break a command (a key of another
+      -- type), tonumber on counters, and such a job is buried like any other malformed one.
+      -- One HMGET reads everything and one HSET starts the job: two commands per job.
+      local v, hashed = false, false
+      if jid then
+        v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
+                        'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at', 'worker',
+                        'trace')
+        if v.err then
+          problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
+          v = false
+        else
+          hashed = true                                   -- a hash, or no key at all
+        end
+      end
+      local status = v and v[1]
+      if not problem and not status then
+        problem = 'job record ' .. JOBP .. jid .. ' is missing'
+      end
+      local d, a
+      if not problem and not TERMINAL[status] and status ~= 'scheduled' and not v[2] then
+        d, a = tonumber(v[3] or 0), tonumber(v[4] or 0)
+        if not d or not a then
+          problem = 'job record ' .. JOBP .. jid .. ' holds a counter that is not an integer'
+        end
+      end
+      if problem then
+        bury(eid, jid, problem, fields, now)
+        if hashed and not TERMINAL[status] then              -- a missing record is created failed
+          finish(jid, 'failed', now, 'error', problem, 'exc_type', 'BadJob')
+        end
+        drop(eid)
+      elseif TERMINAL[status] or status == 'scheduled' then
+        drop(eid)                                           -- cancelled while queued, or stale
+      elseif v[2] then
+        finish(jid, 'cancelled', now)                       -- cancelled while its worker died
+        drop(eid)
+      elseif v[10] and now > (tonumber(v[10]) or math.huge) then
+        finish(jid, 'expired', now, 'error', 'not started before it expired')
+        drop(eid)
+      elseif d + 1 > MAX_DELIVERIES then
+        problem = 'poison: delivered ' .. d .. ' times without finishing'
+        bury(eid, jid, problem, fields, now)
+        finish(jid, 'failed', now, 'error', problem, 'exc_type', 'PoisonJob',
+               'deliveries', d + 1)
+        drop(eid)
+      elseif not rate_allows(v[5], eid, jid, now) then
+        drop(eid)                          -- back in the scheduled set: no slot, no attempt spent
+      else
+        redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
+                   'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
+        out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12]}
+      end
+    end
+  end
+  return out
+end
+
+-- The started-job row (as `start` makes it, attempt unchanged) of an entry whose record says
+-- this consumer runs it, or nil. A worker that holds such an entry in Redis either runs it
+-- (and the row is ignored) or lost the reply that started it, and runs it now (RECOVER).
+local function held_row(eid, jid)
+  local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'worker', 'attempts', 'task', 'args',
+                        'kwargs', 'timeout', 'retries', 'trace')
+  if v.err or v[1] ~= 'running' or v[2] ~= CONSUMER then return nil end
+  return {eid, jid, tonumber(v[3]) or 0, v[4], v[5], v[6], v[7], v[8], LEVEL, v[9]}
+end
+
+local function ensure_group()
+  redis.pcall('XGROUP', 'CREATE', STREAM, GROUP, '0', 'MKSTREAM')
+end
+
+-- Scripts reading several levels never raise once one job has started (Redis does not roll a
+-- script back: it would be marked running and never run). A level that cannot be read (another
+-- program's key of another type) is skipped; FAULT keeps why, returned as the error only when
+-- nothing started, so it still surfaces.
+local FAULT = nil
+local function fault(err)
+  FAULT = FAULT or (STREAM .. ': ' .. tostring(err))
+end
+
+-- How many entries level p's stream holds (0 when it cannot be read).
+local function level_len(p)
+  use_level(p)
+  local n = redis.pcall('XLEN', STREAM)
+  if type(n) == 'number' then return n end
+  fault(n.err)
+  return 0
+end

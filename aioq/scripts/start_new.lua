@@ -1,0 +1,41 @@
+-- Start what a blocking XREADGROUP (of every level's stream) just delivered to this consumer:
+-- per level from the highest, its pending entries after the newest id this worker had seen
+-- there (ARGV[7 + level]), at most ARGV[6] in all. Pipelined right behind the blocking read on
+-- the same connection, it runs the moment the read returns, so an idle worker starts a job
+-- with no extra round trip; after a lost connection, a resent pair finds what the first read
+-- delivered too. Entries this worker already runs (taken over by its reclaimer) are left
+-- alone; entries beyond ARGV[6] (several levels written at once) are handed back: re-added at
+-- the end of their stream, for any worker.
+--#include start
+local budget = tonumber(ARGV[6])
+local now = now_ms()
+local out = {}
+for p = PRIORITIES - 1, 0, -1 do
+  if p == 0 or level_len(p) > 0 then              -- an empty stream (most levels): one XLEN
+    use_level(p)
+    local entries, from = {}, '(' .. ARGV[7 + p]
+    while from do
+      local pend = redis.pcall('XPENDING', STREAM, GROUP, from, '+', 100, CONSUMER)
+      if type(pend) ~= 'table' or pend.err then break end
+      for _, row in ipairs(pend) do
+        local e = redis.call('XRANGE', STREAM, row[1], row[1])[1]
+        local jid = e and field(e[2], 'id')
+        local rec = jid and redis.pcall('HMGET', JOBP .. jid, 'status', 'worker')
+        if rec and not rec.err and rec[1] == 'running' and rec[2] == CONSUMER then
+          -- this worker runs it already
+        elseif budget > 0 then
+          entries[#entries + 1] = e or {row[1], false}
+          budget = budget - 1
+        elseif not e then
+          redis.call('XACK', STREAM, GROUP, row[1])
+        else
+          drop(row[1])
+          redis.call('XADD', STREAM, '*', unpack(e[2]))
+        end
+      end
+      from = #pend == 100 and ('(' .. pend[#pend][1]) or nil
+    end
+    start(entries, now, out)
+  end
+end
+return noted(out)
