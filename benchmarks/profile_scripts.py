@@ -209,8 +209,7 @@ async def run(url: str, n: int, batch: int, repeats: int) -> None:
         variants[mode] = r.register_script(S._PRELUDE + src)
     src = LEAN_COMPLETE.replace("__MODE__", "xtrim").replace("__PUB__", "false")
     variants["nopub"] = r.register_script(S._PRELUDE + src)
-    k2 = [keys.stream, keys.dead]
-    k3 = [keys.stream, keys.dead, keys.scheduled]
+    k2 = k3 = list(keys.declared)  # every worker script gets the queue's keys (queue.lua)
 
     async def fill() -> None:
         await r.flushall()
@@ -238,7 +237,7 @@ async def run(url: str, n: int, batch: int, repeats: int) -> None:
             recs: list[Any] = []
             for row in rows[i : i + batch]:
                 recs += ["ok", row[0], row[1], row[2], b"null", "", "", 0]
-            fenced = await complete(keys=k3, args=[*wa.args, *recs])
+            fenced = await complete(keys=k3, args=[*wa.args, 0, *recs])  # priority 0
             assert not fenced, fenced[:3]
         show("aioq COMPLETE", await phase(r, n))
         for mode, script in variants.items():
