@@ -148,6 +148,7 @@ async def test_a_job_blocking_the_loop_keeps_its_lease_beside_another_worker(
         assert "took over" not in w.output
     assert "event loop blocked" in blocker.output
     assert job.id in blocker.output
+    assert "event loop ran again after" in blocker.output
 
 
 @pytest.mark.slow

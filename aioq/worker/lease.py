@@ -108,7 +108,7 @@ class LeaseKeeper:
                     "def task); leases are kept for up to %gs of blocking",
                     blocked, self._culprit(), self.max_loop_block,
                 )  # fmt: skip
-            elif blocked <= 0 and stalled_since is not None:
+            elif blocked < TICK and stalled_since is not None:  # its ticks run on time again
                 log.warning("event loop ran again after %.1fs", now - stalled_since - TICK)
                 stalled_since, gave_up = None, False
             if now < next_renewal:
