@@ -56,7 +56,8 @@ def jobs(
     limit: Annotated[int, typer.Option(min=1, help="at most this many jobs")] = 50,
     as_json: Json = False,
 ) -> None:
-    """List jobs, newest first (failed ones from the failed-jobs index)."""
+    """List jobs, newest first. Queued, running, scheduled and failed ones are read from the
+    queues' indexes; other statuses (or none) scan the job records, up to --limit matches."""
     wanted: JobStatus | None = None
     if status is not None:
         try:
