@@ -1,6 +1,6 @@
 """The operations commands of ``aioq``: jobs, job, dlq, cancel, retry, purge, pause, resume,
 enqueue. ``register`` adds them to the typer app (``commands.py``); what they read comes from
-``aioq/views.py``, what they change from ``aioq/actions.py``.
+``aioq/views.py``, what they change from ``aioq/ops.py``.
 
 Every command prints one clear line and exits 2 when MODULE:APP does not import, a queue is
 unknown, or Redis does not answer; listings take ``--json`` for scripts.
