@@ -215,16 +215,22 @@ class App:
 
     @property
     def queues(self) -> list[str]:
-        """Every queue this app knows of: the default one and those of its tasks."""
+        """Every queue this app knows of: the default one, those of its tasks, and those it
+        has enqueued to (so ``app.job(id)`` finds those jobs without being told the queue)."""
         return sorted(self._queues)
 
     def keys(self, queue: str | None = None) -> QueueKeys:
-        """The key layout of one queue (default: the app's default queue)."""
+        """The key layout of one queue (default: the app's default queue); a ``ValueError``
+        for a name that cannot be one.
+
+        A lookup, nothing more: it does not make the queue one of ``queues`` (registering a
+        task or enqueueing does, explicitly). The object is memoised so that one name always
+        gives the same one: the worker keys its per-queue buffers by identity.
+        """
         queue = queue or self.default_queue
         keys = self._keys.get(queue)
         if keys is None:
             keys = self._keys[queue] = QueueKeys(self.name, validate_name("queue", queue))
-            self._queues.add(queue)
         return keys
 
     # -- connections ----------------------------------------------------------------------
@@ -299,7 +305,9 @@ class App:
 
     async def _enqueue_call(self, call: Call[R]) -> Job[R]:
         queue, job = call.prepare()
-        await self._send([(self.keys(queue), [job])], ((queue, job),))
+        keys = self.keys(queue)
+        self._queues.add(queue)  # one of `queues` from now on
+        await self._send([(keys, [job])], ((queue, job),))
         return Job(self, job[0], queue)
 
     async def enqueue_many(self, calls: Iterable[Call[R]]) -> list[Job[R]]:
@@ -315,6 +323,7 @@ class App:
         for queue, job in prepared:
             by_queue.setdefault(queue, []).append(job)
         batches = [(self.keys(q), jobs) for q, jobs in by_queue.items()]
+        self._queues.update(by_queue)  # each one of `queues` from now on
         await self._send(batches, prepared)
         return [Job(self, job[0], queue) for queue, job in prepared]
 

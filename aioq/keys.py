@@ -33,7 +33,7 @@ single cluster slot and two apps (or two queues) never collide::
                                         jobs (a completion batch, mostly), field ``ids``: a JSON
                                         array of them (succeeded, failed, cancelled, expired),
                                         capped near 100 entries: the recently finished jobs
-                                        (``inspect.recent_jobs``), one XADD per batch, not job.
+                                        (``views.recent_jobs``), one XADD per batch, not job.
 
 The Lua never spells a key: the suffixes below are rendered into it (``LUA``), every script of
 a queue gets the queue's keys in its KEYS (``QueueKeys.declared``, in the order

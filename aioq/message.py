@@ -26,6 +26,7 @@ Everything is JSON through orjson; nothing is pickled.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -142,3 +143,50 @@ def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
     except ValueError:
         return d, f"job 'timeout'/'retries' are not numbers: {timeout!r}, {retries!r}"
     return d, None
+
+
+# -- decoding job records ------------------------------------------------------------------
+# What a record's fields hold when read back for a view (``views.py``). Another program may
+# have written the record, so none of these raises: a missing or garbage field reads as
+# empty.
+
+
+def text_field(value: bytes | None) -> str | None:
+    """A text field; ``None`` when missing or empty (bytes that are not UTF-8 are replaced)."""
+    return value.decode(errors="replace") if value else None
+
+
+def int_field(value: bytes | None) -> int:
+    """A number field; 0 when missing or not a number."""
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def time_field(value: bytes | None) -> datetime | None:
+    """An epoch-milliseconds field (Redis server time) as a UTC datetime."""
+    ms = int_field(value)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
+
+
+def json_field(value: bytes | None) -> Any:
+    """A JSON field; ``None`` when missing or not JSON. Lua's cjson passes bytes that are not
+    UTF-8 through as they are, so those are replaced and tried again."""
+    if value is None:
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        try:
+            return orjson.loads(value.decode(errors="replace"))
+        except orjson.JSONDecodeError:
+            return None
+
+
+def flat_pairs(value: Any) -> Any:
+    """A flat ``[name, value, ...]`` list of strings as a dict (cjson writes Redis replies,
+    such as a stream entry's fields or an HGETALL, that way); anything else as it is."""
+    if isinstance(value, list) and len(value) % 2 == 0 and all(isinstance(v, str) for v in value):
+        return dict(zip(value[::2], value[1::2], strict=True))
+    return value

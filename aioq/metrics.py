@@ -166,7 +166,7 @@ class JobObserver:
 
 
 class QueueDepths:
-    """Queue depths for scrapes, read through ``inspect.queue_stats`` at most every ``ttl``."""
+    """Queue depths for scrapes, read through ``views.queue_stats`` at most every ``ttl``."""
 
     def __init__(self, app: App, queues: list[str], ttl: float = DEPTH_TTL) -> None:
         self.app, self.queues, self.ttl = app, queues, ttl
@@ -176,7 +176,7 @@ class QueueDepths:
 
     async def get(self) -> dict[str, dict[str, int]] | None:
         """The depths, or None when Redis did not answer (the scrape still succeeds)."""
-        from .inspect import queue_stats
+        from .views import queue_stats
 
         async with self._lock:
             if time.monotonic() - self._at < self.ttl:

@@ -1,9 +1,10 @@
 """Operations that change an app's queues, for the CLI and the dashboard: requeue dead-letter
-entries, retry failed jobs, cancel, purge a queue, pause and resume it.
+entries, retry failed jobs, cancel, purge a queue, pause and resume it, prune dead workers'
+heartbeats.
 
 Each is atomic per job (one Lua script of ``scripts/ops.py``), so running one while workers run
 is safe: a job is never both requeued and running, and a purge never touches an entry a worker
-holds. Read-only views are in ``inspect.py``.
+holds. Read-only views are in ``views.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .app import App
+from .keys import workers_key
+from .views import stale_workers
 
 REQUEUED = "requeued"
 DEAD_BATCH = 200  # dead-letter entries per script call of requeue_all_dead
@@ -135,3 +138,16 @@ async def resume(app: App, queues: Sequence[str]) -> None:
         for q in queues:
             pipe.delete(app.keys(q).paused)
         await pipe.execute()
+
+
+async def prune_workers(app: App) -> int:
+    """Delete the heartbeats of workers that died without a clean stop (silent for
+    ``STALE_AFTER`` seconds; a clean stop removes its own); returns how many. ``aioq info``
+    and the dashboard call it, so the workers hash does not grow with every crashed worker.
+    """
+    # not atomic with the read: a worker silent for 6 s that beats in between loses its
+    # entry until its next heartbeat (2 s), which rewrites it
+    stale = await stale_workers(app)
+    if stale:
+        await app.redis.hdel(workers_key(app.name), *stale)
+    return len(stale)

@@ -141,32 +141,49 @@ def test_info_with_unreachable_redis_is_one_line(tmp_path: Path) -> None:
         ["mod:app", "--metrics-port", "9100", "--metrics-host", "0.0.0.0", "--log-format", "json"],
     ],
 )
-def test_fast_worker_parser_matches_the_typer_command(
-    argv: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`aioq worker` skips typer at start-up; its argparse twin parses exactly the same."""
+def test_worker_command_has_one_parser(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aioq worker` (straight to its parser) and the typer app's `worker` (which forwards
+    its arguments) run the worker with exactly the same options."""
     from typer.testing import CliRunner
 
-    from aioq import run_worker
-    from aioq.cli import cli
+    from aioq.cli import commands, worker
 
-    seen: list[tuple[object, ...]] = []
-    monkeypatch.setattr(run_worker, "run", lambda *a: seen.append(a))
-    result = CliRunner().invoke(cli, ["worker", *argv])
+    seen: list[dict[str, object]] = []
+    monkeypatch.setattr(worker, "run", lambda **kw: seen.append(kw))
+    assert worker.main(argv) == 0
+    result = CliRunner().invoke(commands.cli, ["worker", *argv])
     assert result.exit_code == 0, result.output
-    fast = vars(run_worker.parser().parse_args(argv))
-    order = ["target", "concurrency", "queues", "burst", "log_level", "shutdown_timeout",
-             "embedded_redis", "metrics_port", "metrics_host", "log_format"]  # fmt: skip
-    typer_args = list(seen[0])
-    typer_args[2] = typer_args[2] or None  # typer gives [] for "no --queue", argparse None
-    assert typer_args == [fast[name] for name in order]
+    assert seen[0] == seen[1] == vars(worker.parser().parse_args(argv))
 
 
-def test_worker_help_still_comes_from_typer() -> None:
-    r = aioq("worker", "--help", env={"COLUMNS": "200"})
-    assert r.returncode == 0
-    assert "--shutdown-timeout" in r.stdout
-    assert "--embedded-redis" in r.stdout
+def test_worker_start_up_does_not_import_the_cli_framework() -> None:
+    """`aioq worker` never imports typer or rich: they would lengthen every start-up."""
+    code = (
+        "import sys; from aioq.cli import main\n"
+        "try: main(['worker', 'tests.apps.basic:app', '--concurrency', '0'])\n"
+        "except SystemExit as e: assert e.code == 2, e.code\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'rich', 'click')))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    assert "--concurrency must be at least 1, got 0" in r.stderr
+
+
+def test_worker_help_lists_every_option() -> None:
+    from aioq.cli.worker import parser
+
+    r = aioq("worker", "--help", env={"COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    options = [s for action in parser()._actions for s in action.option_strings]
+    assert "--shutdown-timeout" in options
+    for option in options:
+        assert option in r.stdout
+    assert aioq("worker", "-h", env={"COLUMNS": "80"}).stdout == r.stdout
+    assert "worker" in aioq("--help").stdout  # typer's list of commands still has it
 
 
 async def test_rate_limit_command_sets_and_clears_an_override(redis_url: str) -> None:

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from aioq import App, TaskFailed, Worker, current_job
-from aioq.inspect import queue_stats
+from aioq.views import queue_stats
 
 from .conftest import unique_name
 from .helpers import spawn_worker, stop

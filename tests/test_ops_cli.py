@@ -23,6 +23,7 @@ import pytest
 
 from aioq import App, JobNotFound, JobStatus, Worker
 from aioq import ops as aioq_ops
+from aioq import views as aioq_views
 from aioq.keys import workers_key
 from aioq.worker.fetch import BLOCK_MS
 
@@ -36,11 +37,11 @@ TARGET = "tests.apps.ops:app"
 
 
 def aioq(
-    *args: str, app: App, input: str | None = None, timeout: float = 60
+    *args: str, app: App, input: str | None = None, timeout: float = 60, columns: int = 200
 ) -> subprocess.CompletedProcess[str]:
     """Run ``aioq ARGS`` against ``app``'s Redis, with ``app``'s name for tests.apps.ops."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AIOQ_REDIS_URL": app.redis_url,
-           "AIOQ_APP_NAME": app.name, "COLUMNS": "200"}  # fmt: skip
+           "AIOQ_APP_NAME": app.name, "COLUMNS": str(columns)}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "aioq", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
@@ -147,6 +148,128 @@ async def test_jobs_filters_by_status_task_queue_and_limit(ops: App) -> None:
     bad = aioq("jobs", TARGET, "--status", "lost", app=ops)
     assert bad.returncode == 2
     assert "unknown status 'lost'" in bad.stderr
+
+
+async def test_waiting_and_running_listings_read_indexes_not_job_records(ops: App) -> None:
+    """Queued jobs come from the streams after the group's last-delivered id, running ones
+    from the pending-entries list, scheduled ones from the scheduled set: no SCAN, however
+    many finished records are kept."""
+    for i in range(5):
+        await ops.enqueue("add", i, i)
+    await drain(ops)  # five succeeded records, which the listings must not read
+    scans = await _scans(ops)
+    async with Worker(ops, concurrency=1, queues=["default"]):
+        running = await ops.enqueue("nap", 30.0)
+        await wait_for(lambda: _status_is(running, JobStatus.RUNNING))
+        low = await ops.enqueue("add", 1, 1)
+        high = await ops.options("add", priority=7).enqueue(2, 2)
+        later = await ops.options("nap", delay=60).enqueue(1.0)
+        mail = await ops.enqueue("send", "x@example.com")  # a queue no worker serves
+        statuses = {"queued", "running", "scheduled"}
+        rows = await aioq_views.list_jobs(ops, status=[JobStatus(s) for s in statuses])
+        assert {(r.id, r.status) for r in rows} == {
+            (running.id, "running"), (low.id, "queued"), (high.id, "queued"),
+            (later.id, "scheduled"), (mail.id, "queued"),
+        }  # fmt: skip
+        for status, expected in (("running", [running]), ("scheduled", [later])):
+            found = await in_thread("jobs", TARGET, "--status", status, "--json", app=ops)
+            assert [r["id"] for r in json.loads(found.stdout)] == [j.id for j in expected]
+        one = await aioq_views.list_jobs(ops, status=JobStatus.QUEUED, queues=["default"], limit=1)
+        assert [r.id for r in one] == [high.id]  # the next to start: highest priority first
+        by_task = await aioq_views.list_jobs(ops, status=JobStatus.QUEUED, task="send")
+        assert [r.id for r in by_task] == [mail.id]
+        assert await _scans(ops) == scans
+        assert await running.cancel()
+
+
+async def _scans(app: App) -> int:
+    stats = await app.redis.info("commandstats")
+    return int(stats.get("cmdstat_scan", {}).get("calls", 0))
+
+
+# -- tables a user can copy from and grep -----------------------------------------------------
+
+LONG_ID = "order-2026-11-21-" + "7" * 48
+LONG_TASK = "no_such_task_named_at_length_for_the_table_test"
+
+
+async def _dead_job_with_long_names(app: App) -> None:
+    """A dead-letter entry (and a failed job) with a long id and an unknown, long task name."""
+    await app.options(LONG_TASK, job_id=LONG_ID).enqueue()
+    await drain(app)
+
+
+def _rows_with(text: str, *needles: str) -> list[str]:
+    return [line for line in text.splitlines() if all(n in line for n in needles)]
+
+
+async def test_tables_keep_ids_and_task_names_whole_in_a_pipe(ops: App) -> None:
+    """At 80 columns and with stdout not a terminal, each row is one line: the job id and the
+    task name appear whole, and grep finds them."""
+    await _dead_job_with_long_names(ops)
+    for argv in (["dlq", TARGET, "list"], ["jobs", TARGET, "--status", "failed"]):
+        r = aioq(*argv, app=ops, columns=80)
+        assert r.returncode == 0, r.stderr
+        assert len(_rows_with(r.stdout, LONG_ID, LONG_TASK)) == 1, r.stdout
+    grep = aioq_piped(["dlq", TARGET, "list"], ["grep", LONG_TASK], app=ops)
+    assert LONG_ID in grep
+    shown = aioq("job", TARGET, LONG_ID, app=ops, columns=80)
+    assert _rows_with(shown.stdout, f"job {LONG_ID}")
+    assert _rows_with(shown.stdout, "task", LONG_TASK)
+
+
+async def test_tables_keep_ids_and_task_names_whole_on_a_narrow_terminal(ops: App) -> None:
+    """On an 80-column terminal the reason may wrap, but ids and task names are never wrapped
+    or cut: the table grows instead (the terminal wraps the line, not the id)."""
+    await _dead_job_with_long_names(ops)
+    out = await anyio.to_thread.run_sync(lambda: _on_a_terminal(["dlq", TARGET, "list"], ops))
+    assert len(_rows_with(out, LONG_ID, LONG_TASK)) == 1, out
+    assert "unknown task" in out
+
+
+def aioq_piped(argv: list[str], reader: list[str], app: App) -> str:
+    """What ``reader`` prints of ``aioq ARGV | READER`` at 80 columns; it must succeed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AIOQ_REDIS_URL": app.redis_url,
+           "AIOQ_APP_NAME": app.name, "COLUMNS": "80"}  # fmt: skip
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "aioq", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    read = subprocess.run(reader, stdin=writer.stdout, capture_output=True, text=True, timeout=60)
+    assert writer.stdout is not None
+    writer.stdout.close()
+    assert writer.wait(60) == 0
+    assert read.returncode == 0, read.stderr
+    return read.stdout
+
+
+def _on_a_terminal(argv: list[str], app: App) -> str:
+    """What ``aioq ARGV`` writes to an 80-column pseudo-terminal, colours removed."""
+    import pty
+    import re
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AIOQ_REDIS_URL": app.redis_url,
+           "AIOQ_APP_NAME": app.name, "COLUMNS": "80", "LINES": "24", "TERM": "xterm"}  # fmt: skip
+    master, slave = pty.openpty()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "aioq", *argv], cwd=ROOT, env=env, stdout=slave,
+        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    text = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
 async def test_job_shows_arguments_error_traceback_and_progress(ops: App) -> None:

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from aioq import App, Job, JobCancelled, JobStatus, Worker
-from aioq.inspect import queue_stats
 from aioq.keys import GROUP
 from aioq.ops import purge_queue
+from aioq.views import queue_stats
 from tests.helpers import parked
 
 pytestmark = pytest.mark.anyio

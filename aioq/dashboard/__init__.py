@@ -21,8 +21,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import inspect as aioq_inspect
 from .. import ops as aioq_ops
+from .. import views
 from ..app import App
 from ..errors import JobCancelled, JobNotFound, RedisUnavailable, TaskFailed
 from ..job import Job, JobStatus
@@ -62,20 +62,18 @@ def dashboard(app: App) -> Starlette:
 
     async def overview(request: Request) -> Response:
         async def collect() -> dict[str, Any]:
-            failed = await aioq_inspect.list_jobs(app, status=JobStatus.FAILED, limit=FAILED_LIMIT)
-            workers = [w.as_dict() for w in await aioq_inspect.worker_stats(app)]
+            failed = await views.list_jobs(app, status=JobStatus.FAILED, limit=FAILED_LIMIT)
+            workers = [w.as_dict() for w in await views.worker_stats(app)]
             throughput.add(workers)
             return {
                 "app": app.name,
-                "queues": [s.as_dict() for s in await aioq_inspect.queue_stats(app)],
+                "queues": [s.as_dict() for s in await views.queue_stats(app)],
                 "workers": workers,
                 "throughput": throughput.series(),
-                "crons": await aioq_inspect.cron_stats(app),
-                "rate_limits": await aioq_inspect.rate_limit_stats(app),
+                "crons": await views.cron_stats(app),
+                "rate_limits": await views.rate_limit_stats(app),
                 "failed": [j.as_dict() for j in failed],
-                "recent": [
-                    j.as_dict() for j in await aioq_inspect.recent_jobs(app, limit=RECENT_LIMIT)
-                ],
+                "recent": [j.as_dict() for j in await views.recent_jobs(app, limit=RECENT_LIMIT)],
             }
 
         return await _guarded(collect)
@@ -86,19 +84,11 @@ def dashboard(app: App) -> Starlette:
             return _error(400, f"unknown queue {queue!r}")
 
         async def collect() -> dict[str, Any]:
-            # the listing SCANs a queue's job records: skip the queues with nothing waiting
-            # or running (an idle queue's records are all finished)
-            stats = await aioq_inspect.queue_stats(app)
-            busy = [
-                s.queue
-                for s in stats
-                if (s.queued or s.scheduled or s.running) and queue in (None, s.queue)
-            ]
+            # read from each queue's streams, pending-entries lists and scheduled set, then
+            # at most JOBS_LIMIT records of each: no scan of the job records
+            names = app.queues if queue is None else [queue]
             found = await asyncio.gather(
-                *(
-                    aioq_inspect.list_jobs(app, status=ACTIVE, queues=[q], limit=JOBS_LIMIT)
-                    for q in busy
-                )
+                *(views.list_jobs(app, status=ACTIVE, queues=[q], limit=JOBS_LIMIT) for q in names)
             )
             return {"limit": JOBS_LIMIT, "jobs": [j.as_dict() for rows in found for j in rows]}
 
@@ -106,7 +96,7 @@ def dashboard(app: App) -> Starlette:
 
     async def dead(request: Request) -> Response:
         async def collect() -> dict[str, Any]:
-            rows = await aioq_inspect.dead_letters(app, limit=DEAD_LIMIT)
+            rows = await views.dead_letters(app, limit=DEAD_LIMIT)
             return {"dead": [d.as_dict() for d in rows]}
 
         return await _guarded(collect)
@@ -115,7 +105,7 @@ def dashboard(app: App) -> Starlette:
         entry = request.path_params["entry"]
 
         async def act() -> dict[str, Any]:
-            found = await aioq_inspect.find_dead_letter(app, entry)
+            found = await views.find_dead_letter(app, entry)
             if not found:
                 return {"entry": entry, "outcome": "missing"}
             queue = found[0].queue
@@ -127,7 +117,7 @@ def dashboard(app: App) -> Starlette:
     async def cancel(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         queue = request.query_params.get("queue")  # optional: saves looking the job up
-        if queue is not None and queue not in app.queues:  # (app.keys() would adopt it)
+        if queue is not None and queue not in app.queues:
             return _error(400, f"unknown queue {queue!r}")
 
         async def act() -> dict[str, Any]:

@@ -72,7 +72,6 @@ async function act(url, button, label, key) {
   } finally {
     if (key) pending.delete(key);
   }
-  jobsAt = 0;
   refresh();
 }
 
@@ -273,32 +272,26 @@ function setLive(ok, text) {
 }
 
 let busy = false;
-// the jobs listing scans the queues' job records, so it is read less often than the rest
-const JOBS_EVERY = 2000;
-let jobsAt = 0;
 
 async function refresh() {
   if (busy) return;
   busy = true;
   try {
-    const wantJobs = Date.now() - jobsAt >= JOBS_EVERY;
+    // the jobs listing reads the queues' indexes and a few records (no scan): every time too
     const [ov, dead, jobs] = await Promise.all([fetch("api/overview"), fetch("api/dead"),
-      wantJobs ? fetch("api/jobs") : null]);
+      fetch("api/jobs")]);
     const overview = await ov.json();
     const deadBody = await dead.json();
-    const jobsBody = jobs && await jobs.json();
+    const jobsBody = await jobs.json();
     if (!ov.ok) throw new Error(overview.error || ov.statusText);
     if (!dead.ok) throw new Error(deadBody.error || dead.statusText);
-    if (jobs && !jobs.ok) throw new Error(jobsBody.error || jobs.statusText);
+    if (!jobs.ok) throw new Error(jobsBody.error || jobs.statusText);
     $("#app-name").textContent = overview.app;
     document.title = "aioq · " + overview.app;
     renderQueues(overview.queues);
     renderThroughput(overview.throughput);
     renderWorkers(overview.workers);
-    if (jobs) {
-      renderJobs(jobsBody);
-      jobsAt = Date.now();
-    }
+    renderJobs(jobsBody);
     renderRecent(overview.recent);
     renderFailed(overview.failed);
     renderDead(deadBody.dead);

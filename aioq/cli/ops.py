@@ -1,6 +1,6 @@
 """The operations commands of ``aioq``: jobs, job, dlq, cancel, retry, purge, pause, resume,
-enqueue. They are registered on ``cli.cli`` (imported at the end of ``cli.py``); what they
-read comes from ``inspect.py``, what they change from ``ops.py``.
+enqueue. ``register`` adds them to the typer app (``commands.py``); what they read comes from
+``aioq/views.py``, what they change from ``aioq/ops.py``.
 
 Every command prints one clear line and exits 2 when MODULE:APP does not import, a queue is
 unknown, or Redis does not answer; listings take ``--json`` for scripts.
@@ -9,67 +9,26 @@ unknown, or Redis does not answer; listings take ``--json`` for scripts.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import orjson
 import typer
 
-from . import ops
-from .app import App
-from .cli import cli, fail, load_app, run
-from .errors import JobNotFound
-from .job import JobInfo, JobStatus
-
-T = TypeVar("T")
-
-Target = Annotated[str, typer.Argument(metavar="MODULE:APP", help="the app")]
-Json = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-Queues = Annotated[
-    list[str] | None, typer.Option("--queue", "-q", help="only this queue (repeatable)")
-]
+from .. import ops as actions
+from .. import views
+from ..errors import JobNotFound
+from ..job import JobInfo, JobStatus
+from .common import Json, Queues, Target, echo_json, fail, known_queues, load_app, run
+from .tables import Column, first_line, print_fields, print_table, when
 
 
-def known_queues(app: App, queues: list[str] | None) -> list[str]:
-    """The queues asked for (default: all the app knows); an unknown name is exit 2."""
-    if not queues:
-        return app.queues
-    unknown = [q for q in queues if q not in app.queues]
-    if unknown:
-        raise fail(
-            f"unknown queue(s) {', '.join(map(repr, unknown))}: app {app.name!r} "
-            f"has {', '.join(map(repr, app.queues))}"
-        )
-    return list(dict.fromkeys(queues))
-
-
-def echo_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, default=str))
-
-
-def when(value: datetime | None, short: bool = False) -> str:
-    """A UTC time; ``short`` drops the year."""
-    fmt = "%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S UTC"
-    return value.astimezone(UTC).strftime(fmt) if value else "-"
-
-
-def short(text: str | None, width: int = 60) -> str:
-    if not text:
-        return ""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in columns:  # ids fold (they stay whole to copy); times and statuses never wrap
-        table.add_column(column, overflow="fold", no_wrap=column in ("status", "at"))
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+def register(cli: typer.Typer) -> None:
+    """Add the operations commands to ``cli``, in the order ``aioq --help`` lists them."""
+    cli.command()(jobs)
+    cli.command()(job)
+    cli.add_typer(dlq, name="dlq")
+    for command in (cancel, retry, purge, pause, resume, enqueue):
+        cli.command()(command)
 
 
 def report(outcomes: dict[str, str], ok: set[str], as_json: bool) -> None:
@@ -86,7 +45,6 @@ def report(outcomes: dict[str, str], ok: set[str], as_json: bool) -> None:
 # -- jobs -------------------------------------------------------------------------------------
 
 
-@cli.command()
 def jobs(
     target: Target,
     status: Annotated[
@@ -98,9 +56,8 @@ def jobs(
     limit: Annotated[int, typer.Option(min=1, help="at most this many jobs")] = 50,
     as_json: Json = False,
 ) -> None:
-    """List jobs, newest first (failed ones from the failed-jobs index)."""
-    from .inspect import list_jobs
-
+    """List jobs, newest first. Queued, running, scheduled and failed ones are read from the
+    queues' indexes; other statuses (or none) scan the job records, up to --limit matches."""
     wanted: JobStatus | None = None
     if status is not None:
         try:
@@ -111,18 +68,22 @@ def jobs(
             ) from None
     app = load_app(target)
     names = known_queues(app, queue)
-    rows = run(app, lambda: list_jobs(app, status=wanted, task=task, queues=names, limit=limit))
+    rows = run(
+        app, lambda: views.list_jobs(app, status=wanted, task=task, queues=names, limit=limit)
+    )
     if as_json:
         echo_json([r.as_dict() for r in rows])
         return
     print_table(
         f"{len(rows)} job(s) of app {app.name!r} (times UTC)",
-        ["id", "queue", "task", "prio", "status", "tries", "at", "error"],
+        [Column("id"), Column("queue"), Column("task"), Column("prio", justify="right"),
+         Column("status"), Column("tries", justify="right"), Column("at"),
+         Column("error", wrap=True)],
         [
             [
                 r.id, r.queue, r.task, str(r.priority), r.status, str(r.attempts),
                 when(r.finished_at or r.started_at or r.enqueued_at, short=True),
-                short(f"{r.exc_type}: {r.error}" if r.error else None),
+                first_line(f"{r.exc_type}: {r.error}" if r.error else None),
             ]
             for r in rows
         ],
@@ -141,7 +102,6 @@ def job_dict(info: JobInfo) -> dict[str, Any]:
     return d
 
 
-@cli.command()
 def job(
     target: Target,
     job_id: Annotated[str, typer.Argument(metavar="ID", help="the job id")],
@@ -167,12 +127,6 @@ def job(
     if as_json:
         echo_json(d)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"job {found.id}", show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value", overflow="fold")
     rows: list[tuple[str, str]] = [
         ("task", found.task), ("queue", found.queue), ("priority", str(found.priority)),
         ("status", found.status.value),
@@ -186,12 +140,9 @@ def job(
         rows.append(("result", dumps(found.result)))
     if found.error:
         rows.append(("error", f"{found.exc_type or 'Error'}: {found.error}"))
-    for name, value in rows:
-        table.add_row(name, value)
-    console = Console()
-    console.print(table)
+    out = print_fields(f"job {found.id}", rows, whole={"task", "queue", "status", "worker"})
     if found.traceback:
-        console.print(found.traceback.rstrip(), markup=False, highlight=False)
+        out.print(found.traceback.rstrip(), markup=False, highlight=False)
 
 
 # -- the dead-letter stream ---------------------------------------------------------------
@@ -200,7 +151,6 @@ dlq = typer.Typer(
     help="The dead-letter stream: jobs that could not run, with the reason.",
     no_args_is_help=True,
 )
-cli.add_typer(dlq, name="dlq")
 
 
 @dlq.callback()
@@ -218,17 +168,15 @@ def dlq_list(
     as_json: Json = False,
 ) -> None:
     """The newest dead-letter entries, with the reason each is there."""
-    from .inspect import dead_letters
-
     app = load_app(ctx.obj)
     names = known_queues(app, queue)
-    rows = run(app, lambda: dead_letters(app, names, limit))
+    rows = run(app, lambda: views.dead_letters(app, names, limit))
     if as_json:
         echo_json([r.as_dict() for r in rows])
         return
     print_table(
         f"{len(rows)} dead-letter {plural(len(rows))} of app {app.name!r}",
-        ["entry", "queue", "job", "task", "at", "reason"],
+        [*map(Column, ("entry", "queue", "job", "task", "at")), Column("reason", wrap=True)],
         [
             [r.entry, r.queue, r.job_id or "-", r.task or "-", when(r.at, short=True), r.reason]
             for r in rows
@@ -244,11 +192,9 @@ def dlq_show(
     as_json: Json = False,
 ) -> None:
     """One dead-letter entry: the reason, the raw stream entry, the job record it had."""
-    from .inspect import find_dead_letter
-
     app = load_app(ctx.obj)
     names = known_queues(app, queue)
-    found = run(app, lambda: find_dead_letter(app, entry_id, names))
+    found = run(app, lambda: views.find_dead_letter(app, entry_id, names))
     if not found:
         typer.echo(f"aioq: no dead-letter entry {entry_id!r}", err=True)
         raise typer.Exit(1)
@@ -273,8 +219,6 @@ def dlq_requeue(
     as_json: Json = False,
 ) -> None:
     """Put dead-letter entries' jobs back on their queue as fresh attempts."""
-    from .inspect import find_dead_letter
-
     if bool(entry_ids) == all_:
         raise fail("give ENTRY_ID... or --all (not both)")
     app = load_app(ctx.obj)
@@ -282,22 +226,22 @@ def dlq_requeue(
 
     async def requeue() -> dict[str, str]:
         if all_:
-            return await ops.requeue_all_dead(app, names)
+            return await actions.requeue_all_dead(app, names)
         out: dict[str, str] = {}
         for eid in entry_ids or ():
-            found = await find_dead_letter(app, eid, names)
+            found = await views.find_dead_letter(app, eid, names)
             if len(found) != 1:
                 out[eid] = "missing" if not found else "in several queues: give --queue"
             else:
-                out.update(await ops.requeue_dead(app, found[0].queue, [eid]))
+                out.update(await actions.requeue_dead(app, found[0].queue, [eid]))
         return out
 
     outcomes = run(app, requeue)
     if all_ and not as_json:
-        n = sum(o == ops.REQUEUED for o in outcomes.values())
+        n = sum(o == actions.REQUEUED for o in outcomes.values())
         typer.echo(f"requeued {n} of {len(outcomes)} dead-letter {plural(len(outcomes))}")
-        outcomes = {k: o for k, o in outcomes.items() if o != ops.REQUEUED}
-    report(outcomes, {ops.REQUEUED}, as_json)
+        outcomes = {k: o for k, o in outcomes.items() if o != actions.REQUEUED}
+    report(outcomes, {actions.REQUEUED}, as_json)
 
 
 @dlq.command("purge")
@@ -314,14 +258,13 @@ def dlq_purge(
             f"Delete every dead-letter entry of queue(s) {', '.join(names)} of app {app.name!r}?",
             abort=True,
         )
-    n = run(app, lambda: ops.purge_dead(app, names))
+    n = run(app, lambda: actions.purge_dead(app, names))
     typer.echo(f"deleted {n} dead-letter {plural(n)}")
 
 
 # -- control ----------------------------------------------------------------------------------
 
 
-@cli.command()
 def cancel(
     target: Target,
     job_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="job ids")],
@@ -332,11 +275,10 @@ def cancel(
     app = load_app(target)
     if queue is not None:
         known_queues(app, [queue])
-    outcomes = run(app, lambda: ops.cancel(app, job_ids, queue))
+    outcomes = run(app, lambda: actions.cancel(app, job_ids, queue))
     report(outcomes, {"cancelled", "cancelling"}, as_json)
 
 
-@cli.command()
 def retry(
     target: Target,
     job_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="ids of failed jobs")],
@@ -347,13 +289,12 @@ def retry(
     app = load_app(target)
     if queue is not None:
         known_queues(app, [queue])
-    outcomes = run(app, lambda: ops.retry(app, job_ids, queue))
-    outcomes = {k: v if v in (ops.REQUEUED, "missing") else f"not failed ({v})" for k, v in
+    outcomes = run(app, lambda: actions.retry(app, job_ids, queue))
+    outcomes = {k: v if v in (actions.REQUEUED, "missing") else f"not failed ({v})" for k, v in
                 outcomes.items()}  # fmt: skip
-    report(outcomes, {ops.REQUEUED}, as_json)
+    report(outcomes, {actions.REQUEUED}, as_json)
 
 
-@cli.command()
 def purge(
     target: Target,
     queue: Annotated[str, typer.Option("--queue", "-q", help="the queue to empty")],
@@ -366,11 +307,10 @@ def purge(
         typer.confirm(
             f"Delete every queued job of queue {queue!r} of app {app.name!r}?", abort=True
         )
-    entries, deleted = run(app, lambda: ops.purge_queue(app, queue))
+    entries, deleted = run(app, lambda: actions.purge_queue(app, queue))
     typer.echo(f"purged {deleted} queued job(s) from queue {queue!r} ({entries} stream entries)")
 
 
-@cli.command()
 def pause(
     target: Target,
     queue: Annotated[list[str], typer.Option("--queue", "-q", help="queue to pause (repeatable)")],
@@ -378,11 +318,10 @@ def pause(
     """Workers take no new jobs from the queue(s); running jobs finish."""
     app = load_app(target)
     names = known_queues(app, queue)
-    run(app, lambda: ops.pause(app, names))
+    run(app, lambda: actions.pause(app, names))
     typer.echo(f"paused {', '.join(names)} (workers notice within a few seconds)")
 
 
-@cli.command()
 def resume(
     target: Target,
     queue: Annotated[list[str], typer.Option("--queue", "-q", help="queue to resume (repeatable)")],
@@ -390,11 +329,10 @@ def resume(
     """Workers take jobs from the queue(s) again."""
     app = load_app(target)
     names = known_queues(app, queue)
-    run(app, lambda: ops.resume(app, names))
+    run(app, lambda: actions.resume(app, names))
     typer.echo(f"resumed {', '.join(names)}")
 
 
-@cli.command()
 def enqueue(
     target: Target,
     task: Annotated[str, typer.Argument(metavar="TASK", help="a task name of the app")],

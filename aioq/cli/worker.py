@@ -1,10 +1,10 @@
-"""Running ``aioq worker`` without the CLI framework, so a worker starts fast.
+"""``aioq worker``: its one parser (argparse) and running a worker from the command line.
 
-``aioq worker`` is the command people restart most (deploys, autoscaling), and typer costs
-about 0.1 s of imports before the first job (it builds pydantic validators for its options).
-``aioq.cli.main`` hands ``aioq worker ...`` to ``main`` here, an argparse parser with the same
-options as the typer command (``aioq worker --help`` still shows typer's help); a test keeps the
-two in step. Everything the command does lives here; the typer command calls ``run``.
+``aioq worker`` is the command people restart most (deploys, autoscaling), so it does not go
+through the CLI framework: importing typer (and rich, which it pulls in) would add tens of
+milliseconds before the first job. ``aioq.cli.main`` hands ``aioq worker ...`` straight to
+``main`` here; the typer app's ``worker`` command only forwards its arguments to the same
+``main``, so the options are declared once, below, and ``aioq worker --help`` lists them all.
 """
 
 from __future__ import annotations
@@ -12,43 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import sys
-from pathlib import Path
 
-from .app import App
-from .embedded import EmbeddedRedis, RedisServerNotFound
-from .errors import RedisUnavailable
-from .worker import Worker
-
-
-class CliError(Exception):
-    """A mistake the user can fix: printed as one line, exit code 2."""
-
-
-def load_app(target: str) -> App:
-    """Import ``module:attribute`` (the current directory is importable) and check it."""
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise CliError(f"expected MODULE:APP (e.g. myproject.tasks:app), got {target!r}")
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise CliError(
-            f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
-        ) from None
-    try:
-        app = getattr(module, attr)
-    except AttributeError:
-        raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(app, App):
-        raise CliError(f"{target} is a {type(app).__name__}, not an aioq.App")
-    return app
+from ..embedded import EmbeddedRedis, RedisServerNotFound
+from ..errors import RedisUnavailable
+from ..worker import Worker
+from .target import CliError, known_queues, load_app
 
 
 def setup_logging(level: str, log_format: str = "text") -> None:
@@ -59,7 +30,7 @@ def setup_logging(level: str, log_format: str = "text") -> None:
         raise CliError(f"unknown log format {log_format!r} (use text or json)")
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        from .logs import JsonFormatter
+        from ..logs import JsonFormatter
 
         handler.setFormatter(JsonFormatter())
     else:
@@ -87,12 +58,7 @@ def run(
         raise CliError(f"--metrics-port must be 0-65535, got {metrics_port}")
     app = load_app(target)
     if queues:
-        unknown = [q for q in queues if q not in app.queues]
-        if unknown:
-            raise CliError(
-                f"unknown queue(s) {', '.join(map(repr, unknown))}: app {app.name!r} "
-                f"has {', '.join(map(repr, app.queues))}"
-            )
+        known_queues(app, queues)
     with contextlib.ExitStack() as stack:
         if embedded_redis:
             try:
@@ -139,25 +105,81 @@ async def _serve(w: Worker) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aioq worker", add_help=False)
-    p.add_argument("target")
-    p.add_argument("--concurrency", "-c", type=int, default=100)
-    p.add_argument("--queue", "-q", action="append", dest="queues")
-    p.add_argument("--burst", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--log-level", default="info")
-    p.add_argument("--shutdown-timeout", type=float, default=10.0)
-    p.add_argument("--embedded-redis", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--metrics-port", type=int, default=None)
-    p.add_argument("--metrics-host", default="127.0.0.1")
-    p.add_argument("--log-format", default="text")
-    return p
+    """The one parser of ``aioq worker`` (its ``--help`` too)."""
+    p = argparse.ArgumentParser(
+        prog="aioq worker",
+        description="Run a worker until SIGTERM/SIGINT (or, with --burst, until the queues are "
+        "empty).",
+    )
+    p.add_argument("target", metavar="MODULE:APP", help="the app to run, e.g. shop.tasks:app")
+    p.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=100,
+        metavar="N",
+        help="jobs run at once (default 100)",
+    )
+    p.add_argument(
+        "--queue",
+        "-q",
+        action="append",
+        dest="queues",
+        metavar="Q",
+        help="queue to serve (repeatable; default: every queue of the app)",
+    )
+    p.add_argument(
+        "--burst",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="exit once every queue is empty and nothing scheduled is due",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        metavar="LEVEL",
+        help="debug, info, warning or error (default info)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds running jobs get to finish on SIGTERM/SIGINT (default 10)",
+    )
+    p.add_argument(
+        "--embedded-redis",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="start a private redis-server on a unix socket and use it",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics at :PORT/metrics (0: a free port)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics server binds (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        metavar="FORMAT",
+        help="text, or json: one object per line (default text)",
+    )
+    return p  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
     """``aioq worker ARGV``: returns the exit code."""
     try:
         args = parser().parse_args(argv)
-    except SystemExit as exc:  # argparse already printed the problem
+    except SystemExit as exc:  # argparse printed the problem (exit 2) or the help (exit 0)
         return 2 if exc.code else 0
     try:
         run(**vars(args))

@@ -1,9 +1,20 @@
-"""Read-only views of an app's queues for the CLI and the dashboard (one pipeline each)."""
+"""Read-only views of an app's queues, workers, jobs and dead letters, for the CLI, the
+dashboard and your own tooling. Nothing here writes to Redis (the actions are in ``ops.py``);
+job records are decoded by ``message.py``.
+
+Listings read indexes, not the keyspace: queued jobs are the stream entries after the consumer
+group's last-delivered id, running ones its pending-entries list, scheduled ones the scheduled
+set, failed ones the failed-jobs index, recently finished ones the ``recent`` stream; only
+then are those jobs' records read (HMGET), at most ``limit`` of them per index and queue
+unless a ``task`` filter skips some. Only listings of other statuses (succeeded, cancelled,
+expired, or no status) SCAN the job records (``list_jobs``).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import AsyncGenerator, Collection
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +24,8 @@ from redis.exceptions import ResponseError
 
 from .app import App
 from .job import JobStatus
-from .keys import GROUP, PRIORITIES, workers_key
+from .keys import GROUP, PRIORITIES, QueueKeys, workers_key
+from .message import flat_pairs, int_field, json_field, text_field, time_field
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,17 +133,29 @@ class WorkerInfo:
 
 async def worker_stats(app: App) -> list[WorkerInfo]:
     """The app's live workers, by consumer name. Entries whose worker has not beaten for
-    ``STALE_AFTER`` seconds (it died without a clean stop) are dead: they are pruned."""
+    ``STALE_AFTER`` seconds (it died without a clean stop) are left out (``ops.prune_workers``
+    deletes them)."""
+    live, _ = await _heartbeats(app)
+    return live
+
+
+async def stale_workers(app: App) -> list[bytes]:
+    """The heartbeat entries (raw field names of the workers hash) of workers that are dead:
+    silent for ``STALE_AFTER`` seconds, or not a heartbeat at all."""
+    _, stale = await _heartbeats(app)
+    return stale
+
+
+async def _heartbeats(app: App) -> tuple[list[WorkerInfo], list[bytes]]:
     from .worker.heartbeat import STALE_AFTER
 
-    redis, key = app.redis, workers_key(app.name)
-    async with redis.pipeline(transaction=False) as pipe:
+    async with app.redis.pipeline(transaction=False) as pipe:
         pipe.time()
-        pipe.hgetall(key)
+        pipe.hgetall(workers_key(app.name))
         (secs, micros), raw = await pipe.execute()
     now_ms = secs * 1000 + micros // 1000
     live: list[WorkerInfo] = []
-    dead: list[bytes] = []
+    stale: list[bytes] = []
     for consumer, data in raw.items():
         try:
             s = orjson.loads(data)
@@ -149,15 +173,13 @@ async def worker_stats(app: App) -> list[WorkerInfo]:
                 last_beat=ago,
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            dead.append(consumer)  # not a heartbeat: nothing will ever refresh it
+            stale.append(consumer)  # not a heartbeat: nothing will ever refresh it
             continue
         if ago > STALE_AFTER:
-            dead.append(consumer)
+            stale.append(consumer)
         else:
             live.append(info)
-    if dead:
-        await redis.hdel(key, *dead)
-    return sorted(live, key=lambda w: w.consumer)
+    return sorted(live, key=lambda w: w.consumer), stale
 
 
 # -- jobs -------------------------------------------------------------------------------------
@@ -197,18 +219,18 @@ def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
     v = dict(zip(_SUMMARY_FIELDS, values, strict=True))
     return JobSummary(
         id=job_id,
-        queue=_text(v["queue"]) or queue,
-        task=_text(v["task"]) or "",
-        status=_text(v["status"]) or "",
-        attempts=_int(v["attempts"]),
-        enqueued_at=_ms(v["enqueued_at"]),
-        started_at=_ms(v["started_at"]),
-        finished_at=_ms(v["finished_at"]),
-        error=_text(v["error"]),
-        exc_type=_text(v["exc_type"]),
-        worker=_text(v["worker"]),
-        progress=_loads(v["progress"]),
-        priority=_int(v["priority"]),
+        queue=text_field(v["queue"]) or queue,
+        task=text_field(v["task"]) or "",
+        status=text_field(v["status"]) or "",
+        attempts=int_field(v["attempts"]),
+        enqueued_at=time_field(v["enqueued_at"]),
+        started_at=time_field(v["started_at"]),
+        finished_at=time_field(v["finished_at"]),
+        error=text_field(v["error"]),
+        exc_type=text_field(v["exc_type"]),
+        worker=text_field(v["worker"]),
+        progress=json_field(v["progress"]),
+        priority=int_field(v["priority"]),
     )
 
 
@@ -223,9 +245,12 @@ async def list_jobs(
     """Up to ``limit`` jobs of the given queues (default: all), newest first; ``status`` is
     one status or several (jobs in any of them).
 
-    Failed jobs alone come from the failed-jobs index, newest failure first. Any other
-    listing SCANs the queues' job keys (cost grows with the number of records kept, i.e. with
-    ``result_ttl``) and stops once ``limit`` jobs match.
+    Queued, scheduled and running jobs (any of those statuses and no other) come from the
+    queues' indexes: queued ones are the next to start (the stream entries after the consumer
+    group's last-delivered id, highest priority first), running ones the pending-entries
+    list, scheduled ones the soonest due. Failed jobs alone come from the failed-jobs index,
+    newest failure first. Any other listing SCANs the queues' job keys (cost grows with the
+    number of records kept, i.e. with ``result_ttl``) and stops once ``limit`` jobs match.
     """
     wanted: set[str] | None = None
     if status is not None:
@@ -233,14 +258,17 @@ async def list_jobs(
         if not wanted:
             return []
     failed = wanted == {JobStatus.FAILED.value}
+    indexed = wanted is not None and wanted <= _INDEXED
     names = queues or app.queues
     rows: list[JobSummary] = []
     for q in names:
-        want = limit - len(rows) if not failed else limit
+        want = limit - len(rows) if not (failed or indexed) else limit
         if want <= 0:
             break
         if failed:
             rows += await _failed_jobs(app, q, task, want)
+        elif wanted is not None and indexed:
+            rows += await _indexed_jobs(app, q, wanted, task, want)
         else:
             rows += await _scanned_jobs(app, q, wanted, task, want)
     if failed:
@@ -248,6 +276,148 @@ async def list_jobs(
     else:
         rows.sort(key=lambda r: r.enqueued_at or _EPOCH, reverse=True)
     return rows[:limit]
+
+
+_INDEXED = {s.value for s in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)}
+
+
+async def _indexed_jobs(
+    app: App, queue: str, statuses: set[str], task: str | None, limit: int
+) -> list[JobSummary]:
+    """Up to ``limit`` jobs of one queue in ``statuses`` (a subset of ``_INDEXED``), read
+    from the indexes of those statuses."""
+    keys = app.keys(queue)
+    # a task filter may skip most of a page: read more per round trip then
+    page = limit if task is None else max(limit, 100)
+    lanes = await _lane_groups(app, keys) if statuses - {JobStatus.SCHEDULED.value} else []
+    sources: list[AsyncGenerator[list[str]]] = []
+    if JobStatus.RUNNING.value in statuses:
+        sources.append(_running_ids(app, lanes, page))
+    if JobStatus.QUEUED.value in statuses:
+        sources.append(_queued_ids(app, lanes, page))
+    if JobStatus.SCHEDULED.value in statuses:
+        sources.append(_scheduled_ids(app, keys, page))
+    rows: list[JobSummary] = []
+    seen: set[str] = set()  # a job moving between indexes meanwhile may be read twice
+    for source in sources:
+        async with aclosing(source) as pages:
+            found = 0
+            async for ids in pages:
+                for row in await _summaries(app, keys, queue, ids):
+                    if (
+                        row.id not in seen
+                        and row.status in statuses
+                        and (task is None or row.task == task)
+                    ):
+                        seen.add(row.id)
+                        rows.append(row)
+                        found += 1
+                if found >= limit:
+                    break
+    return rows
+
+
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]  # stream entries as XRANGE returns them
+
+
+@dataclass(frozen=True, slots=True)
+class _Lane:
+    """One priority's stream of a queue as its consumer group sees it."""
+
+    keys: QueueKeys
+    last_delivered: bytes  # entries after this one are queued
+    pending: int  # delivered, not yet acknowledged: running
+
+
+async def _lane_groups(app: App, keys: QueueKeys) -> list[_Lane]:
+    """The queue's lanes that have a stream, highest priority first."""
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for lane in keys.lanes:
+            pipe.xinfo_groups(lane.stream)
+        replies = await pipe.execute(raise_on_error=False)
+    out = []
+    for lane, groups in zip(keys.lanes, replies, strict=True):
+        if isinstance(groups, ResponseError):  # no stream yet
+            continue
+        if isinstance(groups, Exception):
+            raise groups
+        group = next((g for g in groups if g.get("name") in (GROUP, GROUP.encode())), None)
+        if group is None:  # no worker has read it yet: every entry is queued
+            out.append(_Lane(lane, b"0-0", 0))
+            continue
+        last = group.get("last-delivered-id") or b"0-0"
+        last = last if isinstance(last, bytes) else str(last).encode()
+        out.append(_Lane(lane, last, int(group.get("pending") or 0)))
+    return out[::-1]
+
+
+async def _queued_ids(app: App, lanes: list[_Lane], page: int) -> AsyncGenerator[list[str]]:
+    """Pages of the job ids waiting in the streams, the next to start first."""
+    for lane in lanes:
+        start = b"(" + lane.last_delivered
+        while True:
+            entries: _Entries = await app.redis.xrange(lane.keys.stream, start, "+", count=page)  # type: ignore[assignment]
+            if not entries:
+                break
+            yield _entry_job_ids(entries)
+            if len(entries) < page:
+                break
+            start = b"(" + entries[-1][0]
+
+
+async def _running_ids(app: App, lanes: list[_Lane], page: int) -> AsyncGenerator[list[str]]:
+    """Pages of the job ids in the pending-entries lists (delivered to a worker, not yet
+    finished), the longest running first."""
+    redis = app.redis
+    for lane in lanes:
+        if not lane.pending:
+            continue
+        start: bytes | str = "-"
+        while True:
+            pending: list[dict[str, Any]] = await redis.xpending_range(
+                lane.keys.stream, GROUP, start, "+", page
+            )
+            if not pending:
+                break
+            async with redis.pipeline(transaction=False) as pipe:
+                for p in pending:  # the entry holds the job id (entries deleted: no job)
+                    pipe.xrange(lane.keys.stream, p["message_id"], p["message_id"])
+                entries = [e for found in await pipe.execute() for e in found]
+            yield _entry_job_ids(entries)
+            if len(pending) < page:
+                break
+            start = b"(" + pending[-1]["message_id"]
+
+
+async def _scheduled_ids(app: App, keys: QueueKeys, page: int) -> AsyncGenerator[list[str]]:
+    """Pages of the job ids in the scheduled set, the soonest due first."""
+    offset = 0
+    while True:
+        ids: list[bytes] = await app.redis.zrange(keys.scheduled, offset, offset + page - 1)  # type: ignore[assignment]
+        if not ids:
+            break
+        yield [jid.decode(errors="replace") for jid in ids]
+        if len(ids) < page:
+            break
+        offset += page
+
+
+def _entry_job_ids(entries: _Entries) -> list[str]:
+    """The job ids of stream entries (entries that are not aioq's have none)."""
+    return [jid.decode(errors="replace") for _, f in entries if (jid := f.get(b"id"))]
+
+
+async def _summaries(app: App, keys: QueueKeys, queue: str, ids: list[str]) -> list[JobSummary]:
+    """The records of these jobs, in order; jobs whose record is gone are left out."""
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for jid in ids:
+            pipe.hmget(keys.job(jid), _SUMMARY_FIELDS)
+        records = await pipe.execute(raise_on_error=False)
+    return [
+        _summary(jid, queue, values)
+        for jid, values in zip(ids, records, strict=True)
+        if not isinstance(values, Exception) and values[0] is not None
+    ]
 
 
 _FINISHED = {s.value.encode() for s in JobStatus if s.finished}
@@ -367,17 +537,17 @@ class DeadLetter:
 
 
 def _dead_letter(queue: str, entry_id: bytes, raw: dict[bytes, bytes]) -> DeadLetter:
-    fields = _pairs(_loads(raw.get(b"fields")))
-    job = _pairs(_loads(raw.get(b"job")))
+    fields = flat_pairs(json_field(raw.get(b"fields")))
+    job = flat_pairs(json_field(raw.get(b"job")))
     snapshot = job if isinstance(job, dict) else None
     return DeadLetter(
         entry=entry_id.decode(),
         queue=queue,
-        job_id=_text(raw.get(b"id")),
+        job_id=text_field(raw.get(b"id")),
         task=snapshot.get("task") if snapshot else None,
-        reason=_text(raw.get(b"reason")) or "",
-        at=_ms(raw.get(b"at")),
-        stream_entry=_text(raw.get(b"entry")) or "",
+        reason=text_field(raw.get(b"reason")) or "",
+        at=time_field(raw.get(b"at")),
+        stream_entry=text_field(raw.get(b"entry")) or "",
         fields=fields if isinstance(fields, dict | list) else [],
         job=snapshot,
     )
@@ -414,45 +584,9 @@ async def find_dead_letter(
     ]
 
 
-# -- decoding ---------------------------------------------------------------------------------
+# -- helpers ----------------------------------------------------------------------------------
 
 _EPOCH = datetime.fromtimestamp(0, tz=UTC)
-
-
-def _text(value: bytes | None) -> str | None:
-    return value.decode(errors="replace") if value else None
-
-
-def _int(value: bytes | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
-
-
-def _ms(value: bytes | None) -> datetime | None:
-    ms = _int(value)
-    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
-
-
-def _loads(value: bytes | None) -> Any:
-    """JSON written by Lua's cjson, which passes bytes that are not UTF-8 through as is."""
-    if value is None:
-        return None
-    try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        try:
-            return orjson.loads(value.decode(errors="replace"))
-        except orjson.JSONDecodeError:
-            return None
-
-
-def _pairs(value: Any) -> Any:
-    """A flat [name, value, ...] list as a dict (cjson writes Redis replies that way)."""
-    if isinstance(value, list) and len(value) % 2 == 0 and all(isinstance(v, str) for v in value):
-        return dict(zip(value[::2], value[1::2], strict=True))
-    return value
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:
@@ -462,8 +596,6 @@ def _entry_order(entry_id: str) -> tuple[int, int]:
 
 async def cron_stats(app: App) -> list[dict[str, Any]]:
     """Each cron schedule: its task and queue, the last tick handled and the next one (UTC)."""
-    import time
-    from datetime import UTC, datetime
 
     def iso(t: float | None) -> str | None:
         return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
