@@ -99,6 +99,8 @@ class Figures:
     ran_max: int = 0
     rerun_not_in_flight: int = 0
     in_flight_at_faults: int = 0  # distinct jobs in flight at any fault
+    # reruns by the faults their job was in flight at: "sigkill" (also at others), ...
+    reruns_by_fault: Counter[str] = field(default_factory=Counter)
     stream_len: int = 0
     pending: int = 0
     scheduled: int = 0
@@ -146,6 +148,8 @@ class Figures:
             f"ran more than once       {self.ran_twice}  (max runs of a job: {self.ran_max})",
             f"in flight at the faults  {self.in_flight_at_faults} distinct jobs",
             f"reruns not in flight     {self.rerun_not_in_flight}",
+            "reruns in flight at      "
+            + (", ".join(f"{k}: {n}" for k, n in sorted(self.reruns_by_fault.items())) or "-"),
             f"streams                  XLEN {self.stream_len}, XPENDING {self.pending}, "
             f"scheduled {self.scheduled}, dead letters {self.dead}",
             f"result() waiters         {self.waiters_ok}/{self.waiters} got their result",
@@ -431,6 +435,9 @@ async def run_soak(cfg: Config, say: Callable[[str], None] = print) -> Figures:
         flight = set().union(*(f.in_flight for f in fig.faults)) if fig.faults else set()
         fig.in_flight_at_faults = len(flight)
         fig.rerun_not_in_flight = len(twice - flight)
+        for jid in twice & flight:
+            at = sorted({f.kind for f in fig.faults if jid in f.in_flight})
+            fig.reruns_by_fault[" + ".join(at)] += 1
         for lane in keys.lanes:
             fig.stream_len += await admin.xlen(lane.stream)
             with contextlib.suppress(RedisError):
