@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from aioq import App, JobStatus, RedisUnavailable
+from aioq import App, JobCancelled, JobStatus, RedisUnavailable
 from aioq.embedded import EmbeddedRedis
 from aioq.keys import GROUP
 from aioq.scripts import COMPLETE, ENQUEUE, FETCH, RECLAIM, RENEW, START_NEW
@@ -248,6 +248,23 @@ async def test_result_waiter_outlives_a_black_holed_subscription(
         assert await asyncio.wait_for(waiter, 20) == 7
     finally:
         waiter.cancel()
+
+
+@pytest.mark.slow
+async def test_cancel_reaches_a_worker_whose_subscription_was_black_holed(
+    proxy: FaultProxy, direct: App, workers: Any
+) -> None:
+    """Every open connection of the worker is black-holed: a job started afterwards on a new
+    connection is still stopped by cancel() long before its end."""
+    w = workers(proxy.url, 3.0, "--concurrency", "5")
+    await ready(direct, w)
+    proxy.stall(existing_only=True)
+    job = await direct.enqueue("nap", 1, 60_000)
+    await eventually(lambda: running_on(direct, job.id, w), 20, "job running")
+    assert await job.cancel()
+    with pytest.raises(JobCancelled):
+        await job.result(timeout=20)
+    assert w.alive
 
 
 # -- a reply reset mid-way ----------------------------------------------------------------------
