@@ -11,7 +11,8 @@ ids, retrying an enqueue that raised: it is idempotent on the id) while a chaos 
 random moments over the same time:
 
 * SIGKILLs a random worker ``--kills`` times, starting a replacement at once;
-* SIGSTOPs a random worker ``--stops`` times for its lease and 2 s more, then SIGCONTs it;
+* SIGSTOPs a random worker ``--stops`` times for its lease and 2 s more, then SIGCONTs it
+  (its pending entries are sampled all along: its parked read may still be delivered some);
 * SIGKILLs redis-server ``--restarts`` times and starts it again on the same port and data;
 * kills every client connection (CLIENT KILL TYPE normal, then TYPE pubsub) ``--client-kills``
   times.
@@ -309,6 +310,7 @@ async def run_soak(cfg: Config, say: Callable[[str], None] = print) -> Figures:
     fleet = Fleet(cfg, server.url, name)
     rnd = random.Random(cfg.seed + 1)
     t0 = time.monotonic()
+    wall0 = time.time()
 
     def now() -> float:
         return time.monotonic() - t0
@@ -349,8 +351,16 @@ async def run_soak(cfg: Config, say: Callable[[str], None] = print) -> Figures:
 
         resumes: list[asyncio.Future[None]] = []
 
-        async def resume(w: WorkerProcess) -> None:
-            await asyncio.sleep(cfg.vt + 2)  # past its lease: the others take its jobs over
+        async def resume(w: WorkerProcess, stopped: Fault) -> None:
+            # A frozen worker's parked XREADGROUP is still a connected client: Redis may
+            # deliver (and START_NEW start) entries to it after the freeze. They are in flight
+            # at the stop as much as those it held, so its pending entries are sampled until
+            # the others could have taken them over.
+            until = time.monotonic() + cfg.vt + 2
+            while time.monotonic() < until:
+                with contextlib.suppress(RedisError, OSError):
+                    stopped.in_flight |= await in_flight(admin, app, w.pid)
+                await asyncio.sleep(0.2)
             w.signal(signal.SIGCONT)
 
         async def fault(kind: str) -> None:
@@ -366,8 +376,11 @@ async def run_soak(cfg: Config, say: Callable[[str], None] = print) -> Figures:
                 w = rnd.choice(fleet.live)
                 w.signal(signal.SIGSTOP)
                 held = await retrying(lambda: in_flight(admin, app, w.pid))
-                resumes.append(asyncio.ensure_future(resume(w)))
-                detail = f"worker {w.pid} for {cfg.vt + 2:g} s"
+                stopped = Fault(now(), kind, held, f"worker {w.pid} for {cfg.vt + 2:g} s")
+                fig.faults.append(stopped)
+                resumes.append(asyncio.ensure_future(resume(w, stopped)))
+                say(f"  {now():6.1f}s {kind:<13} {stopped.detail}; {len(held)} job(s) held")
+                return
             elif kind == "redis-restart":
                 server.kill()
                 began = time.monotonic()
@@ -452,7 +465,11 @@ async def run_soak(cfg: Config, say: Callable[[str], None] = print) -> Figures:
             fut.cancel()
         fig.worker_starts = fleet.started
         if not fig.ok:
-            _explain(say, fig, statuses, runs, twice - flight, fleet)
+            runs_of: dict[str, list[str]] = {}
+            async for f, v in admin.hscan_iter(runs_key(name), count=5000):
+                runs_of.setdefault(f.decode().partition("|")[0], []).append(v.decode())
+            say(f"  wall clock at the start: {wall0:.3f}")
+            _explain(say, fig, statuses, runs, twice - flight, fleet, runs_of)
         return fig
     finally:
         fleet.close()
@@ -480,11 +497,15 @@ def _explain(
     runs: Counter[str],
     strays: set[str],
     fleet: Fleet,
+    runs_of: dict[str, list[str]],
 ) -> None:
     """What went wrong, for a failed run."""
     bad = [(f"j{k}", s) for k, s in enumerate(statuses) if s[0] != b"succeeded"][:10]
     say(f"  not succeeded (first 10): {bad}")
     say(f"  reruns not in flight (first 10): {sorted(strays)[:10]}")
+    for jid in sorted(strays)[:10]:
+        say(f"    {jid}: runs (pid attempt wall-time) {runs_of.get(jid)}")
+    say("  faults: " + "; ".join(f"{f.at:.1f}s {f.kind} {f.detail}" for f in fig.faults))
     for w in [*fleet.live, *fleet.dead][-4:]:
         tail = "".join(w.output.splitlines(keepends=True)[-15:])
         say(f"  --- worker {w.pid} (last lines) ---\n{tail}")

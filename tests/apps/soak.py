@@ -37,8 +37,10 @@ def runs_key(app_name: str) -> str:
 
 
 async def _record_run() -> None:
-    run = f"{current_job().id}|{os.urandom(6).hex()}"
-    await app.redis.hset(runs_key(app.name), run, os.getpid())
+    job = current_job()
+    run = f"{job.id}|{os.urandom(6).hex()}"
+    # the value says who ran it, which attempt, and when (for a failing soak's explanation)
+    await app.redis.hset(runs_key(app.name), run, f"{os.getpid()} {job.attempt} {time.time():.3f}")
 
 
 @app.task
