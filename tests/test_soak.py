@@ -83,18 +83,6 @@ async def _all_running(app: App, ids: list[str], w: WorkerProcess) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="RECLAIM (lease.Reclaimer, scripts/worker.py) takes over the worker's OWN live "
-    "entries once their idle time passes the visibility timeout (here the only worker, "
-    "SIGSTOPped past its lease and resumed, reclaims before it renews). Runner.start then "
-    "starts a second copy of each job under the same entry id, so every job runs twice on "
-    "the one worker (the first copy's outcome is fenced off by the bumped attempt). Worse, "
-    "the first copy's `finally` pops the second's registration from runner.running, so the "
-    "second copy is not renewed, lapses and is reclaimed again: with 5 s jobs and a 1.5 s "
-    "lease this repeated every few seconds and no job finished (a livelock until "
-    "max_deliveries makes them poison)",
-)
 async def test_lone_worker_frozen_past_its_lease_runs_its_jobs_once(
     lone: tuple[App, WorkerProcess],
 ) -> None:

@@ -19,7 +19,11 @@ for i = 7, #ARGV, 8 do
   local key = JOBP .. jid
   -- pcall: a foreign key of another type is not ours to write
   local rec = redis.pcall('HMGET', key, 'attempts', 'worker', 'status', 'cancel')
-  if rec.err or rec[1] ~= att or rec[2] ~= CONSUMER or rec[3] ~= 'running' then
+  if not rec.err and rec[1] == att and rec[2] == CONSUMER and rec[3] ~= 'running' then
+    -- this very outcome, written by a first send of this batch whose reply was lost: no one
+    -- else writes a record that still names this consumer and attempt but is not running
+    done[#done + 1] = eid
+  elseif rec.err or rec[1] ~= att or rec[2] ~= CONSUMER or rec[3] ~= 'running' then
     fenced[#fenced + 1] = jid
   else
     if rec[4] then op = 'cancelled' end        -- job.cancel() won the race with the outcome

@@ -2,7 +2,8 @@
 channel; every worker serving the queue listens, and the one running it cancels the coroutine
 (within a round trip, no polling). The job record also carries a ``cancel`` flag, checked
 after every (re)subscription and by the completion and start scripts, so a signal missed
-while disconnected still cancels the job."""
+while disconnected still cancels the job. A subscription silent for ``KEEPALIVE`` is pinged,
+so one whose connection stalled without closing is noticed and replaced."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ..results import subscribe_confirmed
@@ -18,6 +20,10 @@ if TYPE_CHECKING:
     from .core import Worker
 
 log = logging.getLogger("aioq.worker")
+
+KEEPALIVE = 5.0
+"""Seconds of silence after which the cancel subscription is pinged (and given up on, and
+subscribed again, when the ping gets no answer in as long)."""
 
 
 async def cancel_loop(worker: Worker) -> None:
@@ -29,9 +35,22 @@ async def cancel_loop(worker: Worker) -> None:
             await subscribe_confirmed(pubsub, list(by_channel))  # before the sweep reads
             await _sweep(worker)  # cancels published before the subscription
             delay = 0.05
+            pinged = False
             while True:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                if msg is None or msg.get("type") != "message":
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=KEEPALIVE)
+                if msg is None:
+                    # A connection whose bytes stopped (a stalled link, a partition) looks idle
+                    # for ever: ping it after a quiet spell, and start over when even that
+                    # gets no answer (the sweep then finds what was missed).
+                    if pinged:
+                        raise RedisConnectionError(
+                            f"cancel subscription silent for {2 * KEEPALIVE:g}s"
+                        )
+                    await pubsub.ping()
+                    pinged = True
+                    continue
+                pinged = False
+                if msg.get("type") != "message":
                     continue
                 keys = by_channel.get(msg["channel"])
                 if keys is not None:
