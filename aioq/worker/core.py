@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..app import App
 from ..keys import QueueKeys
-from ..metrics import JobObserver, Metrics, MetricsServer, QueueDepths, jobs_log
+from ..metrics import JobObserver, JobSummary, Metrics, MetricsServer, QueueDepths, jobs_log
 from ..scripts import WorkerArgs
 from .cancel import cancel_loop
 from .complete import Completer
@@ -94,6 +94,7 @@ class Worker:
         self.metrics: Metrics | None = None if metrics_port is None else Metrics()
         self.metrics_address: tuple[str, int] | None = None  # (host, port) once serving
         self._metrics_server: MetricsServer | None = None
+        self._summary: JobSummary | None = None  # aioq.jobs at INFO: the periodic summary line
 
     def __repr__(self) -> str:
         queues = ",".join(k.queue for k in self.queue_keys)
@@ -159,6 +160,8 @@ class Worker:
             self._loops.append(spawn(cron_loop(self, schedules), name="aioq-cron"))
         for keys in self.queue_keys:
             self._loops.append(spawn(promote_loop(self, keys), name=f"aioq-promote-{keys.queue}"))
+        if self._summary is not None:
+            self._loops.append(spawn(self._summary.run(), name="aioq-summary"))
         self._fetchers = [
             spawn(fetch_loop(self, keys), name=f"aioq-fetch-{keys.queue}")
             for keys in self.queue_keys
@@ -171,9 +174,11 @@ class Worker:
         )  # fmt: skip
 
     async def _open_metrics(self) -> None:
-        log_jobs = jobs_log.isEnabledFor(logging.INFO)
+        log_jobs = jobs_log.isEnabledFor(logging.DEBUG)  # a line per job start and finish
         if self.metrics is not None or log_jobs:  # else the runner has no observer: no cost
             self.runner.observer = JobObserver(self.metrics, log_jobs)
+        if jobs_log.isEnabledFor(logging.INFO):
+            self._summary = JobSummary(self)
         if self.metrics is not None and self.metrics_port is not None:
             depths = QueueDepths(self.app, [k.queue for k in self.queue_keys])
             self._metrics_server = MetricsServer(self.metrics, lambda: len(self.runner), depths)
@@ -212,6 +217,8 @@ class Worker:
         self._loops.clear()
         if self._metrics_server is not None:
             await self._metrics_server.close()
+        if self._summary is not None:
+            await self._summary.log(final=True)
         log.info("worker %s stopped after %d job(s)", self.consumer, self.jobs_done)
 
     async def _write_back(self) -> None:
