@@ -50,6 +50,10 @@ class Completer:
         self._idle.clear()
         self._wake.set()
 
+    def writable_now(self) -> bool:
+        """Whether a flush would start at once (none under way)."""
+        return not self._lock.locked()
+
     def pending(self, keys: QueueKeys) -> list[bytes]:
         """Entry ids written into the buffer but not yet to Redis (their leases still count)."""
         return [r[1] for r in self._buffers.get(keys, ())]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import traceback
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+from redis.exceptions import RedisError
 
 from .. import tracing
 from ..context import JobContext, _current
@@ -107,14 +109,17 @@ class Runner:
         span = tracing.processing(tracer, keys.queue, d, self.worker.consumer)
         record: Record | None = None
         try:
-            record = await self._run(keys, d)
+            record = await self._run(keys, d, write_now=False)
         finally:
             if span is not None:
                 span.end(record)
+        if record is not None:
+            await self._write_if_idle()
 
-    async def _run(self, keys: QueueKeys, d: Delivery) -> Record | None:
+    async def _run(self, keys: QueueKeys, d: Delivery, write_now: bool = True) -> Record | None:
         """Run one attempt; returns its completion record (None: interrupted, nothing is
-        recorded), which it has handed to the completer."""
+        recorded), which it has handed to the completer (and, ``write_now``, written at once
+        if the worker is otherwise idle, see ``_write_if_idle``)."""
         task = self.app.tasks[d.task]
         token = _current.set(JobContext(self.redis, keys, d.job_id, d.task, d.attempt))
         timeout = d.timeout
@@ -164,7 +169,22 @@ class Runner:
                 obs.finished(keys.queue, d, None if record is None else record[0], t0)
             if record is not None:
                 self.worker.completer.add(keys, record)
+        if write_now and record is not None:
+            await self._write_if_idle()
         return record
+
+    async def _write_if_idle(self) -> None:
+        """Write the buffered outcomes from this job's task when no other job runs and no
+        write is under way: the outcome goes to Redis in this turn of the event loop, before
+        the fetcher's next read, instead of a turn later from the completer's loop (the
+        round trip of an awaited job, RPC style). Under load jobs are running, so the
+        completer's loop writes them in batches as before; an error here leaves the records
+        buffered for that loop, which retries."""
+        completer = self.worker.completer
+        if len(self) or not completer.writable_now():
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await completer.flush()
 
     async def _in_thread(self, call: functools.partial[Any]) -> Any:
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._threads)
