@@ -10,6 +10,7 @@ import logging
 import re
 import signal
 import socket
+import sys
 import urllib.request
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 import aioq.metrics
 from aioq import App, TaskFailed, Worker, current_job
 from aioq.inspect import queue_stats
+from aioq.metrics import MissingMetricsExtra
 
 from .conftest import unique_name
 from .helpers import spawn_worker, stop
@@ -69,7 +71,7 @@ async def http_get(port: int, path: str = "/metrics") -> tuple[str, dict[str, st
 async def scrape(port: int) -> Samples:
     status, headers, body = await http_get(port)
     assert status == "HTTP/1.1 200 OK"
-    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert headers["content-type"].startswith("text/plain; version=")
     return parse(body)
 
 
@@ -197,6 +199,33 @@ async def test_other_paths_are_404_and_the_port_closes_on_stop(app: App) -> None
         assert status == "HTTP/1.1 200 OK"
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_openmetrics_when_asked_for(app: App) -> None:
+    """A scraper that accepts OpenMetrics gets it (prometheus_client's negotiation)."""
+    async with Worker(app, metrics_port=0) as w:
+        assert w.metrics_address is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", w.metrics_address[1])
+        writer.write(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+            b"Accept: application/openmetrics-text; version=1.0.0\r\n\r\n"
+        )
+        raw = (await reader.read()).decode()
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition("\r\n\r\n")
+    assert "content-type: application/openmetrics-text" in head.lower()
+    assert "# TYPE aioq_jobs_started counter" in body
+    assert body.endswith("# EOF\n")
+
+
+async def test_metrics_without_the_extra_name_it(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No prometheus_client: Worker(metrics_port=) raises at once, naming aioq[metrics];
+    a worker without metrics does not need it."""
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import raises ImportError
+    with pytest.raises(MissingMetricsExtra, match=r"pip install 'aioq\[metrics\]'"):
+        Worker(app, metrics_port=0)
+    Worker(app)
 
 
 async def test_no_observer_unless_metrics_or_job_logs(app: App) -> None:

@@ -23,7 +23,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..app import App
 from ..keys import QueueKeys
-from ..metrics import JobObserver, JobSummary, Metrics, MetricsServer, QueueDepths, jobs_log
+from ..metrics import (
+    JobObserver,
+    JobSummary,
+    Metrics,
+    MetricsServer,
+    QueueDepths,
+    jobs_log,
+    require_prometheus,
+)
 from ..scripts import WorkerArgs
 from .cancel import cancel_loop
 from .complete import Completer
@@ -44,7 +52,8 @@ class Worker:
     ``concurrency`` jobs run at once; ``queues`` defaults to every queue the app knows;
     ``burst`` stops the worker once every queue is empty and nothing scheduled is due;
     ``metrics_port`` serves Prometheus metrics on ``metrics_host:metrics_port`` (0: a free
-    port, see ``metrics_address``; ``aioq/metrics.py``).
+    port, see ``metrics_address``; ``aioq/metrics.py``; needs the ``aioq[metrics]`` extra,
+    else ``MissingMetricsExtra``, an ``ImportError``, names it).
     """
 
     def __init__(
@@ -91,6 +100,8 @@ class Worker:
         self._main: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        if metrics_port is not None:
+            require_prometheus()  # the aioq[metrics] extra: say so now, not at start-up
         self.metrics: Metrics | None = None if metrics_port is None else Metrics()
         self.metrics_address: tuple[str, int] | None = None  # (host, port) once serving
         self._metrics_server: MetricsServer | None = None
