@@ -134,6 +134,7 @@ class ResultListener:
             w.state = await fut
         except (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError):
             # the reader reconnects and resubscribes everything in _waiters; state stays None
+            fut.cancel()  # if the write failed: the reader drops it with the lost connection
             self._connected.clear()
             await self._connected.wait()
 
@@ -203,9 +204,9 @@ class ResultListener:
                 delay = min(delay * 2, 1.0)
                 continue
             try:
+                self._unsub.clear()  # a new connection: nothing else is subscribed
                 if self._waiters:
                     keys = list(self._waiters)
-                    self._unsub.clear()  # a new connection: nothing else is subscribed
                     await self._write(conn, pack("SUBSCRIBE", *keys))
                     pending = set(keys)
                     while pending:  # confirmed before anyone re-reads the stored state
@@ -304,6 +305,9 @@ class ResultListener:
                 w.push(None)
 
     async def aclose(self) -> None:
+        if self._unsub_timer is not None:
+            self._unsub_timer.cancel()
+            self._unsub_timer = None
         if self._reader is not None:
             # cancelled until it ends: on Python 3.11 redis-py's asyncio.wait_for can swallow
             # one cancellation (see aioq.worker.core.cancel_and_wait)
