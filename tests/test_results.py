@@ -195,3 +195,36 @@ async def test_resp2_subscription_works_the_same(
         assert app._results()._resp3 is False
     finally:
         await app.aclose()
+
+
+async def test_an_idle_worker_writes_the_outcome_from_the_jobs_own_task(app: App) -> None:
+    """No backlog: the finished job's task writes its outcome (no turn through the
+    completer's loop); with a backlog the completer's loop writes the batches."""
+
+    @app.task
+    async def one() -> int:
+        return 1
+
+    writers: list[str] = []
+    async with Worker(app) as w:
+        flush = w.completer._flush  # under the completer's lock
+
+        async def recording() -> None:
+            task = asyncio.current_task()
+            if len(w.completer):  # a flush with something to write
+                writers.append(task.get_name() if task is not None else "")
+            await flush()
+
+        w.completer._flush = recording  # type: ignore[method-assign]
+        for _ in range(3):
+            await asyncio.sleep(0.05)  # the fetcher parks on the empty queue
+            assert await (await one.enqueue()).result(timeout=5) == 1
+        assert len(writers) == 3
+        assert "aioq-complete" not in writers
+        writers.clear()
+        await app.enqueue_many([one.call() for _ in range(500)])
+        for _ in range(250):
+            if w.jobs_done >= 503:
+                break
+            await asyncio.sleep(0.02)
+        assert "aioq-complete" in writers

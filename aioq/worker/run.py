@@ -113,13 +113,13 @@ class Runner:
         finally:
             if span is not None:
                 span.end(record)
-        if record is not None:
-            await self._write_if_idle()
+        if record is not None and self._idle(keys):
+            await self._write_now()
 
     async def _run(self, keys: QueueKeys, d: Delivery, write_now: bool = True) -> Record | None:
         """Run one attempt; returns its completion record (None: interrupted, nothing is
         recorded), which it has handed to the completer (and, ``write_now``, written at once
-        if the worker is otherwise idle, see ``_write_if_idle``)."""
+        if its queue had no backlog, see ``_write_now``)."""
         task = self.app.tasks[d.task]
         token = _current.set(JobContext(self.redis, keys, d.job_id, d.task, d.attempt))
         timeout = d.timeout
@@ -169,22 +169,24 @@ class Runner:
                 obs.finished(keys.queue, d, None if record is None else record[0], t0)
             if record is not None:
                 self.worker.completer.add(keys, record)
-        if write_now and record is not None:
-            await self._write_if_idle()
+        if write_now and record is not None and self._idle(keys):
+            await self._write_now()
         return record
 
-    async def _write_if_idle(self) -> None:
-        """Write the buffered outcomes from this job's task when no other job runs and no
-        write is under way: the outcome goes to Redis in this turn of the event loop, before
-        the fetcher's next read, instead of a turn later from the completer's loop (the
-        round trip of an awaited job, RPC style). Under load jobs are running, so the
-        completer's loop writes them in batches as before; an error here leaves the records
+    def _idle(self, keys: QueueKeys) -> bool:
+        """Whether the job's queue had no backlog (its fetcher found it empty and parked, and
+        delivered this job) and no write is under way: then ``_write_now``."""
+        return keys.lanes[0] in self.worker.idle and self.worker.completer.writable_now()
+
+    async def _write_now(self) -> None:
+        """Write the buffered outcomes from this job's task: the outcome goes to Redis in
+        this turn of the event loop, before the fetcher's next read, instead of a turn later
+        from the completer's loop (the round trip of an awaited job, RPC style). With a
+        backlog the completer's loop writes them in batches as before, after the fetcher's
+        next read (so Redis starts the next batch first). An error here leaves the records
         buffered for that loop, which retries."""
-        completer = self.worker.completer
-        if len(self) or not completer.writable_now():
-            return
         with contextlib.suppress(RedisError, OSError):
-            await completer.flush()
+            await self.worker.completer.flush()
 
     async def _in_thread(self, call: functools.partial[Any]) -> Any:
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._threads)
