@@ -14,6 +14,7 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import pack
 from .errors import JobCancelled, JobNotFound, TaskFailed
 from .results import subscribe_confirmed
 
@@ -144,18 +145,32 @@ class Job(Generic[R]):
         """
         keys = await self._resolve()
         deadline = None if timeout is None else time.monotonic() + timeout
-        key = keys.job(self.id)
-        async with self._app._results().watch(keys.done(self.id)) as event:
+        conn = self._app._connection()
+        read = pack("HMGET", keys.job(self.id), *_STATE_FIELDS)
+        # over RESP3 the subscription reads the state itself, right behind the SUBSCRIBE
+        async with conn.results.watch(keys.done(self.id), read) as w:
+            state, w.state = w.state, None
             while True:
-                event.clear()
-                state: list[bytes | None] = await self._app.redis.hmget(key, _STATE_FIELDS)  # type: ignore[assignment]
+                w.event.clear()
+                pushed, w.message = w.message, None
+                if pushed is not None:  # the outcome, when the message carries it all
+                    outcome = self._pushed(pushed)
+                    if outcome is not None:
+                        return outcome[0]  # type: ignore[no-any-return]
+                if state is None:  # after a reconnection, or a message without the outcome
+                    (state,) = await conn.lane.call(read)  # the fast path, as enqueue's
+                if isinstance(state, Exception):
+                    raise state
                 if state[0] is None:
                     raise JobNotFound(self.id, [keys.queue])
                 status = JobStatus(state[0].decode())
                 if status.finished:
                     return self._outcome(status, state)  # type: ignore[no-any-return]
+                state = None
+                if w.event.is_set():
+                    continue  # pushed while reading
                 if deadline is None:
-                    await event.wait()
+                    await w.event.wait()
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -164,7 +179,7 @@ class Job(Generic[R]):
                     )
                 try:
                     async with asyncio.timeout(remaining):
-                        await event.wait()
+                        await w.event.wait()
                 except TimeoutError:
                     continue  # re-read once more, then raise above
 
@@ -219,6 +234,17 @@ class Job(Generic[R]):
             finally:
                 await pubsub.aclose()
 
+    def _pushed(self, message: bytes) -> tuple[Any] | None:
+        """``(value,)`` (or the raised outcome) from a ``done`` message, None when it does not
+        carry the whole outcome or cannot be read: then the record is read instead."""
+        state = _pushed_state(message)
+        if state is None:
+            return None
+        try:
+            return (self._outcome(JobStatus(state[0].decode()), state),)  # type: ignore[union-attr]
+        except orjson.JSONDecodeError:
+            return None
+
     def _outcome(self, status: JobStatus, state: list[bytes | None]) -> Any:
         _, result, error, exc_type, tb = state
         if status is JobStatus.SUCCEEDED:
@@ -234,6 +260,32 @@ class Job(Generic[R]):
             message,
             tb.decode(errors="replace") if tb else "",
         )
+
+
+def _pushed_state(message: bytes) -> list[bytes | None] | None:
+    """The ``_STATE_FIELDS`` of a final outcome carried by a ``done`` message ("<status>
+    <payload>", see ``finish`` in scripts/worker.py), or None when the message does not carry
+    it all (a bare status, an outcome too large to carry, another program's message): the
+    caller reads the record then."""
+    head, _, payload = message.partition(b" ")
+    if head == b"cancelled":
+        return [head, None, None, None, None]
+    if not payload:
+        return None
+    if head == b"succeeded":
+        return [head, payload, None, None, None]
+    if head in (b"failed", b"expired"):
+        try:
+            o = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(o, dict):
+            return None
+        fields = [o.get(k) for k in ("error", "exc_type", "traceback")]
+        if not all(v is None or isinstance(v, str) for v in fields):
+            return None
+        return [head, None, *(v.encode() if v is not None else None for v in fields)]
+    return None
 
 
 def _finished(status: bytes) -> bool:

@@ -1,9 +1,13 @@
 """``aioq worker --log-format json``: every log record as one JSON object per line.
 
 Keys: ``ts`` (ISO 8601, UTC), ``level``, ``logger``, ``message``, every ``extra=`` field of
-the record (the ``aioq.jobs`` lines carry ``event``, ``job_id``, ``task``, ``queue``,
-``attempt``, and on finish ``outcome`` and ``duration`` in seconds), and ``exc_info`` with the
-formatted traceback when there is one.
+the record, and ``exc_info`` with the formatted traceback when there is one. The ``aioq.jobs``
+lines carry their figures as keys: the INFO summary ``event`` ("summary"), ``seconds``,
+``jobs_per_s``, ``finished``, ``succeeded``, ``failed``, ``retried``, ``cancelled``,
+``running``, and (read from Redis) ``queued``, ``scheduled`` and ``queues`` (per queue:
+queued, scheduled, running, dead); the DEBUG per-job lines ``event`` ("start", "finish"),
+``job_id``, ``task``, ``queue``, ``attempt``, and on finish ``outcome`` and ``duration`` in
+seconds (see ``aioq/metrics.py``).
 """
 
 from __future__ import annotations

@@ -4,8 +4,24 @@ Every ``job.result()`` in a process registers on the same pub/sub connection (on
 loop), subscribing to its job's ``done`` channel. ``watch`` returns only once Redis has
 confirmed the subscription, and the caller reads the stored state *after* that: a job that
 finished before the subscription is seen in the stored state, one that finishes after it is
-pushed. When the connection drops, every waiter is woken to re-read the stored state, since
-completions published while disconnected are lost.
+pushed. A pushed message is handed to the waiter as it came (``Watch.message``: the worker's
+scripts put the outcome in it, so the waiter need not read the record again, see
+``job.py``). When the connection drops, every waiter is woken with no message to re-read the
+stored state, since completions published while disconnected are lost.
+
+The connection speaks RESP3 when the server does (Redis >= 6, Valkey): then a subscribed
+connection may also run ordinary commands, and ``watch(channel, read)`` sends SUBSCRIBE and
+the read of the stored state in one write. Redis runs a connection's commands in order, so
+the read runs once the subscription holds: one round trip instead of two (confirmation,
+then the read), which is most of an awaited job's overhead. Replies (not pushed frames) are
+handed to the waiting reads in the order they were sent. Over RESP2 the read is the caller's,
+after the confirmation, as before.
+
+Commands are written straight to the connection's transport (redis-py's send path makes a
+task and a timer per write, one more turn of the event loop), and an UNSUBSCRIBE waits for
+the next write, or ``UNSUBSCRIBE_AFTER`` seconds: an awaited job then costs two writes (the
+enqueue, the subscription), not three. A message for a channel nobody watches any more is
+dropped.
 """
 
 from __future__ import annotations
@@ -14,15 +30,43 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import pack
+
+# RESP3 pushed frames (messages, subscribe confirmations) come as this type, replies as lists;
+# without it (hiredis < 3.2) the two cannot be told apart and the listener stays on RESP2
+_PUSH: type | None = getattr(hiredis, "PushNotification", None)
+
+UNSUBSCRIBE_AFTER = 0.05  # seconds an UNSUBSCRIBE waits for a write to travel with
+
 log = logging.getLogger("aioq.results")
+
+
+class Watch:
+    """One waiter's view of a channel: ``event`` is set on each message (``message`` holds
+    its data) and on a reconnection (``message`` None: read the stored state). ``state`` is
+    the reply of the read ``watch`` ran after subscribing (None: it did not, read it)."""
+
+    __slots__ = ("event", "message", "state")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.message: bytes | None = None
+        self.state: Any = None
+
+    def push(self, message: bytes | None) -> None:
+        self.message = message
+        self.event.set()
 
 
 class ResultListener:
@@ -31,29 +75,40 @@ class ResultListener:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._conn: AbstractConnection | None = None
-        self._waiters: dict[bytes, set[asyncio.Event]] = {}
+        self._waiters: dict[bytes, set[Watch]] = {}
         self._confirm: dict[bytes, list[asyncio.Future[None]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._resp3 = _PUSH is not None  # until a server refuses HELLO 3
+        self._replies: deque[asyncio.Future[Any]] = deque()  # reads sent, in order (RESP3)
+        self._unsub: set[bytes] = set()  # channels to unsubscribe with the next write
+        self._unsub_timer: asyncio.TimerHandle | None = None
 
     @contextlib.asynccontextmanager
-    async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
-        """Subscribe to ``channel``; the event is set on each message (or reconnection)."""
+    async def watch(self, channel: str, read: bytes | None = None) -> AsyncIterator[Watch]:
+        """Subscribe to ``channel``; the watch is pushed each message (or a reconnection).
+
+        ``read``: a packed command that reads the stored state. Over RESP3 it is sent behind
+        the SUBSCRIBE on the same connection and its reply (an exception object for an error
+        reply) is in ``Watch.state``; otherwise ``state`` stays None and the caller reads.
+        """
         key = channel.encode()
-        event = asyncio.Event()
+        w = Watch()
         first = key not in self._waiters
-        self._waiters.setdefault(key, set()).add(event)
+        self._waiters.setdefault(key, set()).add(w)
         try:
-            if first:
+            if read is not None and self._resp3:
+                await self._subscribe_and_read(key, first, read, w)
+            elif first:
                 await self._subscribe(key)
-            yield event
+            yield w
         finally:
             waiters = self._waiters.get(key)
             if waiters is not None:
-                waiters.discard(event)
+                waiters.discard(w)
                 if not waiters:
                     del self._waiters[key]
-                    await self._unsubscribe(key)
+                    self._unsubscribe(key)
 
     async def _ensure(self) -> AbstractConnection:
         if self._reader is None or self._reader.done():
@@ -64,13 +119,32 @@ class ResultListener:
         assert self._conn is not None
         return self._conn
 
+    async def _subscribe_and_read(self, key: bytes, first: bool, read: bytes, w: Watch) -> None:
+        conn = await self._ensure()
+        if not self._resp3:  # the server refused HELLO 3 as the listener connected
+            if first:
+                await self._subscribe(key)
+            return
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies.append(fut)  # before the write: replies come back in this order
+        try:
+            # a channel already subscribed (another waiter here): the read alone, which still
+            # runs after that SUBSCRIBE, sent earlier on this connection
+            await self._write(conn, pack("SUBSCRIBE", key) + read if first else read)
+            w.state = await fut
+        except (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError):
+            # the reader reconnects and resubscribes everything in _waiters; state stays None
+            fut.cancel()  # if the write failed: the reader drops it with the lost connection
+            self._connected.clear()
+            await self._connected.wait()
+
     async def _subscribe(self, key: bytes) -> None:
         while True:
             conn = await self._ensure()
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._confirm.setdefault(key, []).append(fut)
             try:
-                await conn.send_command("SUBSCRIBE", key)
+                await self._write(conn, pack("SUBSCRIBE", key))
                 await fut
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError):
@@ -85,23 +159,55 @@ class ResultListener:
                     if not futs:
                         del self._confirm[key]
 
-    async def _unsubscribe(self, key: bytes) -> None:
+    def _unsubscribe(self, key: bytes) -> None:
+        """UNSUBSCRIBE ``key`` with the next write, or in ``UNSUBSCRIBE_AFTER`` seconds."""
+        self._unsub.add(key)
+        if self._unsub_timer is None:
+            self._unsub_timer = asyncio.get_running_loop().call_later(
+                UNSUBSCRIBE_AFTER, self._flush_unsubscribe
+            )
+
+    def _flush_unsubscribe(self) -> None:
+        self._unsub_timer = None
         conn = self._conn
-        if conn is None or not self._connected.is_set():
-            return
-        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-            await conn.send_command("UNSUBSCRIBE", key)
+        if conn is not None and self._connected.is_set():
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                self._write_now(conn, b"")
+
+    async def _write(self, conn: AbstractConnection, packed: bytes) -> None:
+        writer = self._write_now(conn, packed)
+        if writer.transport.get_write_buffer_size() > 65536:  # Redis reads slowly
+            await writer.drain()
+
+    def _write_now(self, conn: AbstractConnection, packed: bytes) -> asyncio.StreamWriter:
+        """Write ``packed``, behind an UNSUBSCRIBE of the channels left (in one write)."""
+        writer = conn._writer
+        if writer is None or writer.transport.is_closing():
+            raise RedisConnectionError("the result subscription's connection is closed")
+        if self._unsub:
+            left = [k for k in self._unsub if k not in self._waiters]
+            self._unsub.clear()
+            if left:
+                packed = pack("UNSUBSCRIBE", *left) + packed
+        if packed:
+            writer.write(packed)
+        return writer
 
     async def _read_loop(self) -> None:
         delay = 0.05
         while True:
-            pool = self._redis.connection_pool
-            conn: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
             try:
-                await conn.connect()  # type: ignore[no-untyped-call]
+                conn = await self._connect()
+            except (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError) as exc:
+                self._lost(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            try:
+                self._unsub.clear()  # a new connection: nothing else is subscribed
                 if self._waiters:
                     keys = list(self._waiters)
-                    await conn.send_command("SUBSCRIBE", *keys)
+                    await self._write(conn, pack("SUBSCRIBE", *keys))
                     pending = set(keys)
                     while pending:  # confirmed before anyone re-reads the stored state
                         msg = await self._read(conn)
@@ -112,25 +218,66 @@ class ResultListener:
                 self._connected.set()
                 self._wake_all()  # anything published while we were away is in the stored state
                 delay = 0.05
+                push = _PUSH if self._resp3 else None
                 while True:
-                    msg = await self._read(conn)
-                    self._dispatch(msg)
+                    try:
+                        msg = await self._read(conn)
+                    except ResponseError as exc:  # an error reply to a read: its waiter's
+                        self._reply(exc)
+                        continue
+                    if push is not None and not isinstance(msg, push):
+                        self._reply(msg)
+                    else:
+                        self._dispatch(msg)
             except asyncio.CancelledError:
                 self._connected.clear()
                 with contextlib.suppress(Exception):
                     await conn.disconnect()
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError) as exc:
-                self._connected.clear()
-                log.debug("result subscription lost (%s); reconnecting", exc)
+                self._lost(exc)
                 with contextlib.suppress(Exception):
                     await conn.disconnect()
-                for futs in self._confirm.values():
-                    for f in futs:
-                        if not f.done():
-                            f.set_exception(RedisConnectionError(str(exc)))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _connect(self) -> AbstractConnection:
+        """A new connection for the subscription: RESP3 unless the server refuses it."""
+        pool = self._redis.connection_pool
+        if self._resp3:
+            kwargs = {**pool.connection_kwargs, "protocol": 3}
+            conn: AbstractConnection = pool.connection_class(**kwargs)
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call]
+                return conn
+            except ResponseError as exc:  # HELLO 3 refused (Redis < 6): RESP2 from now on
+                log.debug("RESP3 refused (%s); the result subscription uses RESP2", exc)
+                self._resp3 = False
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+        conn = pool.make_connection()  # type: ignore[no-untyped-call]
+        await conn.connect()  # type: ignore[no-untyped-call]
+        return conn
+
+    def _lost(self, exc: BaseException) -> None:
+        """The connection is gone: fail what waits for a confirmation or a reply."""
+        self._connected.clear()
+        log.debug("result subscription lost (%s); reconnecting", exc)
+        for futs in self._confirm.values():
+            for f in futs:
+                if not f.done():
+                    f.set_exception(RedisConnectionError(str(exc)))
+        replies, self._replies = self._replies, deque()
+        for f in replies:
+            if not f.done():
+                f.set_exception(RedisConnectionError(str(exc)))
+
+    def _reply(self, value: Any) -> None:
+        """A reply (not a pushed frame): the oldest read still waiting for one gets it."""
+        if self._replies:
+            fut = self._replies.popleft()
+            if not fut.done():  # its waiter was cancelled: the reply is dropped
+                fut.set_result(value)
 
     @staticmethod
     async def _read(conn: AbstractConnection) -> object:
@@ -144,19 +291,23 @@ class ResultListener:
             return
         kind, channel = msg[0], msg[1]
         if kind == b"message":
-            for event in self._waiters.get(channel, ()):
-                event.set()
+            data = msg[2] if isinstance(msg[2], bytes) else None
+            for w in self._waiters.get(channel, ()):
+                w.push(data)
         elif kind == b"subscribe":
             for fut in self._confirm.pop(channel, ()):
                 if not fut.done():
                     fut.set_result(None)
 
     def _wake_all(self) -> None:
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
+        for waiters in self._waiters.values():
+            for w in waiters:
+                w.push(None)
 
     async def aclose(self) -> None:
+        if self._unsub_timer is not None:
+            self._unsub_timer.cancel()
+            self._unsub_timer = None
         if self._reader is not None:
             # cancelled until it ends: on Python 3.11 redis-py's asyncio.wait_for can swallow
             # one cancellation (see aioq.worker.core.cancel_and_wait)

@@ -70,8 +70,11 @@ async def _flush_loop() -> None:
     r = aredis.from_url(REDIS_URL)
     sent = 0
     first_sent = False
+    me = asyncio.current_task()
     try:
-        while True:
+        # not `while True`: on Python 3.11 redis-py's asyncio.wait_for can swallow the
+        # cancellation asyncio.run sends at exit, and the loop would keep the process alive
+        while me is None or not me.cancelling():
             await asyncio.sleep(FLUSH_INTERVAL)
             n = _n
             if n == sent and not _lat:

@@ -1,5 +1,6 @@
 """Prometheus metrics (``Worker(metrics_port=)``, ``aioq worker --metrics-port``) scraped over
-real HTTP, and the per-job log lines (``aioq.jobs``, ``--log-format json``)."""
+real HTTP, and the job logs (``aioq.jobs``: the INFO summary, per-job DEBUG lines,
+``--log-format json``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import logging
 import re
 import signal
 import socket
+import sys
 import urllib.request
 
 import pytest
 
+import aioq.metrics
 from aioq import App, TaskFailed, Worker, current_job
+from aioq.metrics import MissingMetricsExtra
 from aioq.views import queue_stats
 
 from .conftest import unique_name
@@ -67,7 +71,7 @@ async def http_get(port: int, path: str = "/metrics") -> tuple[str, dict[str, st
 async def scrape(port: int) -> Samples:
     status, headers, body = await http_get(port)
     assert status == "HTTP/1.1 200 OK"
-    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert headers["content-type"].startswith("text/plain; version=")
     return parse(body)
 
 
@@ -197,15 +201,48 @@ async def test_other_paths_are_404_and_the_port_closes_on_stop(app: App) -> None
         await asyncio.open_connection("127.0.0.1", port)
 
 
+async def test_openmetrics_when_asked_for(app: App) -> None:
+    """A scraper that accepts OpenMetrics gets it (prometheus_client's negotiation)."""
+    async with Worker(app, metrics_port=0) as w:
+        assert w.metrics_address is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", w.metrics_address[1])
+        writer.write(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+            b"Accept: application/openmetrics-text; version=1.0.0\r\n\r\n"
+        )
+        raw = (await reader.read()).decode()
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition("\r\n\r\n")
+    assert "content-type: application/openmetrics-text" in head.lower()
+    assert "# TYPE aioq_jobs_started counter" in body
+    assert body.endswith("# EOF\n")
+
+
+async def test_metrics_without_the_extra_name_it(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No prometheus_client: Worker(metrics_port=) raises at once, naming aioq[metrics];
+    a worker without metrics does not need it."""
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import raises ImportError
+    with pytest.raises(MissingMetricsExtra, match=r"pip install 'aioq\[metrics\]'"):
+        Worker(app, metrics_port=0)
+    Worker(app)
+
+
 async def test_no_observer_unless_metrics_or_job_logs(app: App) -> None:
-    """Without metrics and with aioq.jobs below INFO, the runner records nothing at all."""
+    """Without metrics and with aioq.jobs at INFO (the CLI's default) or above, the runner
+    records nothing per job; at INFO only the summary runs."""
     jobs_log = logging.getLogger("aioq.jobs")
     before = jobs_log.level
-    jobs_log.setLevel(logging.WARNING)
     try:
+        jobs_log.setLevel(logging.INFO)
         async with Worker(app) as w:
             assert w.runner.observer is None
+            assert w._summary is not None
             assert w.metrics is None
+        jobs_log.setLevel(logging.WARNING)
+        async with Worker(app) as w:
+            assert w.runner.observer is None
+            assert w._summary is None
     finally:
         jobs_log.setLevel(before)
 
@@ -213,18 +250,18 @@ async def test_no_observer_unless_metrics_or_job_logs(app: App) -> None:
 async def test_job_log_lines_carry_the_job_fields(
     app: App, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With aioq.jobs at INFO each attempt logs a start and a finish with the job's fields."""
+    """With aioq.jobs at DEBUG each attempt logs a start and a finish with the job's fields."""
 
     @app.task
     async def add(x: int, y: int) -> int:
         return x + y
 
-    with caplog.at_level(logging.INFO, logger="aioq.jobs"):
+    with caplog.at_level(logging.DEBUG, logger="aioq.jobs"):
         async with Worker(app) as w:
             assert w.runner.observer is not None
             job = await add.enqueue(1, 2)
             assert await job.result(timeout=5) == 3
-    records = [r for r in caplog.records if r.name == "aioq.jobs"]
+    records = [r for r in caplog.records if r.name == "aioq.jobs" and r.levelno == logging.DEBUG]
     start, finish = records
     for r in records:
         assert r.__dict__["job_id"] == job.id
@@ -238,17 +275,87 @@ async def test_job_log_lines_carry_the_job_fields(
     assert 0 <= finish.__dict__["duration"] < 5
 
 
+async def test_default_level_logs_a_summary_and_every_failure_and_retry(
+    app: App, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At INFO: no line per job, a periodic summary with the counts and queue depths, one
+    for the last stretch at stop, and each failure (WARNING) and retry (INFO) on its own."""
+    monkeypatch.setattr(aioq.metrics, "SUMMARY_EVERY", 0.3)
+    release = asyncio.Event()
+
+    @app.task
+    async def ok() -> None:
+        return None
+
+    @app.task
+    async def boom() -> None:
+        raise ValueError("no")
+
+    @app.task(retries=1, backoff=0.01)
+    async def flaky() -> None:
+        if current_job().attempt == 1:
+            raise ValueError("first time")
+
+    @app.task
+    async def hold() -> None:
+        await release.wait()
+
+    with caplog.at_level(logging.INFO):
+        async with Worker(app, concurrency=1) as w:
+            oks = [await ok.enqueue() for _ in range(3)]
+            failing = await boom.enqueue()
+            retried = await flaky.enqueue()
+            for job in oks:
+                await job.result(timeout=5)
+            with pytest.raises(TaskFailed):
+                await failing.result(timeout=5)
+            await retried.result(timeout=5)
+            held = await hold.enqueue()
+            await ok.enqueue()  # waits behind `hold` (one slot): queued in the next summary
+            for _ in range(100):
+                if w.running:
+                    break
+                await asyncio.sleep(0.02)
+            first = [r for r in caplog.records if r.__dict__.get("event") == "summary"]
+            for _ in range(100):  # a summary while `hold` runs and one job waits
+                summaries = [r for r in caplog.records if r.__dict__.get("event") == "summary"]
+                if any(r.__dict__["running"] == 1 for r in summaries[len(first) :]):
+                    break
+                await asyncio.sleep(0.05)
+            release.set()
+            await held.result(timeout=5)
+    jobs = [r for r in caplog.records if r.name == "aioq.jobs"]
+    assert jobs
+    assert all(r.__dict__["event"] == "summary" for r in jobs)
+    assert all(r.levelno == logging.INFO for r in jobs)
+    total = {k: sum(r.__dict__[k] for r in jobs) for k in ("succeeded", "failed", "retried")}
+    assert total == {"succeeded": 3 + 1 + 1 + 1, "failed": 1, "retried": 1}
+    busy = next(r for r in jobs if r.__dict__["running"] == 1 and "queued" in r.__dict__)
+    assert busy.__dict__["queued"] == 1
+    assert busy.__dict__["queues"]["default"]["queued"] == 1
+    assert "1 running" in busy.getMessage()
+    assert "queued 1 (default 1)" in busy.getMessage()
+    assert all(r.__dict__["jobs_per_s"] >= 0 for r in jobs)
+    failures = [r for r in caplog.records if failing.id in r.getMessage()]
+    assert [(r.name, r.levelname) for r in failures] == [("aioq.worker", "WARNING")]
+    assert "ValueError: no" in failures[0].getMessage()
+    retries = [r for r in caplog.records if retried.id in r.getMessage()]
+    assert [(r.name, r.levelname) for r in retries] == [("aioq.worker", "INFO")]
+    assert "retrying" in retries[0].getMessage()
+
+
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=2) as r:
         return str(r.read().decode())
 
 
 async def test_cli_metrics_port_and_json_logs(redis_url: str) -> None:
-    """`aioq worker --metrics-port P --log-format json` serves metrics and logs JSON lines."""
+    """`aioq worker --metrics-port P --log-format json` serves metrics and logs JSON lines:
+    at DEBUG one per job start and finish, at INFO the summary with its figures as keys."""
     name = unique_name()
     port = free_port()
     proc = spawn_worker(
-        "tests.apps.basic:app", redis_url, "--log-level", "info",
+        "tests.apps.basic:app", redis_url, "--log-level", "debug",
         "--metrics-port", str(port), "--log-format", "json",
         env={"AIOQ_APP_NAME": name},
     )  # fmt: skip
@@ -279,9 +386,14 @@ async def test_cli_metrics_port_and_json_logs(redis_url: str) -> None:
     assert [r["event"] for r in mine] == ["start", "finish"]
     start, finish = mine
     assert start["logger"] == "aioq.jobs"
-    assert start["level"] == "info"
+    assert start["level"] == "debug"
     assert (start["task"], start["queue"], start["attempt"]) == ("add", "default", 1)
     assert finish["outcome"] == "succeeded"
     assert isinstance(finish["duration"], float)
     assert job.id in finish["message"]
     assert any("metrics at http://127.0.0.1" in r["message"] for r in lines)
+    summaries = [r for r in lines if r.get("event") == "summary"]  # at least one, at stop
+    assert all((r["logger"], r["level"]) == ("aioq.jobs", "info") for r in summaries)
+    assert sum(r["succeeded"] for r in summaries) == 1
+    assert sum(r["failed"] + r["retried"] for r in summaries) == 0
+    assert all(isinstance(r["jobs_per_s"], float) for r in summaries)

@@ -18,6 +18,7 @@ import sys
 
 from ..embedded import EmbeddedRedis, RedisServerNotFound
 from ..errors import RedisUnavailable
+from ..metrics import MissingMetricsExtra
 from ..worker import Worker
 from .target import CliError, known_queues, load_app
 
@@ -67,9 +68,12 @@ def run(
                 raise CliError(str(exc)) from None
             app.redis_url = server.url
             print(f"aioq: embedded redis-server at {server.url}", file=sys.stderr, flush=True)
-        w = Worker(app, concurrency=concurrency, queues=queues or None, burst=burst,
-                   shutdown_timeout=shutdown_timeout, metrics_port=metrics_port,
-                   metrics_host=metrics_host)  # fmt: skip
+        try:
+            w = Worker(app, concurrency=concurrency, queues=queues or None, burst=burst,
+                       shutdown_timeout=shutdown_timeout, metrics_port=metrics_port,
+                       metrics_host=metrics_host)  # fmt: skip
+        except MissingMetricsExtra as exc:  # --metrics-port without aioq[metrics]
+            raise CliError(str(exc)) from None
         try:
             asyncio.run(_serve(w))
         except RedisUnavailable as exc:

@@ -15,7 +15,24 @@ local function finish(jid, status, now, ...)
     redis.call('ZADD', FAILED, now, jid)
     if TTL > 0 then redis.call('ZREMRANGEBYSCORE', FAILED, '-inf', now - TTL * 1000) end
   end
-  redis.call('PUBLISH', DONEP .. jid, status)
+  -- The notification carries the outcome so a waiter needs no read (job.py): "<status>
+  -- <result JSON>" for succeeded, "<status> {error, exc_type, traceback}" (JSON) for the
+  -- other outcomes with an error, bare "<status>" when there is nothing to carry or it is
+  -- over 64 KB (the waiter reads the record then; the record stays the source of truth).
+  local msg, f = status, {...}
+  if status == 'succeeded' then
+    for i = 1, #f, 2 do
+      if f[i] == 'result' and #f[i + 1] <= 65536 then msg = status .. ' ' .. f[i + 1] end
+    end
+  elseif #f > 0 then
+    local o = {}
+    for i = 1, #f, 2 do
+      if f[i] == 'error' or f[i] == 'exc_type' or f[i] == 'traceback' then o[f[i]] = f[i + 1] end
+    end
+    local enc = cjson.encode(o)
+    if #enc <= 65536 then msg = status .. ' ' .. enc end
+  end
+  redis.call('PUBLISH', DONEP .. jid, msg)
 end
 
 -- A script's reply, once the jobs it finished are noted in the queue's `recent` stream (one

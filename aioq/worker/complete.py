@@ -38,6 +38,9 @@ class Completer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._lock = asyncio.Lock()
+        # outcomes written so far by record kind ("ok", "fail", "retry", ...), fenced ones
+        # excluded: the worker's periodic summary line (metrics.JobSummary) reads them
+        self.written: dict[str, int] = {}
 
     def add(self, keys: QueueKeys, record: Record) -> None:
         buf = self._buffers.get(keys)
@@ -46,6 +49,10 @@ class Completer:
         buf.append(record)
         self._idle.clear()
         self._wake.set()
+
+    def writable_now(self) -> bool:
+        """Whether a flush would start at once (none under way)."""
+        return not self._lock.locked()
 
     def pending(self, keys: QueueKeys) -> list[bytes]:
         """Entry ids written into the buffer but not yet to Redis (their leases still count).
@@ -80,10 +87,14 @@ class Completer:
             while buf:
                 batch = buf[:500]
                 args: list[object] = []
+                rare: list[Record] = []  # anything but a success: counted by kind below
                 for rec in batch:
                     args.extend(rec)
+                    if rec[0] != "ok":
+                        rare.append(rec)
                 fenced = await self._scripts().complete(keys, self._worker_args, args)
                 del buf[: len(batch)]
+                self._count(batch, rare, fenced)
                 if fenced:
                     names = ", ".join(f.decode(errors="replace") for f in fenced)
                     log.warning(
@@ -94,5 +105,21 @@ class Completer:
         if not len(self):
             self._idle.set()
 
+    def _count(self, batch: list[Record], rare: list[Record], fenced: list[bytes]) -> None:
+        written = self.written
+        ok = len(batch) - len(rare)
+        if fenced:  # rare: a lost lease; the new owner's outcome is the one that counts
+            lost = set(fenced)
+            gone = [r for r in batch if _raw(r[2]) in lost]
+            ok -= sum(r[0] == "ok" for r in gone)
+            rare = [r for r in rare if _raw(r[2]) not in lost]
+        written["ok"] = written.get("ok", 0) + ok
+        for rec in rare:
+            written[rec[0]] = written.get(rec[0], 0) + 1
+
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+
+def _raw(job_id: str | bytes) -> bytes:
+    return job_id if isinstance(job_id, bytes) else job_id.encode()

@@ -23,7 +23,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..app import App
 from ..keys import QueueKeys
-from ..metrics import JobObserver, Metrics, MetricsServer, QueueDepths, jobs_log
+from ..metrics import (
+    JobObserver,
+    JobSummary,
+    Metrics,
+    MetricsServer,
+    QueueDepths,
+    jobs_log,
+    require_prometheus,
+)
 from ..scripts import WorkerArgs
 from .cancel import cancel_loop
 from .complete import Completer
@@ -44,9 +52,10 @@ class Worker:
     ``concurrency`` jobs run at once; ``queues`` defaults to every queue the app knows;
     ``burst`` stops the worker once every queue is empty and nothing scheduled is due;
     ``metrics_port`` serves Prometheus metrics on ``metrics_host:metrics_port`` (0: a free
-    port, see ``metrics_address``; ``aioq/metrics.py``); ``max_loop_block``: seconds the event
-    loop may stay blocked (sync code in an async task) while this worker keeps its jobs'
-    leases; a worker blocked longer counts as hung and its jobs go to other workers
+    port, see ``metrics_address``; ``aioq/metrics.py``; needs the ``aioq[metrics]`` extra,
+    else ``MissingMetricsExtra``, an ``ImportError``, names it); ``max_loop_block``: seconds
+    the event loop may stay blocked (sync code in an async task) while this worker keeps its
+    jobs' leases; a worker blocked longer counts as hung and its jobs go to other workers
     (``lease.py``).
     """
 
@@ -99,9 +108,12 @@ class Worker:
         self._main: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        if metrics_port is not None:
+            require_prometheus()  # the aioq[metrics] extra: say so now, not at start-up
         self.metrics: Metrics | None = None if metrics_port is None else Metrics()
         self.metrics_address: tuple[str, int] | None = None  # (host, port) once serving
         self._metrics_server: MetricsServer | None = None
+        self._summary: JobSummary | None = None  # aioq.jobs at INFO: the periodic summary line
 
     def __repr__(self) -> str:
         queues = ",".join(k.queue for k in self.queue_keys)
@@ -168,6 +180,8 @@ class Worker:
             self._loops.append(spawn(cron_loop(self, schedules), name="aioq-cron"))
         for keys in self.queue_keys:
             self._loops.append(spawn(promote_loop(self, keys), name=f"aioq-promote-{keys.queue}"))
+        if self._summary is not None:
+            self._loops.append(spawn(self._summary.run(), name="aioq-summary"))
         self._fetchers = [
             spawn(fetch_loop(self, keys), name=f"aioq-fetch-{keys.queue}")
             for keys in self.queue_keys
@@ -180,9 +194,11 @@ class Worker:
         )  # fmt: skip
 
     async def _open_metrics(self) -> None:
-        log_jobs = jobs_log.isEnabledFor(logging.INFO)
+        log_jobs = jobs_log.isEnabledFor(logging.DEBUG)  # a line per job start and finish
         if self.metrics is not None or log_jobs:  # else the runner has no observer: no cost
             self.runner.observer = JobObserver(self.metrics, log_jobs)
+        if jobs_log.isEnabledFor(logging.INFO):
+            self._summary = JobSummary(self)
         if self.metrics is not None and self.metrics_port is not None:
             depths = QueueDepths(self.app, [k.queue for k in self.queue_keys])
             self._metrics_server = MetricsServer(self.metrics, lambda: len(self.runner), depths)
@@ -224,6 +240,8 @@ class Worker:
         self._loops.clear()
         if self._metrics_server is not None:
             await self._metrics_server.close()
+        if self._summary is not None:
+            await self._summary.log(final=True)
         log.info("worker %s stopped after %d job(s)", self.consumer, self.jobs_done)
 
     async def _write_back(self) -> None:

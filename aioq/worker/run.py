@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import traceback
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+from redis.exceptions import RedisError
 
 from .. import tracing
 from ..context import JobContext, _current
@@ -58,6 +60,11 @@ class Runner:
             running = self.running.get(lane)
             if running is None:
                 running = self.running[lane] = {}
+            if row[0] in running:  # never a second copy of an entry this worker runs
+                log.error("entry %s on %s is running already; not started again",
+                          row[0].decode(errors="replace"), lane.queue)  # fmt: skip
+                self.worker.slots.give(1)
+                continue
             d, problem = parse_delivery(row)
             if problem is None and d.task not in self.app.tasks:
                 known = ", ".join(sorted(self.app.tasks)) or "none"
@@ -107,14 +114,17 @@ class Runner:
         span = tracing.processing(tracer, keys.queue, d, self.worker.consumer)
         record: Record | None = None
         try:
-            record = await self._run(keys, d)
+            record = await self._run(keys, d, write_now=False)
         finally:
             if span is not None:
                 span.end(record)
+        if record is not None and self._idle(keys):
+            await self._write_now()
 
-    async def _run(self, keys: QueueKeys, d: Delivery) -> Record | None:
+    async def _run(self, keys: QueueKeys, d: Delivery, write_now: bool = True) -> Record | None:
         """Run one attempt; returns its completion record (None: interrupted, nothing is
-        recorded), which it has handed to the completer."""
+        recorded), which it has handed to the completer (and, ``write_now``, written at once
+        if its queue had no backlog, see ``_write_now``)."""
         task = self.app.tasks[d.task]
         token = _current.set(JobContext(self.redis, keys, d.job_id, d.task, d.attempt))
         timeout = d.timeout
@@ -156,15 +166,33 @@ class Runner:
             record = self._failure(d, task.backoff_delay, _describe(exc))
         finally:
             _current.reset(token)
-            self.running[keys].pop(d.entry_id, None)
-            self.entries.pop((keys.queue, d.job_id), None)
+            if self.running[keys].get(d.entry_id) is asyncio.current_task():
+                del self.running[keys][d.entry_id]
+                self.entries.pop((keys.queue, d.job_id), None)
             self.cancelling.discard((keys, d.entry_id))
             self.worker.slots.give(1)
             if obs is not None:
                 obs.finished(keys.queue, d, None if record is None else record[0], t0)
             if record is not None:
                 self.worker.completer.add(keys, record)
+        if write_now and record is not None and self._idle(keys):
+            await self._write_now()
         return record
+
+    def _idle(self, keys: QueueKeys) -> bool:
+        """Whether the job's queue had no backlog (its fetcher found it empty and parked, and
+        delivered this job) and no write is under way: then ``_write_now``."""
+        return keys.lanes[0] in self.worker.idle and self.worker.completer.writable_now()
+
+    async def _write_now(self) -> None:
+        """Write the buffered outcomes from this job's task: the outcome goes to Redis in
+        this turn of the event loop, before the fetcher's next read, instead of a turn later
+        from the completer's loop (the round trip of an awaited job, RPC style). With a
+        backlog the completer's loop writes them in batches as before, after the fetcher's
+        next read (so Redis starts the next batch first). An error here leaves the records
+        buffered for that loop, which retries."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.worker.completer.flush()
 
     async def _in_thread(self, call: functools.partial[Any]) -> Any:
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._threads)

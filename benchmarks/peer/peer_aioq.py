@@ -2,8 +2,10 @@
 
 Redis streams + consumer group, batched Lua fetch/complete, leased and fenced; see
 aioq's DESIGN.md. Everything is aioq's default except the worker's concurrency. The worker
-is the real CLI, ``python -m aioq worker peer_aioq:app --concurrency N --log-level warning``
-(exec'd, so SIGTERM reaches aioq's own handler and start-up includes the CLI's imports);
+is the real CLI, ``python -m aioq worker peer_aioq:app --concurrency N --log-level info``,
+exec'd, so SIGTERM reaches aioq's own handler and start-up includes the CLI's imports. INFO is
+the CLI's default, which logs a summary every 10 s, not a line per job (runs before aioq
+9ca8046 used ``warning``; ``BENCH_WORKER_LOGLEVEL`` overrides it);
 bulk enqueue is ``app.enqueue_many`` (one pipeline of enqueue scripts).
 """
 
@@ -95,7 +97,7 @@ class Peer:
             await app.enqueue_many([t.call() for _ in range(n)])
 
     def worker(self, concurrency: int) -> None:
-        level = os.environ.get("BENCH_WORKER_LOGLEVEL", "warning").lower()
+        level = os.environ.get("BENCH_WORKER_LOGLEVEL", "info").lower()
         argv = [sys.executable, "-m", "aioq", "worker", "peer_aioq:app",
                 "--concurrency", str(concurrency), "--log-level", level]  # fmt: skip
         os.chdir(Path(__file__).resolve().parent)  # the CLI imports peer_aioq from the cwd
