@@ -22,6 +22,9 @@ task and a timer per write, one more turn of the event loop), and an UNSUBSCRIBE
 the next write, or ``UNSUBSCRIBE_AFTER`` seconds: an awaited job then costs two writes (the
 enqueue, the subscription), not three. A message for a channel nobody watches any more is
 dropped.
+
+A watchdog (``KEEPALIVE``) pings a connection that has been silent for a while and drops it
+when even the ping gets no answer; the reconnection wakes every waiter to re-read the state.
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ from .connection import pack
 _PUSH: type | None = getattr(hiredis, "PushNotification", None)
 
 UNSUBSCRIBE_AFTER = 0.05  # seconds an UNSUBSCRIBE waits for a write to travel with
+
+KEEPALIVE = 5.0
+"""Seconds without a frame after which the subscription is pinged; when the ping brings
+nothing back in as long, the connection is dropped and made again (a link whose bytes stopped
+without closing would otherwise keep every waiter waiting for ever)."""
 
 log = logging.getLogger("aioq.results")
 
@@ -83,6 +91,7 @@ class ResultListener:
         self._replies: deque[asyncio.Future[Any]] = deque()  # reads sent, in order (RESP3)
         self._unsub: set[bytes] = set()  # channels to unsubscribe with the next write
         self._unsub_timer: asyncio.TimerHandle | None = None
+        self._frames = 0  # frames read on the current connection (the watchdog's pulse)
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str, read: bytes | None = None) -> AsyncIterator[Watch]:
@@ -195,6 +204,7 @@ class ResultListener:
 
     async def _read_loop(self) -> None:
         delay = 0.05
+        watchdog: asyncio.Task[None] | None = None
         while True:
             try:
                 conn = await self._connect()
@@ -219,12 +229,15 @@ class ResultListener:
                 self._wake_all()  # anything published while we were away is in the stored state
                 delay = 0.05
                 push = _PUSH if self._resp3 else None
+                watchdog = asyncio.get_running_loop().create_task(self._watchdog(conn))
                 while True:
                     try:
                         msg = await self._read(conn)
                     except ResponseError as exc:  # an error reply to a read: its waiter's
+                        self._frames += 1
                         self._reply(exc)
                         continue
+                    self._frames += 1
                     if push is not None and not isinstance(msg, push):
                         self._reply(msg)
                     else:
@@ -240,6 +253,34 @@ class ResultListener:
                     await conn.disconnect()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+                    watchdog = None
+
+    async def _watchdog(self, conn: AbstractConnection) -> None:
+        """Ping ``conn`` after ``KEEPALIVE`` seconds without a frame; abort it when the ping
+        brings nothing in as long (the read loop then reconnects)."""
+        seen, pinged = -1, False
+        while True:
+            await asyncio.sleep(KEEPALIVE)
+            if self._frames != seen:
+                seen, pinged = self._frames, False
+                continue
+            writer = conn._writer
+            if writer is None:
+                return
+            if pinged:
+                log.debug("result subscription silent for %gs; reconnecting", 2 * KEEPALIVE)
+                writer.transport.abort()
+                return
+            if self._resp3:  # the PONG is a reply, not a pushed frame: it has its place
+                pong: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                pong.add_done_callback(_ignore)  # nobody awaits it, nor a lost connection
+                self._replies.append(pong)
+            with contextlib.suppress(RedisConnectionError, OSError):
+                self._write_now(conn, pack("PING"))
+            pinged = True
 
     async def _connect(self) -> AbstractConnection:
         """A new connection for the subscription: RESP3 unless the server refuses it."""
@@ -317,6 +358,11 @@ class ResultListener:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
             self._reader = None
+
+
+def _ignore(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved, so asyncio does not report it as never retrieved
 
 
 async def subscribe_confirmed(pubsub: Any, channels: Sequence[bytes]) -> None:

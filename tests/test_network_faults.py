@@ -227,12 +227,6 @@ async def test_worker_drops_connections_that_stop_flowing(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="aioq/results.py ResultListener._read reads its pub/sub connection with "
-    "timeout=math.inf and never pings it: when that connection stops flowing (socket open) "
-    "no completion is ever pushed, and result(timeout=None) waits for ever",
-)
 async def test_result_waiter_outlives_a_black_holed_subscription(
     proxy: FaultProxy, proxied: App, direct: App, workers: Any, tcp_redis: EmbeddedRedis
 ) -> None:
