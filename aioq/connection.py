@@ -99,7 +99,7 @@ class CommandLane:
                 if not conn.is_connected:
                     await conn.connect()  # type: ignore[no-untyped-call]
                 sent = True
-                await conn.send_packed_command(packed, check_health=False)
+                await _write(conn, packed)
                 out: list[Any] = []
                 for _ in range(replies):
                     try:
@@ -161,6 +161,22 @@ class CommandLane:
             with contextlib.suppress(Exception):
                 await conn.disconnect()
         self._open -= len(idle)
+
+
+async def _write(conn: AbstractConnection, packed: bytes | list[bytes]) -> None:
+    """Write to the connection's transport directly: redis-py's send path wraps every write in
+    ``asyncio.wait_for`` (a task and a turn of the event loop per call, on Python 3.11), which
+    costs an awaited job's round trip more than the write itself. Waits only when the
+    transport's buffer is full (Redis reads slowly)."""
+    writer = conn._writer
+    if writer is None or writer.transport.is_closing():
+        raise RedisConnectionError("connection closed")
+    if isinstance(packed, bytes):
+        writer.write(packed)
+    else:
+        writer.writelines(packed)
+    if writer.transport.get_write_buffer_size() > 65536:
+        await writer.drain()
 
 
 def pack(*args: Any) -> bytes:

@@ -42,11 +42,11 @@ if os.environ.get("BENCH_TRACE"):
 
     async def _traced_start(self: Any, *args: Any) -> Any:
         # the parked read and the start are one round trip now: both times are its return
-        rows = await _orig_start(self, *args)
+        rows, more = await _orig_start(self, *args)
         t1 = time.time()
         for row in rows:
             _trace[row[1].decode()] = (t1, t1)
-        return rows
+        return rows, more
 
     _scripts.Scripts.wait_and_start = _traced_start  # type: ignore[method-assign]
 

@@ -190,14 +190,15 @@ class Scripts:
         count: int,
         block_ms: int,
         newest: Sequence[bytes],
-    ) -> list[Any]:
+    ) -> tuple[list[Any], bool]:
         """Park in XREADGROUP on every priority's stream until entries arrive (or
         ``block_ms``), and start up to ``count`` of them: the read and START_NEW go in one
-        write on one connection, so it is one round trip.
+        write on one connection, so it is one round trip. Returns the started jobs, and
+        whether more may wait (False: the queue was drained, park again without a FETCH).
 
         ``newest`` holds, per priority, the newest entry id this worker had seen there. The read
-        takes one entry per stream: what arrives at an idle worker is mostly one job, and a
-        burst is fetched next, in priority order.
+        takes one entry per stream; START_NEW reads on when jobs wait at one level only, and
+        a burst at several is fetched next, in priority order.
         """
         streams = [lane.stream for lane in keys.lanes]
         start_args = [*worker.args, count, *newest]
@@ -217,8 +218,8 @@ class Scripts:
             await self._lane.call(_create_groups(keys), len(streams))
         if isinstance(started, Exception):
             raise started
-        rows: list[Any] = started
-        return rows
+        rows, more = started
+        return rows, bool(more)
 
     async def fetch(self, keys: QueueKeys, worker: WorkerArgs, count: int, turn: int) -> list[Any]:
         """Start up to ``count`` queued jobs, highest priority first; ``turn``: how many this

@@ -6,12 +6,19 @@
 -- delivered too. Entries this worker already runs (taken over by its reclaimer) are left
 -- alone; entries beyond ARGV[6] (several levels written at once) are handed back: re-added at
 -- the end of their stream, for any worker.
+--
+-- When jobs wait at one level only (an idle queue woken by a burst), it reads on there up to
+-- ARGV[6], as FETCH would (fair turns need two levels): so the worker learns in the same round
+-- trip whether the queue is drained, and needs no FETCH before it parks again. Returns
+-- {started jobs, more}: more is 1 when jobs may still wait (the budget was filled, entries were
+-- handed back, or several levels hold jobs: FETCH's turn), else 0.
 --#include start
 local budget = tonumber(ARGV[6])
 local now = now_ms()
-local out = {}
+local out, live, more = {}, {}, 0
 for p = PRIORITIES - 1, 0, -1 do
-  if p == 0 or level_len(p) > 0 then              -- an empty stream (most levels): one XLEN
+  if level_len(p) > 0 then                        -- an empty stream (most levels): one XLEN
+    live[#live + 1] = p
     use_level(p)
     local entries, from = {}, '(' .. ARGV[7 + p]
     while from do
@@ -31,6 +38,7 @@ for p = PRIORITIES - 1, 0, -1 do
         else
           drop(row[1])
           redis.call('XADD', STREAM, '*', unpack(e[2]))
+          more = 1
         end
       end
       from = #pend == 100 and ('(' .. pend[#pend][1]) or nil
@@ -38,4 +46,17 @@ for p = PRIORITIES - 1, 0, -1 do
     start(entries, now, out)
   end
 end
-return noted(out)
+if #live > 1 or budget <= 0 or FAULT then
+  more = 1
+elseif #live == 1 then
+  use_level(live[1])
+  local r = redis.pcall('XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', budget,
+                        'STREAMS', STREAM, '>')
+  if type(r) == 'table' and r.err then
+    more = 1                                      -- FETCH will see (and recreate a lost group)
+  elseif r then
+    start(r[1][2], now, out)
+    if #r[1][2] >= budget then more = 1 end
+  end
+end
+return noted({out, more})

@@ -35,8 +35,6 @@ class Completer:
         self._on_written = on_written
         self._buffers: dict[QueueKeys, list[Record]] = {}
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._lock = asyncio.Lock()
         # outcomes written so far by record kind ("ok", "fail", "retry", ...), fenced ones
         # excluded: the worker's periodic summary line (metrics.JobSummary) reads them
@@ -47,8 +45,13 @@ class Completer:
         if buf is None:
             buf = self._buffers[keys] = []
         buf.append(record)
-        self._idle.clear()
         self._wake.set()
+
+    async def settled(self) -> None:
+        """Return once no write is under way (at once when none is)."""
+        if self._lock.locked():
+            async with self._lock:
+                pass
 
     def writable_now(self) -> bool:
         """Whether a flush would start at once (none under way)."""
@@ -102,8 +105,6 @@ class Completer:
                         "owner's outcome stands: %s", len(fenced), names,
                     )  # fmt: skip
                 self._on_written(len(batch))
-        if not len(self):
-            self._idle.set()
 
     def _count(self, batch: list[Record], rare: list[Record], fenced: list[bytes]) -> None:
         written = self.written
@@ -116,9 +117,6 @@ class Completer:
         written["ok"] = written.get("ok", 0) + ok
         for rec in rare:
             written[rec[0]] = written.get(rec[0], 0) + 1
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
 
 
 def _raw(job_id: str | bytes) -> bytes:

@@ -41,6 +41,7 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
     turn = 0  # jobs started from this queue: places each fetch in the fairness rotation
     delay = 0.05
     recover = False  # a reply that started jobs was lost: find them before reading on
+    drained = False  # the parked read's start found nothing more: park again, no FETCH
     while True:
         n = await slots.take(worker.fetch_size)
         if keys.queue in worker.paused and not recover:  # `aioq pause`: take nothing new
@@ -66,10 +67,11 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
             _advance(newest, taken)
             started = len(taken)
             rows = []
-            if started < n:
+            if started < n and not drained:
                 rows = await worker.app.scripts.fetch(keys, worker.script_args, n - started, turn)
                 _advance(newest, rows)
                 turn += len(rows)
+            drained = False
             if not rows and not started:
                 worker.idle.add(keys)
                 if worker.burst:
@@ -85,16 +87,21 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
                 block_ms = max(1, min(BLOCK_MS, round(reclaimer.due_in() * 1000)))
                 if slots.contended:  # another queue waits for the slots we hold: take turns
                     block_ms = min(block_ms, CONTENDED_BLOCK_MS)
-                rows = await worker.app.scripts.wait_and_start(
+                rows, more = await worker.app.scripts.wait_and_start(
                     keys, worker.script_args, n, block_ms, newest
                 )
+                drained = bool(rows) and not more
                 _advance(newest, rows)
                 turn += len(rows)
                 if rows:
                     started += len(rows)
                     runner.start(keys, rows)
-                    # let the new jobs begin before this loop's next round trip (latency)
+                    # let the new jobs begin before this loop's next round trip (latency),
+                    # and let an outcome they wrote at once (a quick job on an idle queue)
+                    # reach Redis before the next read: Redis answers both before it sends
+                    # the job's notification, so the read would delay whoever awaits it
                     await asyncio.sleep(0)
+                    await worker.completer.settled()
                     rows = []
             worker.idle.discard(keys)
             started += len(rows)
