@@ -100,36 +100,37 @@ LUA: dict[str, str] = {
 class QueueKeys:
     """All key names of one queue of one app.
 
-    ``priority`` picks the lane: which of the queue's streams ``stream`` names. Every other
-    key is shared by the lanes. ``App.keys(queue)`` is lane 0; ``keys.lane(p)`` the others.
+    ``priority`` picks the level: which of the queue's streams (one per priority) ``stream``
+    names. Every other key is shared by the levels. ``App.keys(queue)`` is level 0;
+    ``keys.level(p)`` the others.
     """
 
     app: str
     queue: str
     priority: int = 0
-    _lanes: tuple[QueueKeys, ...] = field(default=(), init=False, repr=False)
+    _levels: tuple[QueueKeys, ...] = field(default=(), init=False, repr=False)
     _declared: tuple[str, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.priority == 0:
-            lanes = (self, *(QueueKeys(self.app, self.queue, p) for p in range(1, PRIORITIES)))
-            for lane in lanes:
-                object.__setattr__(lane, "_lanes", lanes)
+            levels = (self, *(QueueKeys(self.app, self.queue, p) for p in range(1, PRIORITIES)))
+            for level in levels:
+                object.__setattr__(level, "_levels", levels)
             declared = (
-                *(lane.stream for lane in lanes),
+                *(level.stream for level in levels),
                 self.scheduled, self.dead, self.failed, self.recent, self.ratelimits,
             )  # fmt: skip
             object.__setattr__(self, "_declared", declared)
 
-    def lane(self, priority: int) -> QueueKeys:
+    def level(self, priority: int) -> QueueKeys:
         """The keys of this queue's stream for ``priority`` (0..9)."""
-        return self.lanes[priority]
+        return self.levels[priority]
 
     @property
-    def lanes(self) -> tuple[QueueKeys, ...]:
+    def levels(self) -> tuple[QueueKeys, ...]:
         """One per priority, lowest (0) first."""
-        # a lane built directly (QueueKeys(app, queue, 3)) has none of its own: its queue's
-        return self._lanes or QueueKeys(self.app, self.queue).lanes
+        # a level built directly (QueueKeys(app, queue, 3)) has none of its own: its queue's
+        return self._levels or QueueKeys(self.app, self.queue).levels
 
     @property
     def tag(self) -> str:
@@ -186,7 +187,7 @@ class QueueKeys:
         scheduled set, the dead-letter stream, the failed index, the recent stream and the rate
         limits (``queue.lua`` names them). Keys named by data (a job's record, a task's rate
         log) share their hash tag, so every script stays in one cluster slot."""
-        return self.lanes[0]._declared
+        return self.levels[0]._declared
 
     def progress(self, job_id: str) -> str:
         return self.tag + PROGRESS + job_id

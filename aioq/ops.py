@@ -110,7 +110,7 @@ async def purge_queue(app: App, queue: str) -> tuple[int, int]:
     their jobs; returns (entries deleted, jobs deleted). Entries added after the call began
     are left alone. Every priority's stream is purged."""
     entries = jobs = 0
-    for keys in app.keys(queue).lanes:
+    for keys in app.keys(queue).levels:
         last: list[tuple[bytes, object]] = await app.redis.xrevrange(keys.stream, count=1)  # type: ignore[assignment]
         if not last:
             continue

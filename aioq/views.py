@@ -61,9 +61,9 @@ async def queue_stats(app: App, queues: list[str] | None = None) -> list[QueueSt
             pipe.xlen(k.dead)
             pipe.zcount(k.failed, since, "+inf")
             pipe.exists(k.paused)
-            for lane in k.lanes:  # one stream per priority
-                pipe.xlen(lane.stream)
-                pipe.xinfo_groups(lane.stream)
+            for level in k.levels:  # one stream per priority
+                pipe.xlen(level.stream)
+                pipe.xinfo_groups(level.stream)
         replies = await pipe.execute(raise_on_error=False)
     out = []
     for i, q in enumerate(names):
@@ -73,15 +73,15 @@ async def queue_stats(app: App, queues: list[str] | None = None) -> list[QueueSt
             raise scheduled
         queued = running = 0
         by_priority: dict[int, int] = {}
-        for level in range(PRIORITIES):
-            length, groups = counts[4 + 2 * level : 6 + 2 * level]
+        for priority in range(PRIORITIES):
+            length, groups = counts[4 + 2 * priority : 6 + 2 * priority]
             if isinstance(length, Exception):
                 raise length
-            lane_queued, lane_running = _lane_counts(int(length), groups)
-            queued += lane_queued
-            running += lane_running
-            if lane_queued:
-                by_priority[level] = lane_queued
+            level_queued, level_running = _level_counts(int(length), groups)
+            queued += level_queued
+            running += level_running
+            if level_queued:
+                by_priority[priority] = level_queued
         out.append(
             QueueStats(
                 q, queued, running, int(scheduled), int(failed), int(dead), bool(paused),
@@ -91,7 +91,7 @@ async def queue_stats(app: App, queues: list[str] | None = None) -> list[QueueSt
     return out
 
 
-def _lane_counts(length: int, groups: list[dict[str, Any]] | Exception) -> tuple[int, int]:
+def _level_counts(length: int, groups: list[dict[str, Any]] | Exception) -> tuple[int, int]:
     """(queued, running) of one stream from its length and XINFO GROUPS."""
     if isinstance(groups, ResponseError):  # no stream yet
         return length, 0
@@ -289,12 +289,12 @@ async def _indexed_jobs(
     keys = app.keys(queue)
     # a task filter may skip most of a page: read more per round trip then
     page = limit if task is None else max(limit, 100)
-    lanes = await _lane_groups(app, keys) if statuses - {JobStatus.SCHEDULED.value} else []
+    levels = await _level_groups(app, keys) if statuses - {JobStatus.SCHEDULED.value} else []
     sources: list[AsyncGenerator[list[str]]] = []
     if JobStatus.RUNNING.value in statuses:
-        sources.append(_running_ids(app, lanes, page))
+        sources.append(_running_ids(app, levels, page))
     if JobStatus.QUEUED.value in statuses:
-        sources.append(_queued_ids(app, lanes, page))
+        sources.append(_queued_ids(app, levels, page))
     if JobStatus.SCHEDULED.value in statuses:
         sources.append(_scheduled_ids(app, keys, page))
     rows: list[JobSummary] = []
@@ -321,7 +321,7 @@ _Entries = list[tuple[bytes, dict[bytes, bytes]]]  # stream entries as XRANGE re
 
 
 @dataclass(frozen=True, slots=True)
-class _Lane:
+class _Level:
     """One priority's stream of a queue as its consumer group sees it."""
 
     keys: QueueKeys
@@ -329,34 +329,34 @@ class _Lane:
     pending: int  # delivered, not yet acknowledged: running
 
 
-async def _lane_groups(app: App, keys: QueueKeys) -> list[_Lane]:
-    """The queue's lanes that have a stream, highest priority first."""
+async def _level_groups(app: App, keys: QueueKeys) -> list[_Level]:
+    """The queue's levels that have a stream, highest priority first."""
     async with app.redis.pipeline(transaction=False) as pipe:
-        for lane in keys.lanes:
-            pipe.xinfo_groups(lane.stream)
+        for level in keys.levels:
+            pipe.xinfo_groups(level.stream)
         replies = await pipe.execute(raise_on_error=False)
     out = []
-    for lane, groups in zip(keys.lanes, replies, strict=True):
+    for level, groups in zip(keys.levels, replies, strict=True):
         if isinstance(groups, ResponseError):  # no stream yet
             continue
         if isinstance(groups, Exception):
             raise groups
         group = next((g for g in groups if g.get("name") in (GROUP, GROUP.encode())), None)
         if group is None:  # no worker has read it yet: every entry is queued
-            out.append(_Lane(lane, b"0-0", 0))
+            out.append(_Level(level, b"0-0", 0))
             continue
         last = group.get("last-delivered-id") or b"0-0"
         last = last if isinstance(last, bytes) else str(last).encode()
-        out.append(_Lane(lane, last, int(group.get("pending") or 0)))
+        out.append(_Level(level, last, int(group.get("pending") or 0)))
     return out[::-1]
 
 
-async def _queued_ids(app: App, lanes: list[_Lane], page: int) -> AsyncGenerator[list[str]]:
+async def _queued_ids(app: App, levels: list[_Level], page: int) -> AsyncGenerator[list[str]]:
     """Pages of the job ids waiting in the streams, the next to start first."""
-    for lane in lanes:
-        start = b"(" + lane.last_delivered
+    for level in levels:
+        start = b"(" + level.last_delivered
         while True:
-            entries: _Entries = await app.redis.xrange(lane.keys.stream, start, "+", count=page)  # type: ignore[assignment]
+            entries: _Entries = await app.redis.xrange(level.keys.stream, start, "+", count=page)  # type: ignore[assignment]
             if not entries:
                 break
             yield _entry_job_ids(entries)
@@ -365,23 +365,23 @@ async def _queued_ids(app: App, lanes: list[_Lane], page: int) -> AsyncGenerator
             start = b"(" + entries[-1][0]
 
 
-async def _running_ids(app: App, lanes: list[_Lane], page: int) -> AsyncGenerator[list[str]]:
+async def _running_ids(app: App, levels: list[_Level], page: int) -> AsyncGenerator[list[str]]:
     """Pages of the job ids in the pending-entries lists (delivered to a worker, not yet
     finished), the longest running first."""
     redis = app.redis
-    for lane in lanes:
-        if not lane.pending:
+    for level in levels:
+        if not level.pending:
             continue
         start: bytes | str = "-"
         while True:
             pending: list[dict[str, Any]] = await redis.xpending_range(
-                lane.keys.stream, GROUP, start, "+", page
+                level.keys.stream, GROUP, start, "+", page
             )
             if not pending:
                 break
             async with redis.pipeline(transaction=False) as pipe:
                 for p in pending:  # the entry holds the job id (entries deleted: no job)
-                    pipe.xrange(lane.keys.stream, p["message_id"], p["message_id"])
+                    pipe.xrange(level.keys.stream, p["message_id"], p["message_id"])
                 entries = [e for found in await pipe.execute() for e in found]
             yield _entry_job_ids(entries)
             if len(pending) < page:

@@ -270,9 +270,9 @@ async def in_flight(admin: Redis, app: App, pid: int | None = None) -> set[str]:
     """Job ids of the pending entries (XPENDING) of the consumer of worker ``pid``, or of
     every consumer."""
     jobs: set[str] = set()
-    for lane in app.keys().lanes:
+    for level in app.keys().levels:
         try:
-            rows = await admin.xpending_range(lane.stream, GROUP, "-", "+", 100_000)
+            rows = await admin.xpending_range(level.stream, GROUP, "-", "+", 100_000)
         except ResponseError:
             continue  # no stream or group (yet); connection errors go to `retrying`
         ids = [
@@ -282,7 +282,7 @@ async def in_flight(admin: Redis, app: App, pid: int | None = None) -> set[str]:
         ]
         async with admin.pipeline(transaction=False) as pipe:
             for eid in ids:
-                pipe.xrange(lane.stream, eid, eid)
+                pipe.xrange(level.stream, eid, eid)
             entries = await pipe.execute()
         jobs |= {e[0][1][b"id"].decode() for e in entries if e}
     return jobs
@@ -451,10 +451,10 @@ async def run_soak(cfg: Config, say: Callable[[str], None] = print) -> Figures:
         for jid in twice & flight:
             at = sorted({f.kind for f in fig.faults if jid in f.in_flight})
             fig.reruns_by_fault[" + ".join(at)] += 1
-        for lane in keys.lanes:
-            fig.stream_len += await admin.xlen(lane.stream)
+        for level in keys.levels:
+            fig.stream_len += await admin.xlen(level.stream)
             with contextlib.suppress(RedisError):
-                fig.pending += int((await admin.xpending(lane.stream, GROUP))["pending"])
+                fig.pending += int((await admin.xpending(level.stream, GROUP))["pending"])
         fig.scheduled = await admin.zcard(keys.scheduled)
         fig.dead = await admin.xlen(keys.dead)
         fig.waiters = len(waiters)

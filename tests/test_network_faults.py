@@ -123,17 +123,17 @@ async def running_on(app: App, job_id: str, w: WorkerProcess) -> bool:
 async def stream_entries(app: App) -> list[str]:
     """The job id of every entry left in the app's default queue (all priorities)."""
     out: list[str] = []
-    for lane in app.keys().lanes:
-        for _, fields in await app.redis.xrange(lane.stream):
+    for level in app.keys().levels:
+        for _, fields in await app.redis.xrange(level.stream):
             out.append(fields[b"id"].decode())
     return out
 
 
 async def assert_drained(app: App) -> None:
-    for lane in app.keys().lanes:
-        assert await app.redis.xlen(lane.stream) == 0, lane.stream
-        if await app.redis.exists(lane.stream):
-            assert int((await app.redis.xpending(lane.stream, GROUP))["pending"]) == 0
+    for level in app.keys().levels:
+        assert await app.redis.xlen(level.stream) == 0, level.stream
+        if await app.redis.exists(level.stream):
+            assert int((await app.redis.xpending(level.stream, GROUP))["pending"]) == 0
 
 
 async def job_records(app: App) -> list[str]:

@@ -74,13 +74,13 @@ async def test_priority_from_task_options_and_name(app: App) -> None:
 
     assert (await (await plain.options(priority=2).enqueue()).info()).priority == 2
     assert (await (await plain.enqueue()).info()).priority == 0
-    await app.redis.delete(*[lane.stream for lane in app.keys().lanes])
+    await app.redis.delete(*[level.stream for level in app.keys().levels])
     await urgent.enqueue()
     await urgent.options(priority=0).enqueue()
     await plain.options(priority=7).enqueue()
     await app.options("plain", priority=8).enqueue()
-    lanes = app.keys().lanes
-    lengths = [await app.redis.xlen(lane.stream) for lane in lanes]
+    levels = app.keys().levels
+    lengths = [await app.redis.xlen(level.stream) for level in levels]
     assert lengths == [1, 0, 0, 1, 0, 0, 0, 1, 1, 0]
     stats = (await queue_stats(app))[0]
     assert stats.queued == 4
@@ -117,7 +117,7 @@ async def test_delayed_and_retried_jobs_keep_their_priority(app: App) -> None:
     info = await app.redis.hget(app.keys().job(delayed.id), "priority")
     assert info == b"6"
     # everything ran through stream 6: its consumer group delivered both attempts
-    groups = await app.redis.xinfo_groups(app.keys().lane(6).stream)
+    groups = await app.redis.xinfo_groups(app.keys().level(6).stream)
     assert groups[0]["entries-read"] == 2
     assert await app.redis.xlen(app.keys().stream) == 0
 
@@ -162,7 +162,7 @@ async def test_a_lapsed_lease_at_any_priority_is_reclaimed(redis_url: str, app: 
         done.append("ran")
 
     job = await work.options(priority=4).enqueue()
-    stream = fast.keys().lane(4).stream
+    stream = fast.keys().level(4).stream
     await fast.redis.xgroup_create(stream, GROUP, id="0")
     # a worker that read the entry and died before starting it
     await fast.redis.xreadgroup(GROUP, "ghost", {stream: ">"}, count=1)
@@ -184,7 +184,7 @@ async def test_stopping_hands_jobs_back_to_their_own_stream(app: App) -> None:
     async with Worker(app, shutdown_timeout=0.1):
         await asyncio.wait_for(started.wait(), 5)
     assert await job.status() is JobStatus.QUEUED
-    assert await app.redis.xlen(app.keys().lane(3).stream) == 1
+    assert await app.redis.xlen(app.keys().level(3).stream) == 1
     assert await app.redis.xlen(app.keys().stream) == 0
 
 
@@ -203,7 +203,7 @@ async def colliding_pair(app: App, calls: list[object]) -> list[Job[object]]:
     (each stream numbers its own entries, so that happens within one millisecond)."""
     for _ in range(50):
         jobs: list[Job[object]] = await app.enqueue_many(calls)  # type: ignore[arg-type]
-        ids = [(await app.redis.xrange(app.keys().lane(p).stream, count=1))[0][0] for p in (0, 5)]
+        ids = [(await app.redis.xrange(app.keys().level(p).stream, count=1))[0][0] for p in (0, 5)]
         if ids[0] == ids[1]:
             return jobs
         await purge_queue(app, app.default_queue)
@@ -274,8 +274,8 @@ async def test_a_foreign_key_at_one_level_does_not_stop_the_others(app: App) -> 
         return p
 
     async with Worker(app):
-        await app.redis.delete(app.keys().lane(3).stream)
-        await app.redis.set(app.keys().lane(3).stream, "not a stream")  # another program's key
+        await app.redis.delete(app.keys().level(3).stream)
+        await app.redis.set(app.keys().level(3).stream, "not a stream")  # another program's key
         jobs = [await ping.options(priority=p).enqueue(p) for p in (9, 0)]
         assert [await j.result(timeout=10) for j in jobs] == [9, 0]
-    await app.redis.delete(app.keys().lane(3).stream)
+    await app.redis.delete(app.keys().level(3).stream)

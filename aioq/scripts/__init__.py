@@ -200,7 +200,7 @@ class Scripts:
         takes one entry per stream; START_NEW reads on when jobs wait at one level only, and
         a burst at several is fetched next, in priority order.
         """
-        streams = [lane.stream for lane in keys.lanes]
+        streams = [level.stream for level in keys.levels]
         start_args = [*worker.args, count, *newest]
         commands = [
             pack("XREADGROUP", "GROUP", GROUP, worker.args[1], "COUNT", 1,
@@ -270,7 +270,7 @@ class Scripts:
         return lost
 
     async def release_all(self, keys: QueueKeys, consumer: str) -> int:
-        streams = [lane.stream for lane in keys.lanes]
+        streams = [level.stream for level in keys.levels]
         n: int = await self._call(self._release_all, streams, [GROUP, consumer])
         return n
 
@@ -319,7 +319,7 @@ class Scripts:
 def _create_groups(keys: QueueKeys) -> list[bytes]:
     """XGROUP CREATE for each of a queue's streams, at id 0 (nothing enqueued before is
     missed), creating the stream if need be; BUSYGROUP replies (it exists) are harmless."""
-    return [pack("XGROUP", "CREATE", lane.stream, GROUP, "0", "MKSTREAM") for lane in keys.lanes]
+    return [pack("XGROUP", "CREATE", level.stream, GROUP, "0", "MKSTREAM") for level in keys.levels]
 
 
 class WorkerArgs:

@@ -29,9 +29,9 @@ local function enqueue_job(key, a)
     end
   end
   local level = level_of(ARGV[a + 12])
-  local lane = STREAMS[level]                            -- the stream of the job's priority
+  local stream = STREAMS[level]                          -- the stream of the job's priority
   if not stamp then
-    stamp = tonumber(string.match(redis.call('XADD', lane, '*', 'id', jid), '^%d+'))
+    stamp = tonumber(string.match(redis.call('XADD', stream, '*', 'id', jid), '^%d+'))
   end
   local expires_in, expires_at = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
   if expires_in > 0 then expires_at = stamp + expires_in end

@@ -125,9 +125,9 @@ def _advance(newest: list[bytes], rows: list[Any]) -> None:
     priority; stream ids are ``<ms>-<seq>``, and a batch is not in stream order: fair turns
     sit at their places in it)."""
     for row in rows:
-        level, entry_id = row[8], row[0]
-        if _id_key(entry_id) > _id_key(newest[level]):
-            newest[level] = entry_id
+        priority, entry_id = row[8], row[0]
+        if _id_key(entry_id) > _id_key(newest[priority]):
+            newest[priority] = entry_id
 
 
 def _id_key(entry_id: bytes) -> tuple[int, int]:

@@ -167,8 +167,8 @@ def orphans(worker: Worker, keys: QueueKeys, rows: list[Any]) -> list[Any]:
     runner, completer = worker.runner, worker.completer
     out = []
     for row in rows:
-        lane = keys.lanes[row[8]]
-        if row[0] in runner.running.get(lane, {}) or row[0] in completer.pending(lane):
+        level = keys.levels[row[8]]
+        if row[0] in runner.running.get(level, {}) or row[0] in completer.pending(level):
             continue
         out.append(row)
     if out:

@@ -32,15 +32,15 @@ log = logging.getLogger("aioq.worker")
 
 class Runner:
     """Starts an asyncio task per delivered job and tracks what is running, per stream: the
-    ``QueueKeys`` lane of the job's priority (entry ids are unique within one stream only)."""
+    ``QueueKeys`` level of the job's priority (entry ids are unique within one stream only)."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.app = worker.app
         self.running: dict[QueueKeys, dict[bytes, asyncio.Task[None]]] = {}
-        # (queue name, job id) -> (lane, entry id)
+        # (queue name, job id) -> (level, entry id)
         self.entries: dict[tuple[str, str], tuple[QueueKeys, bytes]] = {}
-        # (lane, entry id) of jobs whose job.cancel() arrived (ids repeat across lanes)
+        # (level, entry id) of jobs whose job.cancel() arrived (ids repeat across levels)
         self.cancelling: set[tuple[QueueKeys, bytes]] = set()
         self.redis: Redis  # set when the worker opens (it runs in one event loop)
         self._threads = anyio.CapacityLimiter(min(worker.concurrency, 64))
@@ -51,18 +51,18 @@ class Runner:
 
     def start(self, keys: QueueKeys, rows: list[Any]) -> None:
         """Run every job of a batch the fetch/start/reclaim scripts returned for a queue."""
-        lanes = keys.lanes
+        levels = keys.levels
         loop = asyncio.get_running_loop()
         complete = self.worker.completer.add
         tracer = tracing.tracer()  # None (the usual case) unless a tracer provider is set
         for row in rows:
-            lane = lanes[row[8]]  # the stream of the job's priority
-            running = self.running.get(lane)
+            level = levels[row[8]]  # the stream of the job's priority
+            running = self.running.get(level)
             if running is None:
-                running = self.running[lane] = {}
+                running = self.running[level] = {}
             if row[0] in running:  # never a second copy of an entry this worker runs
                 log.error("entry %s on %s is running already; not started again",
-                          row[0].decode(errors="replace"), lane.queue)  # fmt: skip
+                          row[0].decode(errors="replace"), level.queue)  # fmt: skip
                 self.worker.slots.give(1)
                 continue
             d, problem = parse_delivery(row)
@@ -72,16 +72,16 @@ class Runner:
             if problem is not None:
                 log.error("job %s is not runnable: %s", d.job_id, problem)
                 # row[1]: the raw id, which a job id that is not UTF-8 needs to name its record
-                complete(lane, ("dead", d.entry_id, row[1], d.attempt, problem, "BadJob", "", 0))
+                complete(level, ("dead", d.entry_id, row[1], d.attempt, problem, "BadJob", "", 0))
                 self.worker.slots.give(1)
                 continue
             t: asyncio.Task[Any]
             if tracer is None:
-                t = loop.create_task(self._run(lane, d))
+                t = loop.create_task(self._run(level, d))
             else:
-                t = loop.create_task(self._run_traced(lane, d, tracer))
+                t = loop.create_task(self._run_traced(level, d, tracer))
             running[d.entry_id] = t
-            self.entries[lane.queue, d.job_id] = (lane, d.entry_id)
+            self.entries[level.queue, d.job_id] = (level, d.entry_id)
 
     def interrupt(self, keys: QueueKeys, entry_id: bytes) -> bool:
         """Cancel a running job without recording an outcome (lease lost, or shutdown)."""
@@ -182,7 +182,7 @@ class Runner:
     def _idle(self, keys: QueueKeys) -> bool:
         """Whether the job's queue had no backlog (its fetcher found it empty and parked, and
         delivered this job) and no write is under way: then ``_write_now``."""
-        return keys.lanes[0] in self.worker.idle and self.worker.completer.writable_now()
+        return keys.levels[0] in self.worker.idle and self.worker.completer.writable_now()
 
     async def _write_now(self) -> None:
         """Write the buffered outcomes from this job's task: the outcome goes to Redis in
