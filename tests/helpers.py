@@ -142,3 +142,41 @@ async def parked(worker: Any, queues: int | None = None, timeout: float = 10.0) 
         return sum(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in clients) >= want
 
     await eventually(blocked, timeout, f"{want} fetcher(s) parked in XREADGROUP")
+
+
+class Spawned:
+    """The worker subprocesses a test started: ``start()`` one, ``close()`` them all at
+    teardown (killed if still running), printing each one's output (shown when a test fails).
+    The modules' ``workers`` fixtures wrap it with their own target and environment."""
+
+    def __init__(self) -> None:
+        self.started: list[WorkerProcess] = []
+
+    def start(self, target: str, url: str, env: dict[str, str], *args: str) -> WorkerProcess:
+        w = WorkerProcess(target, url, env, *args)
+        self.started.append(w)
+        return w
+
+    def close(self) -> None:
+        for w in self.started:
+            w.close()
+            print(f"--- worker {w.pid} (exit {w.proc.returncode}) ---\n{w.output}")
+
+
+async def processes_parked(app: Any, *ws: WorkerProcess, timeout: float = 15) -> None:
+    """Wait until every worker subprocess is parked in a blocking XREADGROUP (started, and
+    idle), by the names their connections carry in CLIENT LIST."""
+
+    async def all_blocked() -> bool:
+        for w in ws:
+            if not w.alive:
+                raise AssertionError(f"worker {w.pid} exited early:\n{w.output}")
+        blocked = {
+            c["name"]
+            for c in await app.redis.client_list()
+            if c["cmd"] == "xreadgroup" and "b" in c["flags"]
+        }
+        return all(w.name in blocked for w in ws)
+
+    pids = ", ".join(str(w.pid) for w in ws)
+    await eventually(all_blocked, timeout, f"worker(s) {pids} parked on the stream")

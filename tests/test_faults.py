@@ -25,7 +25,7 @@ from aioq.embedded import EmbeddedRedis
 from aioq.keys import GROUP
 from aioq.worker.core import cancel_and_wait
 from tests.apps.faulty import side_key
-from tests.helpers import WorkerProcess, eventually
+from tests.helpers import Spawned, WorkerProcess, eventually, processes_parked
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +42,7 @@ Spawn = Callable[..., WorkerProcess]
 def workers(redis_url: str) -> Iterator[Spawn]:
     """Start worker subprocesses: ``workers(app_name, vt, *cli_args, url=, max_deliveries=)``;
     every one is killed at teardown and its output printed (shown when the test fails)."""
-    started: list[WorkerProcess] = []
+    spawned = Spawned()
 
     def spawn(
         app_name: str, vt: float, *args: str, url: str | None = None, max_deliveries: int = 5
@@ -52,28 +52,15 @@ def workers(redis_url: str) -> Iterator[Spawn]:
             "AIOQ_TEST_VT": str(vt),
             "AIOQ_TEST_MAX_DELIVERIES": str(max_deliveries),
         }
-        w = WorkerProcess(TARGET, url or redis_url, env, *args)
-        started.append(w)
-        return w
+        return spawned.start(TARGET, url or redis_url, env, *args)
 
     yield spawn
-    for w in started:
-        w.close()
-        print(f"--- worker {w.pid} (exit {w.proc.returncode}) ---\n{w.output}")
+    spawned.close()
 
 
 async def parked(app: App, w: WorkerProcess, timeout: float = 15) -> None:
     """Wait until worker ``w`` is parked in a blocking XREADGROUP: ready, and idle."""
-
-    async def blocked() -> bool:
-        if not w.alive:
-            raise AssertionError(f"worker {w.pid} exited early:\n{w.output}")
-        return any(
-            c["name"] == w.name and c["cmd"] == "xreadgroup" and "b" in c["flags"]
-            for c in await app.redis.client_list()
-        )
-
-    await eventually(blocked, timeout, f"worker {w.pid} parked on the stream")
+    await processes_parked(app, w, timeout=timeout)
 
 
 async def consumer_of(app: App, w: WorkerProcess, timeout: float = 15) -> str:

@@ -21,7 +21,7 @@ from aioq.keys import PRIORITIES
 from aioq.scripts import WorkerArgs
 from tests.apps.faulty import side_key
 from tests.conftest import unique_name
-from tests.helpers import WorkerProcess, eventually, parked
+from tests.helpers import Spawned, WorkerProcess, eventually, parked, processes_parked
 
 pytestmark = pytest.mark.anyio
 
@@ -30,29 +30,14 @@ TARGET = "tests.apps.faulty:app"
 
 @pytest.fixture
 def workers(redis_url: str) -> Iterator[Any]:
-    started: list[WorkerProcess] = []
+    spawned = Spawned()
 
     def spawn(app_name: str, vt: float) -> WorkerProcess:
         env = {"AIOQ_TEST_APP": app_name, "AIOQ_TEST_VT": str(vt)}
-        w = WorkerProcess(TARGET, redis_url, env)
-        started.append(w)
-        return w
+        return spawned.start(TARGET, redis_url, env)
 
     yield spawn
-    for w in started:
-        w.close()
-        print(f"--- worker {w.pid} (exit {w.proc.returncode}) ---\n{w.output}")
-
-
-async def parked_process(app: App, w: WorkerProcess) -> None:
-    async def blocked() -> bool:
-        assert w.alive, w.output
-        return any(
-            c["name"] == w.name and c["cmd"] == "xreadgroup" and "b" in c["flags"]
-            for c in await app.redis.client_list()
-        )
-
-    await eventually(blocked, 15, f"worker {w.pid} parked on the stream")
+    spawned.close()
 
 
 async def runs(app: App, job_id: str) -> list[int]:
@@ -132,7 +117,7 @@ async def test_a_job_blocking_the_loop_keeps_its_lease_beside_another_worker(
     vt = 1.5
     pair = [workers(app.name, vt), workers(app.name, vt)]
     for w in pair:
-        await parked_process(app, w)
+        await processes_parked(app, w)
     job = await app.enqueue("block", 2.5 * vt)
     with anyio.fail_after(20):
         pid = await job.result()

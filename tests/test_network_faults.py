@@ -26,7 +26,7 @@ from aioq.keys import GROUP
 from aioq.scripts import COMPLETE, ENQUEUE, FETCH, RECLAIM, RENEW, START_NEW
 from tests.apps.soak import runs_per_job
 from tests.conftest import unique_name
-from tests.helpers import WorkerProcess, eventually
+from tests.helpers import Spawned, WorkerProcess, eventually, processes_parked
 from tests.netfault import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -89,18 +89,14 @@ async def proxied(proxy: FaultProxy, name: str) -> AsyncIterator[App]:
 def workers(name: str) -> Iterator[Any]:
     """``workers(url, vt, *cli_args)`` starts ``aioq worker`` on the test's app; every one is
     killed at teardown and its output printed (shown when the test fails)."""
-    started: list[WorkerProcess] = []
+    spawned = Spawned()
 
     def spawn(url: str, vt: float, *args: str) -> WorkerProcess:
         env = {"AIOQ_SOAK_APP": name, "AIOQ_SOAK_VT": str(vt)}
-        w = WorkerProcess(TARGET, url, env, *args)
-        started.append(w)
-        return w
+        return spawned.start(TARGET, url, env, *args)
 
     yield spawn
-    for w in started:
-        w.close()
-        print(f"--- worker {w.pid} (exit {w.proc.returncode}) ---\n{w.output}")
+    spawned.close()
 
 
 async def ready(app: App, w: WorkerProcess, timeout: float = 20) -> None:
@@ -369,16 +365,7 @@ async def test_enqueue_under_connection_resets_succeeds_once_or_raises(
 
 async def parked(app: App, w: WorkerProcess, timeout: float = 20) -> None:
     """Wait until worker ``w`` is parked in a blocking XREADGROUP: ready, and idle."""
-
-    async def blocked() -> bool:
-        if not w.alive:
-            raise AssertionError(f"worker {w.pid} exited early:\n{w.output}")
-        return any(
-            c["name"] == w.name and c["cmd"] == "xreadgroup" and "b" in c["flags"]
-            for c in await app.redis.client_list()
-        )
-
-    await eventually(blocked, timeout, f"worker {w.pid} parked on the stream")
+    await processes_parked(app, w, timeout=timeout)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import pytest
 
 from aioq import App, Job, JobCancelled, JobStatus
 from tests.apps.scheduling import side_key
-from tests.helpers import WorkerProcess, eventually
+from tests.helpers import Spawned, WorkerProcess, eventually, processes_parked
 
 pytestmark = pytest.mark.anyio
 
@@ -38,34 +38,18 @@ Spawn = Callable[..., WorkerProcess]
 def workers(redis_url: str) -> Iterator[Spawn]:
     """Start worker subprocesses: ``workers(app_name, *cli_args, **env)``; every one is killed
     at teardown and its output printed (shown when the test fails)."""
-    started: list[WorkerProcess] = []
+    spawned = Spawned()
 
     def spawn(app_name: str, *args: str, **env: str) -> WorkerProcess:
-        w = WorkerProcess(TARGET, redis_url, {"AIOQ_TEST_APP": app_name, **env}, *args)
-        started.append(w)
-        return w
+        return spawned.start(TARGET, redis_url, {"AIOQ_TEST_APP": app_name, **env}, *args)
 
     yield spawn
-    for w in started:
-        w.close()
-        print(f"--- worker {w.pid} (exit {w.proc.returncode}) ---\n{w.output}")
+    spawned.close()
 
 
 async def parked(app: App, *ws: WorkerProcess, timeout: float = 15) -> None:
     """Wait until every worker is parked in a blocking XREADGROUP: started, and idle."""
-
-    async def all_blocked() -> bool:
-        for w in ws:
-            if not w.alive:
-                raise AssertionError(f"worker {w.pid} exited early:\n{w.output}")
-        blocked = {
-            c["name"]
-            for c in await app.redis.client_list()
-            if c["cmd"] == "xreadgroup" and "b" in c["flags"]
-        }
-        return all(w.name in blocked for w in ws)
-
-    await eventually(all_blocked, timeout, "workers parked on the stream")
+    await processes_parked(app, *ws, timeout=timeout)
 
 
 async def redis_ms(app: App) -> int:
