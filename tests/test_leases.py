@@ -292,3 +292,23 @@ async def test_cancelled_and_expired_jobs_are_noted_like_the_others(app: App) ->
     assert {cancelled.id, expired.id} <= await recent_ids(app)
     for j in (cancelled, expired):
         assert 0 < await app.redis.ttl(app.keys().job(j.id)) <= app.result_ttl
+
+
+async def test_a_job_that_finished_while_redis_answered_is_no_orphan(app: App) -> None:
+    """RECOVER/RECLAIM read a record before its outcome landed; by the time the answer
+    arrives the worker has finished and written the job: it must not run again."""
+    from aioq.worker.lease import holding, orphans
+
+    @app.task
+    async def one() -> None: ...
+
+    worker = Worker(app)
+    keys = app.keys()
+    row = [b"1-0", b"job", 1, b"one", b"[]", b"{}", None, b"0", 0, None]
+    task = asyncio.get_running_loop().create_future()
+    worker.runner.running[keys] = {b"1-0": task}  # type: ignore[dict-item]
+    before = holding(worker, keys)  # the question goes out while the job runs
+    del worker.runner.running[keys][b"1-0"]  # ... it finishes and is written meanwhile
+    assert orphans(worker, keys, [row], before) == []
+    assert orphans(worker, keys, [row], set()) == [row]  # never ran here: an orphan
+    task.cancel()

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from ..connection import ReplyLost
 from ..keys import PRIORITIES, QueueKeys
-from .lease import Reclaimer, orphans
+from .lease import Reclaimer, holding, orphans
 
 if TYPE_CHECKING:
     from .core import Worker
@@ -51,9 +51,10 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
         started = 0
         try:
             if recover:
+                before = holding(worker, keys)
                 held = await worker.app.scripts.recover(keys, worker.script_args)
                 recover = False
-                lost = orphans(worker, keys, held)
+                lost = orphans(worker, keys, held, before)
                 if len(lost) > n:  # more than this round's slots: run them all the same
                     slots.overdraw(len(lost) - n)
                     n = len(lost)

@@ -161,13 +161,30 @@ class LeaseKeeper:
         return f"asyncio task {task.get_name()!r}"
 
 
-def orphans(worker: Worker, keys: QueueKeys, rows: list[Any]) -> list[Any]:
-    """Of started-job rows that Redis says this worker holds, those it does not run and has not
-    finished: their start reached Redis but its reply never reached the worker."""
+def holding(worker: Worker, keys: QueueKeys) -> set[tuple[int, bytes]]:
+    """(priority, entry id) of every job of the queue this worker runs or has yet to write:
+    taken before asking Redis what it holds, for ``orphans``."""
+    runner, completer = worker.runner, worker.completer
+    held: set[tuple[int, bytes]] = set()
+    for level in keys.levels:
+        held.update((level.priority, e) for e in runner.running.get(level, ()))
+        held.update((level.priority, e) for e in completer.pending(level))
+    return held
+
+
+def orphans(
+    worker: Worker, keys: QueueKeys, rows: list[Any], before: set[tuple[int, bytes]]
+) -> list[Any]:
+    """Of started-job rows that Redis says this worker holds, those whose start reply never
+    reached the worker: neither running nor waiting to be written now, nor when the question
+    was sent (``before``, from ``holding``). A job that ran then may have finished while the
+    answer travelled (Redis read its record before its outcome landed): it is no orphan."""
     runner, completer = worker.runner, worker.completer
     out = []
     for row in rows:
         level = keys.levels[row[8]]
+        if (row[8], row[0]) in before:
+            continue
         if row[0] in runner.running.get(level, {}) or row[0] in completer.pending(level):
             continue
         out.append(row)
@@ -211,9 +228,10 @@ class Reclaimer:
         if self.due_in() > 0:
             return []
         self._next = self._clock() + self.interval
+        before = holding(self.worker, self.keys)
         self.cursors, rows, held = await self.worker.app.scripts.reclaim(
             self.keys, self.worker.script_args, self.min_idle_ms, n, self.cursors
         )
         if rows:
             log.warning("took over %d job(s) on %s whose lease lapsed", len(rows), self.keys.queue)
-        return rows + orphans(self.worker, self.keys, held) if held else rows
+        return rows + orphans(self.worker, self.keys, held, before) if held else rows
