@@ -116,7 +116,7 @@ class DashboardServer:
         except ImportError as exc:
             missing = (exc.name or "starlette").split(".")[0]
             console.print(
-                f"no dashboard: it needs {missing} (pip install 'aioq[dashboard]'); "
+                f"no dashboard: it needs {missing} (pip install 'aioq-redis[dashboard]'); "
                 "going on without it",
                 markup=False,
                 soft_wrap=True,

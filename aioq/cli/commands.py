@@ -184,7 +184,7 @@ def dashboard(
         from ..dashboard import dashboard as make_dashboard
     except ImportError as exc:
         missing = (exc.name or "starlette").split(".")[0]
-        raise fail(f"the dashboard needs {missing}: pip install 'aioq[dashboard]'") from None
+        raise fail(f"the dashboard needs {missing}: pip install 'aioq-redis[dashboard]'") from None
     app = load_app(target)
     typer.echo(f"aioq dashboard for {app.name!r} at http://{host}:{port}/", err=True)
     uvicorn.run(make_dashboard(app), host=host, port=port, log_level="warning")
