@@ -225,3 +225,13 @@ async def test_info_lists_cron_schedules_and_rate_limits(redis_url: str) -> None
     assert "hourly@every 3600s" in table.stdout
     assert "7/m" in table.stdout
     await app.aclose()
+
+
+def test_version_prints_the_installed_distributions_version() -> None:
+    """`aioq --version` (and -V) prints the version of the installed distribution, aioq-redis."""
+    from importlib import metadata
+
+    for flag in ("--version", "-V"):
+        r = aioq(flag)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == f"aioq {metadata.version('aioq-redis')}"

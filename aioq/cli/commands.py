@@ -22,6 +22,39 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+DISTRIBUTION = "aioq-redis"  # the name on the package index (``aioq`` there is another project)
+
+
+def installed_version() -> str:
+    """The installed distribution's version; the package's own ``__version__`` when aioq runs
+    from a checkout that was never installed (PYTHONPATH)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
+def print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"aioq {installed_version()}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=print_version, is_eager=True, help="print the version"
+        ),
+    ] = False,
+) -> None:
+    """aioq: an asyncio-native task queue on Redis streams."""
+
 
 @cli.command(
     add_help_option=False,
