@@ -85,6 +85,7 @@ def test_embedded_redis_burst_worker() -> None:
     r = aioq("worker", "tests.apps.basic:app", "--embedded-redis", "--burst")
     assert r.returncode == 0, r.stderr
     assert "embedded redis-server at unix://" in r.stderr
+    assert "(new each start; its data goes when the worker stops)" in r.stderr
 
 
 def test_demo_runs_end_to_end() -> None:
