@@ -161,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="try-out only: a private redis-server on a socket path new every start, whose "
-        "data goes when the worker stops (README: a local Redis that keeps it)",
+        "data goes when the worker stops (`aioq redis`: a local one that keeps it)",
     )
     p.add_argument(
         "--metrics-port",
