@@ -116,7 +116,7 @@ class DashboardServer:
         except ImportError as exc:
             missing = (exc.name or "starlette").split(".")[0]
             console.print(
-                f"no dashboard: it needs {missing} (pip install 'aioq[dashboard]'); "
+                f"no dashboard: it needs {missing} (pip install 'aioq-redis[dashboard]'); "
                 "going on without it",
                 markup=False,
                 soft_wrap=True,
@@ -308,7 +308,8 @@ async def _run(
             "keeps them up, with a trickle of jobs, until Ctrl-C.\n"
             "Next: run your own worker with [bold]aioq worker yourapp.tasks:app[/] "
             "(see README.md), or [bold]aioq worker --embedded-redis[/] to try it without a "
-            "Redis; watch it with [bold]aioq info yourapp.tasks:app[/] or "
+            "Redis (a throw-away one: its jobs go when the worker stops); watch it with "
+            "[bold]aioq info yourapp.tasks:app[/] or "
             "[bold]aioq dashboard yourapp.tasks:app --port 8000[/]."
         )
 

@@ -1,4 +1,5 @@
-"""A private redis-server for ``aioq demo``, ``aioq worker --embedded-redis`` and tests.
+"""A private redis-server for ``aioq demo``, ``aioq worker --embedded-redis`` and tests, and
+the arguments of ``aioq redis``'s persistent one.
 
 It listens only on a unix socket in a fresh temporary directory, keeps nothing on disk, and
 is stopped (and its directory removed) on exit. It is used only when asked for: a configured
@@ -21,17 +22,35 @@ class RedisServerNotFound(RuntimeError):
     pass
 
 
+def redis_server_path() -> str:
+    """The redis-server on PATH; ``RedisServerNotFound`` says how to get one."""
+    found = shutil.which("redis-server")
+    if not found:
+        raise RedisServerNotFound(
+            "redis-server is not on PATH: install it (Debian/Ubuntu: "
+            "`sudo apt-get install redis-server`) or point AIOQ_REDIS_URL at a Redis"
+        )
+    return found
+
+
+def persistent_args(executable: str, port: int, data_dir: Path) -> list[str]:
+    """``aioq redis``: the opposite of ``EmbeddedRedis`` for a developer's machine, a fixed
+    address (loopback only) and an append-only file in ``data_dir``, so jobs, results and the
+    URL survive a restart."""
+    return [
+        executable,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir.resolve()),
+        "--appendonly", "yes",
+    ]  # fmt: skip
+
+
 class EmbeddedRedis:
     """``with EmbeddedRedis() as r: r.url`` - a redis-server on a unix socket."""
 
     def __init__(self, executable: str | None = None, port: int = 0) -> None:
-        found = executable or shutil.which("redis-server")
-        if not found:
-            raise RedisServerNotFound(
-                "redis-server is not on PATH: install it (Debian/Ubuntu: "
-                "`sudo apt-get install redis-server`) or point AIOQ_REDIS_URL at a Redis"
-            )
-        self.executable = found
+        self.executable = executable or redis_server_path()
         self.port = port
         self.dir = Path(tempfile.mkdtemp(prefix="aioq-redis-"))
         self.socket = self.dir / "redis.sock"

@@ -114,6 +114,12 @@ class Job(Generic[R]):
             raise JobNotFound(self.id, [keys.queue])
         return JobStatus(raw.decode())
 
+    async def done(self) -> bool:
+        """``True`` once the job is in a final state (succeeded, failed, cancelled, expired),
+        ``False`` while it is queued, scheduled or running; Celery's ``AsyncResult.ready()``.
+        Raises ``JobNotFound`` like ``status()``. It never waits: ``result()`` does."""
+        return (await self.status()).finished
+
     async def info(self) -> JobInfo:
         """Everything recorded about the job."""
         keys = await self._resolve()

@@ -111,7 +111,7 @@ def require_prometheus() -> None:
     except ImportError as exc:
         raise MissingMetricsExtra(
             "metrics (--metrics-port, Worker(metrics_port=)) need prometheus-client, which is "
-            "not installed: pip install 'aioq[metrics]'"
+            "not installed: pip install 'aioq-redis[metrics]'"
         ) from exc
 
 

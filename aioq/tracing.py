@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing of jobs, an optional extra (``pip install 'aioq[otel]'``).
+"""OpenTelemetry tracing of jobs, an optional extra (``pip install 'aioq-redis[otel]'``).
 
 The enqueuer's trace context travels in the job record (its ``trace`` field: the JSON object
 ``propagate.inject`` fills, W3C ``traceparent`` and whatever else the configured propagators

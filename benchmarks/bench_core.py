@@ -448,7 +448,7 @@ def versions(url: str) -> dict[str, str]:
         "redis-server": str(server.get("redis_version")),
         "redis-py": redis.__version__,
         "hiredis": getattr(hiredis, "__version__", "?"),
-        "aioq": f"{metadata.version('aioq')} @ {commit}",
+        "aioq": f"{metadata.version('aioq-redis')} @ {commit}",
         "nproc": str(os.cpu_count()),
         "kernel": platform.release(),
         "machine": platform.machine(),

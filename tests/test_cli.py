@@ -85,6 +85,7 @@ def test_embedded_redis_burst_worker() -> None:
     r = aioq("worker", "tests.apps.basic:app", "--embedded-redis", "--burst")
     assert r.returncode == 0, r.stderr
     assert "embedded redis-server at unix://" in r.stderr
+    assert "(new each start; its data goes when the worker stops)" in r.stderr
 
 
 def test_demo_runs_end_to_end() -> None:
@@ -225,3 +226,13 @@ async def test_info_lists_cron_schedules_and_rate_limits(redis_url: str) -> None
     assert "hourly@every 3600s" in table.stdout
     assert "7/m" in table.stdout
     await app.aclose()
+
+
+def test_version_prints_the_installed_distributions_version() -> None:
+    """`aioq --version` (and -V) prints the version of the installed distribution, aioq-redis."""
+    from importlib import metadata
+
+    for flag in ("--version", "-V"):
+        r = aioq(flag)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == f"aioq {metadata.version('aioq-redis')}"

@@ -344,7 +344,7 @@ def test_dashboard_command_says_what_is_missing() -> None:
     )  # fmt: skip
     assert r.returncode == 2
     assert r.stderr.strip() == (
-        "aioq: the dashboard needs uvicorn: pip install 'aioq[dashboard]'"
+        "aioq: the dashboard needs uvicorn: pip install 'aioq-redis[dashboard]'"
     ), r.stderr
 
 

@@ -161,7 +161,7 @@ def test_missing_dashboard_dependencies_are_one_line(tmp_path: Path) -> None:
         demo.close()
     lines = demo.output.splitlines()
     assert lines[0] == (
-        "no dashboard: it needs uvicorn (pip install 'aioq[dashboard]'); going on without it"
+        "no dashboard: it needs uvicorn (pip install 'aioq-redis[dashboard]'); going on without it"
     )
     assert not any(line.startswith("dashboard:") for line in lines)
     assert "8 jobs in" in demo.output

@@ -179,3 +179,42 @@ async def test_embedded_worker_script_starts_its_own_redis_without_a_url() -> No
     first, *rest = done.stdout.decode().splitlines()
     assert first.startswith("(no AIOQ_REDIS_URL: started a private redis-server at unix://")
     assert rest == EXPECTED_SCRIPT_OUTPUT
+
+
+async def test_readme_quickstart_is_the_tested_file_and_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's first FastAPI example is examples/quickstart.py verbatim; a request
+    enqueues a job that a worker runs, and the status endpoint follows it to its result."""
+    source = (ROOT / "examples" / "quickstart.py").read_text()
+    assert f"```python\n{source}```" in (ROOT / "README.md").read_text()
+    from aioq import Worker
+    from aioq.embedded import EmbeddedRedis
+
+    # its app name is the fixed "shop": a private Redis keeps it apart from other tests
+    with EmbeddedRedis() as server:
+        monkeypatch.setenv("AIOQ_REDIS_URL", server.url)
+        sys.modules.pop("examples.quickstart", None)
+        example = _example("quickstart")
+        try:
+            api = example.api
+            transport = httpx.ASGITransport(app=api)
+            async with (
+                api.router.lifespan_context(api),
+                httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client,
+            ):
+                posted = await client.post("/orders/7/receipt", params={"email": "a@b.c"})
+                assert posted.status_code == 202
+                job_id = posted.json()["job_id"]
+                assert (await client.get(f"/jobs/{job_id}")).json() == {"status": "queued"}
+                async with Worker(example.queue):
+                    await example.send_receipt.job(job_id).result(timeout=5)
+                assert (await client.get(f"/jobs/{job_id}")).json() == {
+                    "status": "succeeded",
+                    "result": "receipt for order 7 sent to a@b.c",
+                    "error": None,
+                }
+                assert (await client.get("/jobs/no-such-job")).status_code == 404
+        finally:
+            await example.queue.aclose()
+            sys.modules.pop("examples.quickstart", None)

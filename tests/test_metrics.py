@@ -223,7 +223,7 @@ async def test_metrics_without_the_extra_name_it(app: App, monkeypatch: pytest.M
     """No prometheus_client: Worker(metrics_port=) raises at once, naming aioq[metrics];
     a worker without metrics does not need it."""
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import raises ImportError
-    with pytest.raises(MissingMetricsExtra, match=r"pip install 'aioq\[metrics\]'"):
+    with pytest.raises(MissingMetricsExtra, match=r"pip install 'aioq-redis\[metrics\]'"):
         Worker(app, metrics_port=0)
     Worker(app)
 

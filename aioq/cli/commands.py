@@ -1,9 +1,10 @@
-"""The ``aioq`` command (typer): info, rate-limit, demo and dashboard here, the operations
+"""The ``aioq`` command (typer): info, rate-limit, demo, redis and dashboard here, the operations
 commands from ``ops.py``, and ``worker``, which only forwards to ``worker.py``'s own parser."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +22,39 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+DISTRIBUTION = "aioq-redis"  # the name on the package index (``aioq`` there is another project)
+
+
+def installed_version() -> str:
+    """The installed distribution's version; the package's own ``__version__`` when aioq runs
+    from a checkout that was never installed (PYTHONPATH)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
+def print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"aioq {installed_version()}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=print_version, is_eager=True, help="print the version"
+        ),
+    ] = False,
+) -> None:
+    """aioq: an asyncio-native task queue on Redis streams."""
 
 
 @cli.command(
@@ -168,6 +202,32 @@ def demo(
         raise fail(str(exc)) from None
 
 
+@cli.command("redis")
+def redis_server(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1", min=1, max=65535)] = 6379,
+    data_dir: Annotated[
+        Path, typer.Option("--dir", help="where the append-only file is kept (made if missing)")
+    ] = Path(".redis-data"),
+) -> None:
+    """A local redis-server for development that keeps its data and its address between
+    starts (unlike --embedded-redis); Ctrl-C stops it."""
+    import os
+
+    from ..embedded import persistent_args, redis_server_path
+
+    try:
+        executable = redis_server_path()
+    except RedisServerNotFound as exc:
+        raise fail(str(exc)) from None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    typer.echo(f"aioq: redis-server at {url}, data kept in {data_dir}; Ctrl-C stops it", err=True)
+    if port != 6379:  # 6379 is what an App uses without a redis_url or $AIOQ_REDIS_URL
+        typer.echo(f"aioq: export AIOQ_REDIS_URL={url}", err=True)
+    # redis-server becomes this process: signals reach it directly and it saves on the way out
+    os.execv(executable, persistent_args(executable, port, data_dir))
+
+
 ops.register(cli)  # jobs, job, dlq, cancel, retry, purge, pause, resume, enqueue
 
 
@@ -184,7 +244,7 @@ def dashboard(
         from ..dashboard import dashboard as make_dashboard
     except ImportError as exc:
         missing = (exc.name or "starlette").split(".")[0]
-        raise fail(f"the dashboard needs {missing}: pip install 'aioq[dashboard]'") from None
+        raise fail(f"the dashboard needs {missing}: pip install 'aioq-redis[dashboard]'") from None
     app = load_app(target)
     typer.echo(f"aioq dashboard for {app.name!r} at http://{host}:{port}/", err=True)
     uvicorn.run(make_dashboard(app), host=host, port=port, log_level="warning")

@@ -67,7 +67,12 @@ def run(
             except RedisServerNotFound as exc:
                 raise CliError(str(exc)) from None
             app.redis_url = server.url
-            print(f"aioq: embedded redis-server at {server.url}", file=sys.stderr, flush=True)
+            print(
+                f"aioq: embedded redis-server at {server.url} "
+                "(new each start; its data goes when the worker stops)",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
             w = Worker(app, concurrency=concurrency, queues=queues or None, burst=burst,
                        shutdown_timeout=shutdown_timeout, metrics_port=metrics_port,
@@ -155,7 +160,8 @@ def parser() -> argparse.ArgumentParser:
         "--embedded-redis",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="start a private redis-server on a unix socket and use it",
+        help="try-out only: a private redis-server on a socket path new every start, whose "
+        "data goes when the worker stops (`aioq redis`: a local one that keeps it)",
     )
     p.add_argument(
         "--metrics-port",

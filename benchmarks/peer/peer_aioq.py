@@ -48,7 +48,7 @@ TASKS = {"noop": noop, "sleep": sleep}
 
 
 def _version() -> str:
-    v = metadata.version("aioq")
+    v = metadata.version("aioq-redis")
     src = os.environ.get("AIOQ_SRC")
     if src:
         try:

@@ -35,6 +35,7 @@ async def producer() -> None:
     assert_type(job, Job[int])
     assert_type(await job.result(timeout=1), int)
     assert_type(await job.status(), JobStatus)
+    assert_type(await job.done(), bool)
     assert_type(await job.info(), JobInfo)
     assert_type(await job.cancel(), bool)
     async for progress in job.progress():
