@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Collection
 from contextlib import aclosing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -517,7 +517,10 @@ class DeadLetter:
 
     ``entry`` is its id in the dead-letter stream (what ``aioq dlq show/requeue`` take);
     ``stream_entry`` the id the job had on the queue's stream; ``fields`` the raw stream entry;
-    ``job`` the job record as it was when buried (``None`` when there was none).
+    ``job`` the job record as it was when buried (``None`` when there was none): a copy, so
+    its ``status`` is what it was then (often "running"). ``current`` is the job's record as it
+    is now, read live by ``find_dead_letter`` (``None`` when it has expired or was never read:
+    ``dead_letters`` leaves it unread).
     """
 
     entry: str
@@ -529,6 +532,7 @@ class DeadLetter:
     stream_entry: str
     fields: dict[str, str] | list[Any]
     job: dict[str, str] | None
+    current: dict[str, str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -576,11 +580,23 @@ async def find_dead_letter(
         for q in names:
             pipe.xrange(app.keys(q).dead, entry_id, entry_id)
         replies = await pipe.execute(raise_on_error=False)
-    return [
+    found = [
         _dead_letter(q, eid, raw)
         for q, r in zip(names, replies, strict=True)
         if not isinstance(r, Exception)
         for eid, raw in r
+    ]
+    # the burial copy says what the job was then; the live record what became of it since
+    # (retried, failed for good, requeued): both are shown, labelled
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for d in found:
+            pipe.hgetall(app.keys(d.queue).job(d.job_id or ""))
+        records = await pipe.execute()
+    return [
+        replace(d, current={k.decode(): v.decode(errors="replace") for k, v in r.items()} or None)
+        if d.job_id
+        else d
+        for d, r in zip(found, records, strict=True)
     ]
 
 

@@ -313,6 +313,13 @@ async def test_dlq_requeue_of_a_poison_job_then_a_worker_runs_it(ops: App) -> No
     assert shown["fields"] == {"id": job_id}
     assert shown["job"]["task"] == "add"
     assert shown["job"]["args"] == "[20,22]"
+    # the copy taken at burial has the status of then; the live record what the job is now
+    assert shown["job"]["status"] != "failed"
+    assert shown["current"]["status"] == "failed"
+    text = aioq("dlq", TARGET, "show", entry["entry"], app=ops).stdout
+    assert f"status    failed now (was {shown['job']['status']} when buried)" in text
+    assert "record now       {" in text
+    assert "record at burial {" in text
     table = aioq("dlq", TARGET, "list", app=ops)
     assert "poison" in table.stdout
     assert job_id in table.stdout

@@ -191,7 +191,8 @@ def dlq_show(
     queue: Queues = None,
     as_json: Json = False,
 ) -> None:
-    """One dead-letter entry: the reason, the raw stream entry, the job record it had."""
+    """One dead-letter entry: the reason, the raw stream entry, the job's record now and the
+    copy taken when it was buried."""
     app = load_app(ctx.obj)
     names = known_queues(app, queue)
     found = run(app, lambda: views.find_dead_letter(app, entry_id, names))
@@ -207,7 +208,11 @@ def dlq_show(
         typer.echo(f"at        {when(d.at)}")
         typer.echo(f"reason    {d.reason}")
         typer.echo(f"stream    entry {d.stream_entry}: {json.dumps(d.fields)}")
-        typer.echo(f"record    {json.dumps(d.job) if d.job is not None else '-'}")
+        now = d.current.get("status", "?") if d.current is not None else "gone (expired)"
+        then = d.job.get("status", "?") if d.job is not None else "-"
+        typer.echo(f"status    {now} now (was {then} when buried)")
+        typer.echo(f"record now       {json.dumps(d.current) if d.current is not None else '-'}")
+        typer.echo(f"record at burial {json.dumps(d.job) if d.job is not None else '-'}")
 
 
 @dlq.command("requeue")
