@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import pack
 from .errors import JobCancelled, JobNotFound, TaskFailed
+from .message import history_field
 from .results import subscribe_confirmed
 
 if TYPE_CHECKING:
@@ -71,6 +72,9 @@ class JobInfo:
     progress: Any
     worker: str | None
     priority: int = 0
+    #: earlier attempts' failures, oldest first (``message.history_field``): a job that
+    #: succeeded after retries has ``error`` None and its failed attempts here
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Job(Generic[R]):
@@ -346,4 +350,5 @@ def _info(job_id: str, queue: str, raw: dict[str, bytes]) -> JobInfo:
         progress=_json(raw.get("progress")),
         worker=_text(raw.get("worker")),
         priority=_int(raw.get("priority")),
+        history=history_field(raw.get("history")),
     )

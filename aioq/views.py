@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 from .app import App
 from .job import JobStatus
 from .keys import GROUP, PRIORITIES, QueueKeys, workers_key
-from .message import flat_pairs, int_field, json_field, text_field, time_field
+from .message import flat_pairs, history_field, int_field, json_field, text_field, time_field
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +186,7 @@ async def _heartbeats(app: App) -> tuple[list[WorkerInfo], list[bytes]]:
 
 _SUMMARY_FIELDS = (
     "status", "task", "queue", "attempts", "enqueued_at", "started_at", "finished_at",
-    "error", "exc_type", "worker", "progress", "priority",
+    "error", "exc_type", "worker", "progress", "priority", "history",
 )  # fmt: skip
 
 
@@ -207,12 +207,19 @@ class JobSummary:
     worker: str | None
     progress: Any = None  # the last ``set_progress`` value (JSON), if any
     priority: int = 0
+    #: earlier attempts' failures as ``JobInfo.history``, without tracebacks (``info()``)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for name in ("enqueued_at", "started_at", "finished_at"):
             d[name] = d[name].isoformat() if d[name] is not None else None
+        d["history"] = [{**h, "at": _iso(h["at"])} for h in self.history]
         return d
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
 
 
 def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
@@ -231,6 +238,9 @@ def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
         worker=text_field(v["worker"]),
         progress=json_field(v["progress"]),
         priority=int_field(v["priority"]),
+        history=[
+            {k: x for k, x in h.items() if k != "traceback"} for h in history_field(v["history"])
+        ],
     )
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from aioq import App, JobCancelled, JobStatus, Worker
+from aioq import App, JobCancelled, JobStatus, Worker, current_job
 from aioq.dashboard import JOBS_LIMIT, dashboard
 
-from .apps.ops import make_app
+from .apps.ops import fixed_key, make_app
 from .conftest import unique_name
 from .helpers import ROOT
 
@@ -42,6 +42,12 @@ async def ops(redis_url: str) -> AsyncIterator[App]:
     @app.cron("*/5 * * * *")
     async def nightly_report() -> None:
         pass
+
+    @app.task(retries=1, backoff=0)
+    async def flaky() -> str:
+        if current_job().attempt == 1:
+            raise ConnectionError("the first attempt always fails")
+        return "second time lucky"
 
     yield app
     await app.aclose()
@@ -135,9 +141,18 @@ async def test_api_overview_dead_and_actions(ops: App) -> None:
         assert (r.status_code, r.json()["outcome"]) == (200, "requeued")
         r = await client.post("/queues/api/jobs/nope/retry")
         assert (r.status_code, r.json()["outcome"]) == (409, "missing")
+        await ops.redis.set(fixed_key(ops.name), "1")  # the retried job succeeds this time
         await drain(ops)
         assert await ops.job(dead_id).result(timeout=5) == 3
         assert await ops.job(queued.id).status() is JobStatus.CANCELLED
+        recent = {j["id"]: j for j in (await client.get("/queues/api/overview")).json()["recent"]}
+        retried = recent[failed.id]  # succeeded: no error, the failed attempt is history
+        assert (retried["status"], retried["error"], retried["exc_type"]) == (
+            "succeeded", None, None
+        )  # fmt: skip
+        [h] = retried["history"]
+        assert (h["attempt"], h["exc_type"], h["error"]) == (1, "ValueError", "kaput")
+        assert "traceback" not in h  # listings leave tracebacks to info()
 
 
 async def test_api_lists_waiting_jobs_per_queue_and_cancels_them(ops: App) -> None:
@@ -229,6 +244,7 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
             await expect(queued).to_have_text("1")  # a job appears
 
             await ops.enqueue("boom", "the payment provider said no")
+            lucky = await ops.enqueue("flaky")
             dead_id = await poison(ops, 20, 22)
             worker = Worker(ops)
             running = asyncio.create_task(worker.run())
@@ -242,6 +258,14 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
                 recent = page.locator("#recent")
                 await expect(recent.locator('tr[data-status="succeeded"]').first).to_be_visible()
                 await expect(recent).to_contain_text("payment provider")
+                # succeeded on its second attempt: green, no error, the failure as a note
+                lucky_row = recent.locator(f'tr[data-job="{lucky.id}"]')
+                await expect(lucky_row).to_have_attribute("data-status", "succeeded")
+                await expect(lucky_row).to_contain_text("after 1 failed attempt")
+                await expect(lucky_row.locator(".error")).to_have_count(0)
+                await expect(lucky_row.locator(".history")).to_have_attribute(
+                    "title", "attempt 1: ConnectionError: the first attempt always fails"
+                )
                 await page.screenshot(path=str(SCREENSHOT), full_page=True)
 
                 await row.locator("button.requeue").click()

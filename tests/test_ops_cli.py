@@ -297,6 +297,33 @@ async def test_job_shows_arguments_error_traceback_and_progress(ops: App) -> Non
     assert "no job 'nope'" in missing.stderr
 
 
+async def test_job_after_a_retry_shows_the_failure_as_history_not_as_its_error(ops: App) -> None:
+    """A failed job an operator retried, which then succeeds, has no error of its own: `aioq
+    job` (and --json) show the failed attempt as history, labelled by attempt."""
+    failed = await ops.enqueue("boom", "first try")
+    await drain(ops)
+    assert aioq("retry", TARGET, failed.id, app=ops).returncode == 0
+    await ops.redis.set(fixed_key(ops.name), "1")
+    await drain(ops)
+    assert await failed.result(timeout=5) == "fixed: first try"
+    info = await failed.info()
+    assert (info.status, info.error, info.traceback) == (JobStatus.SUCCEEDED, None, None)
+    assert [(h["attempt"], h["exc_type"], h["error"]) for h in info.history] == [
+        (1, "ValueError", "first try")
+    ]
+    d = aioq_json("job", TARGET, failed.id, app=ops)
+    assert (d["status"], d["error"], d["traceback"]) == ("succeeded", None, None)
+    [h] = d["history"]
+    assert (h["attempt"], h["error"], h["exc_type"]) == (1, "first try", "ValueError")
+    assert h["at"].endswith("+00:00")
+    assert "raise ValueError(message)" in h["traceback"]
+    text = aioq("job", TARGET, failed.id, app=ops).stdout
+    assert "attempt 1" in text
+    assert "ValueError: first try" in text
+    assert "traceback of attempt 1:" in text
+    assert "│ error" not in text  # no error row of the job's own
+
+
 # -- the dead-letter stream ------------------------------------------------------------------
 
 

@@ -99,6 +99,9 @@ def job_dict(info: JobInfo) -> dict[str, Any]:
     d["status"] = info.status.value
     for name in ("enqueued_at", "started_at", "finished_at"):
         d[name] = d[name].isoformat() if d[name] is not None else None
+    d["history"] = [
+        {**h, "at": h["at"].isoformat() if h["at"] is not None else None} for h in info.history
+    ]
     return d
 
 
@@ -108,7 +111,8 @@ def job(
     queue: Annotated[str | None, typer.Option("--queue", "-q", help="the job's queue")] = None,
     as_json: Json = False,
 ) -> None:
-    """One job: arguments, status, attempts, times, progress, result or error and traceback."""
+    """One job: arguments, status, attempts, times, progress, result or error and traceback,
+    and the failures of earlier attempts (its history)."""
     app = load_app(target)
     if queue is not None:
         known_queues(app, [queue])
@@ -140,9 +144,18 @@ def job(
         rows.append(("result", dumps(found.result)))
     if found.error:
         rows.append(("error", f"{found.exc_type or 'Error'}: {found.error}"))
+    for h in found.history:  # earlier attempts: history, not the job's error
+        rows.append(
+            (f"attempt {h['attempt']}", f"failed {when(h['at'])}: "
+             f"{h['exc_type'] or 'Error'}: {h['error'] or '-'}")
+        )  # fmt: skip
     out = print_fields(f"job {found.id}", rows, whole={"task", "queue", "status", "worker"})
     if found.traceback:
         out.print(found.traceback.rstrip(), markup=False, highlight=False)
+    elif found.history and found.history[-1]["traceback"]:
+        last = found.history[-1]
+        out.print(f"traceback of attempt {last['attempt']}:", markup=False, highlight=False)
+        out.print(last["traceback"].rstrip(), markup=False, highlight=False)
 
 
 # -- the dead-letter stream ---------------------------------------------------------------

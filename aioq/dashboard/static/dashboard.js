@@ -165,6 +165,17 @@ function renderJobs(body) {
   fill("jobs", rows, 9, "No queued, scheduled or running jobs");
 }
 
+// earlier attempts' failures (job.history): a note beside the job's own outcome, never in
+// its place, so a job that succeeded on a retry shows no error
+function historyNote(j) {
+  const h = j.history || [];
+  if (!h.length) return null;
+  const lines = h.map((e) => "attempt " + e.attempt + ": " + (e.exc_type || "Error") + ": "
+    + (e.error || ""));
+  return el("span", { class: "history muted", title: lines.join("\n") },
+    " · after " + h.length + " failed attempt" + (h.length === 1 ? "" : "s"));
+}
+
 function renderRecent(jobs) {
   $("#recent-count").textContent = jobs.length || "";
   fill("recent", jobs.map((j) => {
@@ -175,6 +186,8 @@ function renderRecent(jobs) {
       ? el("td", { class: "error", title: (j.exc_type || "") + ": " + j.error },
         el("span", { class: "exc" }, j.exc_type || "Error"), ": " + j.error)
       : el("td", { class: "muted" }, j.status === "succeeded" ? "ok" : j.status);
+    const note = historyNote(j);
+    if (note) outcome.append(note);
     return el("tr", { "data-job": j.id, "data-status": j.status },
       el("td", {}, el("span", { class: "badge s-" + j.status }, j.status)),
       el("td", { class: "mono", title: j.id }, shortId(j.id)),
@@ -195,7 +208,7 @@ function renderFailed(jobs) {
     el("td", {}, el("span", { class: "badge q" }, j.queue)),
     el("td", { class: "error", title: (j.exc_type || "") + ": " + (j.error || "") },
       el("span", { class: "exc" }, j.exc_type || "Error"), ": " + (j.error || "")),
-    el("td", { class: "num" }, j.attempts),
+    el("td", { class: "num" }, j.attempts, historyNote(j)),
     el("td", { class: "num muted" }, ago(j.finished_at)),
     el("td", { class: "actions" },
       el("button", { class: "retry", onclick: (e) =>
