@@ -17,6 +17,9 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
     result       JSON of the return value (succeeded)
     error, exc_type, traceback              the failure the job ended with (absent unless it
                  failed for good: a failure that is retried moves to ``history``)
+    wait         why a scheduled job waits: "delay" (enqueued with delay/eta), "retry" (a
+                 retry's backoff) or "rate limit" (its task's limit turned it away); its due
+                 time is its score in the queue's scheduled set
     history      JSON list of earlier attempts' failures, oldest first, the last 10:
                  {attempt, error, exc_type, at (epoch ms), traceback (the newest only)}
     progress     JSON value set by ``current_job().set_progress``

@@ -186,7 +186,7 @@ async def _heartbeats(app: App) -> tuple[list[WorkerInfo], list[bytes]]:
 
 _SUMMARY_FIELDS = (
     "status", "task", "queue", "attempts", "enqueued_at", "started_at", "finished_at",
-    "error", "exc_type", "worker", "progress", "priority", "history",
+    "error", "exc_type", "worker", "progress", "priority", "history", "wait",
 )  # fmt: skip
 
 
@@ -209,10 +209,14 @@ class JobSummary:
     priority: int = 0
     #: earlier attempts' failures as ``JobInfo.history``, without tracebacks (``info()``)
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: as ``JobInfo``: a scheduled job's due time and why it waits ("delay", "retry",
+    #: "rate limit"); ``None`` for other jobs (``list_jobs`` reads the due times)
+    due_at: datetime | None = None
+    wait_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for name in ("enqueued_at", "started_at", "finished_at"):
+        for name in ("enqueued_at", "started_at", "finished_at", "due_at"):
             d[name] = d[name].isoformat() if d[name] is not None else None
         d["history"] = [{**h, "at": _iso(h["at"])} for h in self.history]
         return d
@@ -224,11 +228,12 @@ def _iso(t: datetime | None) -> str | None:
 
 def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
     v = dict(zip(_SUMMARY_FIELDS, values, strict=True))
+    status = text_field(v["status"]) or ""
     return JobSummary(
         id=job_id,
         queue=text_field(v["queue"]) or queue,
         task=text_field(v["task"]) or "",
-        status=text_field(v["status"]) or "",
+        status=status,
         attempts=int_field(v["attempts"]),
         enqueued_at=time_field(v["enqueued_at"]),
         started_at=time_field(v["started_at"]),
@@ -241,7 +246,25 @@ def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
         history=[
             {k: x for k, x in h.items() if k != "traceback"} for h in history_field(v["history"])
         ],
+        wait_reason=text_field(v["wait"]) if status == JobStatus.SCHEDULED.value else None,
     )
+
+
+async def _with_due_times(app: App, rows: list[JobSummary]) -> list[JobSummary]:
+    """``rows`` with the due time of each scheduled one (its score in the scheduled set),
+    read in one round trip."""
+    waiting = [i for i, r in enumerate(rows) if r.status == JobStatus.SCHEDULED.value]
+    if not waiting:
+        return rows
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for i in waiting:
+            pipe.zscore(app.keys(rows[i].queue).scheduled, rows[i].id)
+        scores = await pipe.execute()
+    out = list(rows)
+    for i, score in zip(waiting, scores, strict=True):
+        if score:
+            out[i] = replace(rows[i], due_at=datetime.fromtimestamp(score / 1000, tz=UTC))
+    return out
 
 
 async def list_jobs(
@@ -285,7 +308,7 @@ async def list_jobs(
         rows.sort(key=lambda r: r.finished_at or _EPOCH, reverse=True)
     else:
         rows.sort(key=lambda r: r.enqueued_at or _EPOCH, reverse=True)
-    return rows[:limit]
+    return await _with_due_times(app, rows[:limit])
 
 
 _INDEXED = {s.value for s in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)}

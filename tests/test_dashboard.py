@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -305,6 +306,9 @@ async def test_page_cancels_a_running_job_and_a_scheduled_one(ops: App) -> None:
             await expect(running_row).to_have_attribute("data-status", "running")
             await expect(running_row).to_contain_text("1 / 2")  # its progress
             await expect(scheduled_row).to_have_attribute("data-status", "scheduled")
+            await expect(scheduled_row.locator("td.due")).to_have_text(
+                re.compile(r"^in \d+s · delay$")
+            )
             await page.screenshot(path=str(JOBS_SCREENSHOT), full_page=True)
 
             for job, row in ((running, running_row), (scheduled, scheduled_row)):

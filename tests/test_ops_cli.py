@@ -324,6 +324,33 @@ async def test_job_after_a_retry_shows_the_failure_as_history_not_as_its_error(o
     assert "│ error" not in text  # no error row of the job's own
 
 
+async def test_jobs_and_job_show_when_a_scheduled_job_is_due_and_why(ops: App) -> None:
+    """`aioq jobs` has a due column for scheduled jobs, `aioq job` a due line (and --json
+    `due_at` and `wait_reason`)."""
+    later = await ops.options("add", delay=3600).enqueue(1, 2)
+    queued = await ops.enqueue("add", 3, 4)
+    due_at = (await later.info()).due_at
+    assert due_at is not None
+    table = aioq("jobs", TARGET, app=ops).stdout
+    [line] = [ln for ln in table.splitlines() if later.id in ln]
+    assert f"{due_at:%m-%d %H:%M:%S} (delay)" in line
+    [line] = [ln for ln in table.splitlines() if queued.id in ln]
+    assert "(delay)" not in line
+    rows = {r["id"]: r for r in aioq_json("jobs", TARGET, app=ops)}
+    assert (rows[later.id]["wait_reason"], rows[later.id]["due_at"]) == (
+        "delay", due_at.isoformat()
+    )  # fmt: skip
+    assert (rows[queued.id]["wait_reason"], rows[queued.id]["due_at"]) == (None, None)
+    d = aioq_json("job", TARGET, later.id, app=ops)
+    assert (d["status"], d["wait_reason"], d["due_at"]) == (
+        "scheduled",
+        "delay",
+        due_at.isoformat(),
+    )
+    text = aioq("job", TARGET, later.id, app=ops).stdout
+    assert f"{due_at:%Y-%m-%d %H:%M:%S} UTC (delay)" in text
+
+
 # -- the dead-letter stream ------------------------------------------------------------------
 
 

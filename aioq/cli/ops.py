@@ -9,6 +9,7 @@ unknown, or Redis does not answer; listings take ``--json`` for scripts.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -77,17 +78,25 @@ def jobs(
     print_table(
         f"{len(rows)} job(s) of app {app.name!r} (times UTC)",
         [Column("id"), Column("queue"), Column("task"), Column("prio", justify="right"),
-         Column("status"), Column("tries", justify="right"), Column("at"),
+         Column("status"), Column("tries", justify="right"), Column("at"), Column("due"),
          Column("error", wrap=True)],
         [
             [
                 r.id, r.queue, r.task, str(r.priority), r.status, str(r.attempts),
                 when(r.finished_at or r.started_at or r.enqueued_at, short=True),
+                due(r.due_at, r.wait_reason, short=True),
                 first_line(f"{r.exc_type}: {r.error}" if r.error else None),
             ]
             for r in rows
         ],
     )  # fmt: skip
+
+
+def due(at: datetime | None, reason: str | None, short: bool = False) -> str:
+    """When a scheduled job is due and why it waits ("-" for other jobs)."""
+    if at is None and reason is None:
+        return "-"
+    return f"{when(at, short=short)} ({reason or 'scheduled'})"
 
 
 def dumps(value: Any) -> str:
@@ -97,7 +106,7 @@ def dumps(value: Any) -> str:
 def job_dict(info: JobInfo) -> dict[str, Any]:
     d: dict[str, Any] = {name: getattr(info, name) for name in JobInfo.__dataclass_fields__}
     d["status"] = info.status.value
-    for name in ("enqueued_at", "started_at", "finished_at"):
+    for name in ("enqueued_at", "started_at", "finished_at", "due_at"):
         d[name] = d[name].isoformat() if d[name] is not None else None
     d["history"] = [
         {**h, "at": h["at"].isoformat() if h["at"] is not None else None} for h in info.history
@@ -140,6 +149,8 @@ def job(
         ("finished", when(found.finished_at)), ("worker", found.worker or "-"),
         ("progress", "-" if found.progress is None else dumps(found.progress)),
     ]  # fmt: skip
+    if found.status is JobStatus.SCHEDULED:
+        rows.insert(4, ("due", due(found.due_at, found.wait_reason)))
     if found.status is JobStatus.SUCCEEDED:
         rows.append(("result", dumps(found.result)))
     if found.error:

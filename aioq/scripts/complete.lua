@@ -51,6 +51,7 @@ for i = 7, #ARGV, 8 do
       if rec[5] then redis.call('HDEL', key, 'error', 'exc_type', 'traceback') end
       redis.call('HSET', key, 'status', status, 'deliveries', 0)
       if delay > 0 then
+        redis.call('HSET', key, 'wait', 'retry')            -- why it waits (its backoff)
         redis.call('ZADD', SCHEDULED, now + delay, jid)
       else
         redis.call('XADD', STREAM, '*', 'id', jid)

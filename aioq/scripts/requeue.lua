@@ -16,7 +16,7 @@ local function requeue(jid)
     remember(key, last[4], last[1], last[2], last[3], tonumber(last[5]) or now_ms())
   end
   redis.call('HDEL', key, 'error', 'exc_type', 'traceback', 'result', 'cancel', 'worker',
-             'started_at', 'finished_at', 'expires_at')
+             'started_at', 'finished_at', 'expires_at', 'wait')
   redis.call('HSET', key, 'status', 'queued', 'deliveries', 0)
   redis.call('PERSIST', key)
   redis.call('ZREM', FAILED, jid)

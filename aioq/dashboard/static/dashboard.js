@@ -132,6 +132,13 @@ function progressCell(p) {
     el("span", { class: "mono" }, label));
 }
 
+// a scheduled job: when it is due and why it waits (delay, retry backoff, rate limit)
+function dueCell(j) {
+  if (j.status !== "scheduled") return el("td", { class: "muted" }, "—");
+  return el("td", { class: "due", title: j.due_at ? "due " + new Date(j.due_at).toISOString() : "" },
+    until(j.due_at), el("span", { class: "muted" }, " · " + (j.wait_reason || "scheduled")));
+}
+
 function renderJobs(body) {
   const jobs = body.jobs;
   $("#jobs-count").textContent = jobs.length || "";
@@ -147,6 +154,7 @@ function renderJobs(body) {
       el("td", { class: "num" + (j.priority ? "" : " muted") }, j.priority),
       el("td", { class: "num muted", title: "enqueued " + ago(j.enqueued_at) + started },
         j.enqueued_at ? duration((Date.now() - Date.parse(j.enqueued_at)) / 1000) : "—"),
+      dueCell(j),
       el("td", { class: "num" + (j.attempts ? "" : " muted") }, j.attempts || "—"),
       progressCell(j.progress),
       el("td", { class: "actions" },
@@ -157,12 +165,12 @@ function renderJobs(body) {
     const last = i === jobs.length - 1 || jobs[i + 1].queue !== j.queue;
     const shown = jobs.filter((o) => o.queue === j.queue).length;
     if (last && shown >= body.limit) {
-      rows.push(el("tr", { class: "more" }, el("td", { colspan: 9 },
+      rows.push(el("tr", { class: "more" }, el("td", { colspan: 10 },
         `At most ${body.limit} jobs per queue are shown: `,
         el("code", {}, `aioq jobs MODULE:APP --queue ${j.queue}`), " lists more.")));
     }
   });
-  fill("jobs", rows, 9, "No queued, scheduled or running jobs");
+  fill("jobs", rows, 10, "No queued, scheduled or running jobs");
 }
 
 // earlier attempts' failures (job.history): a note beside the job's own outcome, never in
