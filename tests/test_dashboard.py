@@ -91,6 +91,20 @@ async def poison(app: App, *args: Any) -> str:
     return job.id
 
 
+async def retired(app: App) -> str:
+    """A job of a task ``app`` does not have (enqueued by an older deploy of the same app):
+    a worker of ``app`` fails it and dead-letters it; a retry could only fail again."""
+    old = App(app.name, redis_url=app.redis_url)
+
+    @old.task
+    async def retired_task() -> None: ...
+
+    try:
+        return (await retired_task.enqueue()).id
+    finally:
+        await old.aclose()
+
+
 async def drain(app: App) -> None:
     await asyncio.wait_for(Worker(app, burst=True).run(), 20)
 
@@ -154,6 +168,15 @@ async def test_api_overview_dead_and_actions(ops: App) -> None:
         [h] = retried["history"]
         assert (h["attempt"], h["exc_type"], h["error"]) == (1, "ValueError", "kaput")
         assert "traceback" not in h  # listings leave tracebacks to info()
+
+        unknown = await retired(ops)
+        await drain(ops)
+        assert await ops.job(unknown).status() is JobStatus.FAILED
+        r = await client.post(f"/queues/api/jobs/{unknown}/retry")  # would only fail again
+        assert (r.status_code, r.json()["outcome"]) == (
+            409, f"no task named 'retired_task' in app {ops.name!r}"
+        )  # fmt: skip
+        assert "retired_task" not in (await client.get("/queues/api/overview")).json()["tasks"]
 
 
 async def test_api_lists_waiting_jobs_per_queue_and_cancels_them(ops: App) -> None:
@@ -246,13 +269,25 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
 
             await ops.enqueue("boom", "the payment provider said no")
             lucky = await ops.enqueue("flaky")
+            unknown = await retired(ops)
             dead_id = await poison(ops, 20, 22)
             worker = Worker(ops)
             running = asyncio.create_task(worker.run())
             try:
                 row = page.locator(f'#dead tr[data-job="{dead_id}"]')
+                await expect(page.locator("#dead tbody tr")).to_have_count(2)
                 await expect(row).to_contain_text("poison")
                 await expect(page.locator("#failed")).to_contain_text("payment provider")
+                unknown_row = page.locator(f'#failed tr[data-job="{unknown}"]')
+                await expect(unknown_row).to_contain_text("unknown task")  # no Retry for it
+                await expect(unknown_row.locator("button")).to_have_count(0)
+                await expect(page.locator("#failed button.retry").first).to_be_visible()
+                # what needs an operator comes before the workers and jobs tables
+                failed_y = (await page.locator("#failed").bounding_box() or {})["y"]
+                dead_y = (await page.locator("#dead").bounding_box() or {})["y"]
+                workers_y = (await page.locator("#workers").bounding_box() or {})["y"]
+                assert failed_y < dead_y < workers_y
+                assert dead_y < 1100  # above the fold of the 1100 px viewport
                 await expect(page.locator("#workers tbody")).to_contain_text(worker.consumer)
                 await expect(queued).to_have_text("0")
                 await expect(page.locator("#throughput svg rect").first).to_be_visible()
@@ -275,7 +310,10 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
                 assert await ops.job(dead_id).result(timeout=10) == 42  # it succeeded
                 info = await ops.job(dead_id).info()
                 assert info.status is JobStatus.SUCCEEDED
-                await expect(page.locator("#dead")).to_contain_text("dead-letter queue is empty")
+                left = page.locator("#dead tbody tr")  # the unknown task's: no Requeue either
+                await expect(left).to_have_count(1)
+                await expect(left).to_contain_text("unknown task")
+                await expect(left.locator("button")).to_have_count(0)
             finally:
                 worker.stop()
                 await asyncio.wait_for(running, 20)

@@ -208,6 +208,21 @@ function renderRecent(jobs) {
   }), 8, "No job has finished yet");
 }
 
+// task names the app has: a failed job of any other task can only fail again, so it gets no
+// Retry button (set from the overview)
+let knownTasks = null;
+
+function retryCell(j) {
+  if (knownTasks && !knownTasks.has(j.task)) {
+    return el("td", { class: "actions muted", title: "no task named " + JSON.stringify(j.task)
+      + " is registered in this app: a retry would fail again" }, "unknown task");
+  }
+  return el("td", { class: "actions" },
+    el("button", { class: "retry", onclick: (e) =>
+      act("api/jobs/" + encodeURIComponent(j.id) + "/retry", e.target, "retry " + shortId(j.id)) },
+      "Retry"));
+}
+
 function renderFailed(jobs) {
   $("#failed-count").textContent = jobs.length || "";
   fill("failed", jobs.map((j) => el("tr", { "data-job": j.id },
@@ -218,10 +233,7 @@ function renderFailed(jobs) {
       el("span", { class: "exc" }, j.exc_type || "Error"), ": " + (j.error || "")),
     el("td", { class: "num" }, j.attempts, historyNote(j)),
     el("td", { class: "num muted" }, ago(j.finished_at)),
-    el("td", { class: "actions" },
-      el("button", { class: "retry", onclick: (e) =>
-        act("api/jobs/" + encodeURIComponent(j.id) + "/retry", e.target, "retry " + shortId(j.id)) },
-        "Retry")))),
+    retryCell(j))),
   7, "No failed jobs");
 }
 
@@ -234,10 +246,13 @@ function renderDead(entries) {
     el("td", {}, el("span", { class: "badge q" }, d.queue)),
     el("td", { class: "reason" }, d.reason),
     el("td", { class: "num muted" }, ago(d.at)),
-    el("td", { class: "actions" },
-      el("button", { class: "primary requeue", onclick: (e) =>
-        act("api/dead/" + encodeURIComponent(d.entry) + "/requeue", e.target, "requeue " + d.entry) },
-        "Requeue")))),
+    d.task && knownTasks && !knownTasks.has(d.task)
+      ? el("td", { class: "actions muted", title: "no task named " + JSON.stringify(d.task)
+        + " is registered in this app: a requeue would fail again" }, "unknown task")
+      : el("td", { class: "actions" },
+        el("button", { class: "primary requeue", onclick: (e) =>
+          act("api/dead/" + encodeURIComponent(d.entry) + "/requeue", e.target, "requeue " + d.entry) },
+          "Requeue")))),
   7, "The dead-letter queue is empty");
 }
 
@@ -309,6 +324,7 @@ async function refresh() {
     if (!jobs.ok) throw new Error(jobsBody.error || jobs.statusText);
     $("#app-name").textContent = overview.app;
     document.title = "aioq · " + overview.app;
+    knownTasks = new Set(overview.tasks || []);
     renderQueues(overview.queues);
     renderThroughput(overview.throughput);
     renderWorkers(overview.workers);
