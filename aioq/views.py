@@ -213,6 +213,10 @@ class JobSummary:
     #: "rate limit"); ``None`` for other jobs (``list_jobs`` reads the due times)
     due_at: datetime | None = None
     wait_reason: str | None = None
+    #: a succeeded job's return value, read by ``recent_jobs`` only (other listings and
+    #: results over ``RESULT_PREVIEW_MAX`` bytes: None, with ``result_size`` saying how big)
+    result: Any = None
+    result_size: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -454,6 +458,7 @@ async def _summaries(app: App, keys: QueueKeys, queue: str, ids: list[str]) -> l
 
 
 _FINISHED = {s.value.encode() for s in JobStatus if s.finished}
+RESULT_PREVIEW_MAX = 2048  # bytes of JSON: bigger results are not read for a listing
 
 
 async def recent_jobs(
@@ -483,14 +488,25 @@ async def recent_jobs(
     async with redis.pipeline(transaction=False) as pipe:
         for q, jid in wanted:
             pipe.hmget(app.keys(q).job(jid), _SUMMARY_FIELDS)
-        records = await pipe.execute()
+            pipe.hstrlen(app.keys(q).job(jid), "result")
+        replies = await pipe.execute()
     rows = [
-        _summary(jid, q, values)
-        for (q, jid), values in zip(wanted, records, strict=True)
+        replace(_summary(jid, q, values), result_size=int(size))
+        for (q, jid), values, size in zip(wanted, replies[::2], replies[1::2], strict=True)
         if values[0] in _FINISHED  # not since retried (or expired)
     ]
     rows.sort(key=lambda r: r.finished_at or _EPOCH, reverse=True)
-    return rows[:limit]
+    rows = rows[:limit]
+    # the results themselves only when small: a listing polled every second reads no megabytes
+    small = [i for i, r in enumerate(rows) if 0 < r.result_size <= RESULT_PREVIEW_MAX]
+    if small:
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in small:
+                pipe.hget(app.keys(rows[i].queue).job(rows[i].id), "result")
+            results = await pipe.execute()
+        for i, raw in zip(small, results, strict=True):
+            rows[i] = replace(rows[i], result=json_field(raw))
+    return rows
 
 
 async def _failed_jobs(app: App, queue: str, task: str | None, limit: int) -> list[JobSummary]:

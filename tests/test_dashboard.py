@@ -165,6 +165,7 @@ async def test_api_overview_dead_and_actions(ops: App) -> None:
         assert (retried["status"], retried["error"], retried["exc_type"]) == (
             "succeeded", None, None
         )  # fmt: skip
+        assert retried["result"] == "fixed: kaput"  # the result, not "ok"
         [h] = retried["history"]
         assert (h["attempt"], h["exc_type"], h["error"]) == (1, "ValueError", "kaput")
         assert "traceback" not in h  # listings leave tracebacks to info()
@@ -298,6 +299,7 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
                 lucky_row = recent.locator(f'tr[data-job="{lucky.id}"]')
                 await expect(lucky_row).to_have_attribute("data-status", "succeeded")
                 await expect(lucky_row).to_contain_text("after 1 failed attempt")
+                await expect(lucky_row.locator("td.result")).to_contain_text('"second time lucky"')
                 await expect(lucky_row.locator(".error")).to_have_count(0)
                 await expect(lucky_row.locator(".history")).to_have_attribute(
                     "title", "attempt 1: ConnectionError: the first attempt always fails"

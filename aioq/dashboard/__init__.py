@@ -75,6 +75,7 @@ def dashboard(app: App) -> Starlette:
                 "rate_limits": await views.rate_limit_stats(app),
                 "failed": [j.as_dict() for j in failed],
                 "recent": [j.as_dict() for j in await views.recent_jobs(app, limit=RECENT_LIMIT)],
+                "result_preview_max": views.RESULT_PREVIEW_MAX,
             }
 
         return await _guarded(collect)

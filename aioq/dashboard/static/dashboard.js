@@ -184,6 +184,16 @@ function historyNote(j) {
     " · after " + h.length + " failed attempt" + (h.length === 1 ? "" : "s"));
 }
 
+// a succeeded job's return value (JSON), cut to fit; a big one is only sized (not read)
+function resultCell(j) {
+  if (j.result_size > resultPreviewMax) {
+    return el("td", { class: "result muted" }, "result of " + j.result_size + " bytes (aioq job shows it)");
+  }
+  const json = JSON.stringify(j.result);
+  return el("td", { class: "result mono", title: json },
+    json.length > 80 ? json.slice(0, 79) + "…" : json);
+}
+
 function renderRecent(jobs) {
   $("#recent-count").textContent = jobs.length || "";
   fill("recent", jobs.map((j) => {
@@ -193,7 +203,7 @@ function renderRecent(jobs) {
     const outcome = j.error
       ? el("td", { class: "error", title: (j.exc_type || "") + ": " + j.error },
         el("span", { class: "exc" }, j.exc_type || "Error"), ": " + j.error)
-      : el("td", { class: "muted" }, j.status === "succeeded" ? "ok" : j.status);
+      : j.status === "succeeded" ? resultCell(j) : el("td", { class: "muted" }, j.status);
     const note = historyNote(j);
     if (note) outcome.append(note);
     return el("tr", { "data-job": j.id, "data-status": j.status },
@@ -211,6 +221,7 @@ function renderRecent(jobs) {
 // task names the app has: a failed job of any other task can only fail again, so it gets no
 // Retry button (set from the overview)
 let knownTasks = null;
+let resultPreviewMax = Infinity;  // bytes: bigger results are listed by size only
 
 function retryCell(j) {
   if (knownTasks && !knownTasks.has(j.task)) {
@@ -325,6 +336,7 @@ async function refresh() {
     $("#app-name").textContent = overview.app;
     document.title = "aioq · " + overview.app;
     knownTasks = new Set(overview.tasks || []);
+    resultPreviewMax = overview.result_preview_max ?? Infinity;
     renderQueues(overview.queues);
     renderThroughput(overview.throughput);
     renderWorkers(overview.workers);
