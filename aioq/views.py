@@ -660,7 +660,8 @@ def _entry_order(entry_id: str) -> tuple[int, int]:
 
 
 async def cron_stats(app: App) -> list[dict[str, Any]]:
-    """Each cron schedule: its task and queue, the last tick handled and the next one (UTC)."""
+    """Each cron schedule: its task and queue, the last tick handled (fired or skipped), the
+    last one that ran (enqueued its job; ``None``: it never ran) and the next one (UTC)."""
 
     def iso(t: float | None) -> str | None:
         return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
@@ -669,8 +670,10 @@ async def cron_stats(app: App) -> list[dict[str, Any]]:
         return []
     async with app.redis.pipeline(transaction=False) as pipe:
         for s in app.crons:
-            pipe.get(app.keys(app.tasks[s.task].queue).cron_state(s.name))
-        states = await pipe.execute()
+            keys = app.keys(app.tasks[s.task].queue)
+            pipe.get(keys.cron_state(s.name))
+            pipe.get(keys.cron_ran(s.name))
+        replies = await pipe.execute()
     now = time.time()
     return [
         {
@@ -679,9 +682,10 @@ async def cron_stats(app: App) -> list[dict[str, Any]]:
             "queue": app.tasks[s.task].queue,
             "catch_up": s.catch_up,
             "last_tick": iso(None if state is None else int(state) / 1000),
+            "last_run": iso(None if ran is None else int(ran) / 1000),
             "next_tick": iso(s.next_after(now)),
         }
-        for s, state in zip(app.crons, states, strict=True)
+        for s, state, ran in zip(app.crons, replies[::2], replies[1::2], strict=True)
     ]
 
 

@@ -140,6 +140,7 @@ async def test_api_overview_dead_and_actions(ops: App) -> None:
         )  # fmt: skip
         assert {j["error"] for j in overview["failed"]} >= {"kaput"}
         assert [c["task"] for c in overview["crons"]] == ["nightly_report"]
+        assert overview["crons"][0]["last_run"] is None  # a first start only marks its tick
         recent = {j["id"]: j for j in overview["recent"]}  # what the workers finished
         assert set(recent) == {failed.id, dead_id}  # not the queued one
         assert (recent[failed.id]["status"], recent[failed.id]["error"]) == ("failed", "kaput")
@@ -304,6 +305,7 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
                 await expect(lucky_row.locator(".history")).to_have_attribute(
                     "title", "attempt 1: ConnectionError: the first attempt always fails"
                 )
+                await expect(page.locator("#crons")).to_contain_text("never ran")
                 await page.screenshot(path=str(SCREENSHOT), full_page=True)
 
                 await row.locator("button.requeue").click()

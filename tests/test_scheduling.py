@@ -186,6 +186,26 @@ async def test_cron_fires_each_tick_once_with_two_workers(app: App) -> None:
     stamps = sorted(int(t.rsplit(":", 1)[1]) for t in ticks)
     assert 5 <= len(stamps) <= 8
     assert all(b - a == 200 for a, b in itertools.pairwise(stamps))
+    [stats] = await aioq_views.cron_stats(app)  # the last run is a tick that enqueued its job
+    assert stats["last_run"] is not None
+    assert datetime.fromisoformat(stats["last_run"]).timestamp() * 1000 >= stamps[-1]
+
+
+async def test_a_cron_that_never_ran_says_so(app: App) -> None:
+    """A schedule whose first tick is only marked (a worker's first start) has a last tick
+    handled but no last run."""
+
+    @app.cron("0 0 1 1 *")  # once a year: it will not come round during the test
+    async def yearly() -> None: ...
+
+    async with Worker(app):
+        for _ in range(200):
+            [stats] = await aioq_views.cron_stats(app)
+            if stats["last_tick"] is not None:
+                break
+            await asyncio.sleep(0.01)
+    assert stats["last_tick"] is not None
+    assert stats["last_run"] is None
 
 
 async def test_rate_limit_caps_starts_and_spends_no_attempt(app: App) -> None:

@@ -271,7 +271,8 @@ function renderCrons(crons) {
   fill("crons", crons.map((c) => el("tr", {},
     el("td", { class: "mono" }, c.schedule),
     el("td", {}, el("span", { class: "badge q" }, c.queue)),
-    el("td", { class: "muted" }, c.last_tick ? ago(c.last_tick) : "never"),
+    el("td", { class: "muted", title: c.last_tick ? "last tick handled " + ago(c.last_tick) : "" },
+      c.last_run ? ago(c.last_run) : "never ran"),
     el("td", {}, until(c.next_tick)))),
   4, "No cron schedules");
 }
