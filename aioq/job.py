@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import pack
 from .errors import JobCancelled, JobNotFound, TaskFailed
+from .message import history_field
 from .results import subscribe_confirmed
 
 if TYPE_CHECKING:
@@ -71,6 +72,13 @@ class JobInfo:
     progress: Any
     worker: str | None
     priority: int = 0
+    #: earlier attempts' failures, oldest first (``message.history_field``): a job that
+    #: succeeded after retries has ``error`` None and its failed attempts here
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: a scheduled job's due time (its score in the scheduled set) and why it waits: "delay",
+    #: "retry" (backoff) or "rate limit"; both ``None`` unless the job is scheduled
+    due_at: datetime | None = None
+    wait_reason: str | None = None
 
 
 class Job(Generic[R]):
@@ -123,10 +131,13 @@ class Job(Generic[R]):
     async def info(self) -> JobInfo:
         """Everything recorded about the job."""
         keys = await self._resolve()
-        raw: dict[bytes, bytes] = await self._app.redis.hgetall(keys.job(self.id))  # type: ignore[assignment]
+        async with self._app.redis.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.hgetall(keys.job(self.id))
+            pipe.zscore(keys.scheduled, self.id)
+            raw, due = await pipe.execute()
         if not raw:
             raise JobNotFound(self.id, [keys.queue])
-        return _info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()})
+        return _info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()}, due)
 
     async def cancel(self) -> bool:
         """Cancel the job; ``False`` when it had already finished (nothing changes then).
@@ -328,11 +339,12 @@ def _json(value: bytes | None, default: Any = None) -> Any:
         return value.decode(errors="replace")
 
 
-def _info(job_id: str, queue: str, raw: dict[str, bytes]) -> JobInfo:
+def _info(job_id: str, queue: str, raw: dict[str, bytes], due: float | None = None) -> JobInfo:
     try:
         status = JobStatus(raw.get("status", b"").decode())
     except ValueError:
         status = JobStatus.FAILED
+    waiting = status is JobStatus.SCHEDULED  # a stale score or reason means nothing then
     return JobInfo(
         id=job_id,
         task=_text(raw.get("task")) or "",
@@ -352,4 +364,7 @@ def _info(job_id: str, queue: str, raw: dict[str, bytes]) -> JobInfo:
         progress=_json(raw.get("progress")),
         worker=_text(raw.get("worker")),
         priority=_int(raw.get("priority")),
+        history=history_field(raw.get("history")),
+        due_at=datetime.fromtimestamp(due / 1000, tz=UTC) if waiting and due else None,
+        wait_reason=_text(raw.get("wait")) if waiting else None,
     )

@@ -23,6 +23,8 @@ single cluster slot and two apps (or two queues) never collide::
     aioq:{shop:default}:ratewait:<task> sorted set: job id -> due, the task's jobs turned away
                                         by its rate limit and not yet due (spaces them out).
     aioq:{shop:default}:cron:<schedule> string: the last cron tick handled (epoch ms).
+    aioq:{shop:default}:cronran:<schedule> string: the last cron tick that enqueued its job
+                                        (epoch ms): absent while the schedule never ran.
     aioq:{shop:default}:failed          sorted set: job id -> epoch ms it finished ``failed``
                                         (written where jobs finish; entries older than the
                                         result TTL are trimmed on insert): the failed-jobs index.
@@ -76,6 +78,7 @@ DONE = "done:"
 RATE = "rate:"
 RATEWAIT = "ratewait:"
 CRON = "cron:"
+CRON_RAN = "cronran:"
 PROGRESS = "progress:"
 
 QUEUE_KEYS = PRIORITIES + 5
@@ -168,6 +171,9 @@ class QueueKeys:
 
     def cron_state(self, schedule: str) -> str:
         return self.tag + CRON + schedule
+
+    def cron_ran(self, schedule: str) -> str:
+        return self.tag + CRON_RAN + schedule
 
     @property
     def failed(self) -> str:

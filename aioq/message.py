@@ -15,7 +15,13 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
     enqueued_at, started_at, finished_at    epoch milliseconds, Redis server time
     worker       consumer name of the worker that started the last attempt
     result       JSON of the return value (succeeded)
-    error, exc_type, traceback              the last failure
+    error, exc_type, traceback              the failure the job ended with (absent unless it
+                 failed for good: a failure that is retried moves to ``history``)
+    wait         why a scheduled job waits: "delay" (enqueued with delay/eta), "retry" (a
+                 retry's backoff) or "rate limit" (its task's limit turned it away); its due
+                 time is its score in the queue's scheduled set
+    history      JSON list of earlier attempts' failures, oldest first, the last 10:
+                 {attempt, error, exc_type, at (epoch ms), traceback (the newest only)}
     progress     JSON value set by ``current_job().set_progress``
     progress_seq how many values it has set (published with each, see ``job.progress()``)
     trace        JSON object of the enqueuer's trace context (W3C ``traceparent``, ...), written
@@ -190,3 +196,43 @@ def flat_pairs(value: Any) -> Any:
     if isinstance(value, list) and len(value) % 2 == 0 and all(isinstance(v, str) for v in value):
         return dict(zip(value[::2], value[1::2], strict=True))
     return value
+
+
+def history_field(value: bytes | None) -> list[dict[str, Any]]:
+    """The ``history`` field: earlier attempts' failures, oldest first, each a dict of
+    ``attempt`` (int), ``error``, ``exc_type``, ``traceback`` (str or ``None``; only the newest
+    entry keeps its traceback) and ``at`` (UTC datetime or ``None``). Garbage reads as no
+    history, an entry that is not an object is left out."""
+    entries = json_field(value)
+    out: list[dict[str, Any]] = []
+    for e in entries if isinstance(entries, list) else ():
+        if not isinstance(e, dict):
+            continue
+        attempt, at = e.get("attempt"), e.get("at")
+        out.append(
+            {
+                "attempt": attempt if isinstance(attempt, int) else _number(attempt),
+                "error": _str_or_none(e.get("error")),
+                "exc_type": _str_or_none(e.get("exc_type")),
+                "traceback": _str_or_none(e.get("traceback")),
+                "at": _epoch_ms(at),
+            }
+        )
+    return out
+
+
+def _epoch_ms(value: Any) -> datetime | None:
+    if not isinstance(value, int | float) or value <= 0:
+        return None
+    return datetime.fromtimestamp(value / 1000, tz=UTC)
+
+
+def _number(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

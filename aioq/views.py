@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Collection
 from contextlib import aclosing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 from .app import App
 from .job import JobStatus
 from .keys import GROUP, PRIORITIES, QueueKeys, workers_key
-from .message import flat_pairs, int_field, json_field, text_field, time_field
+from .message import flat_pairs, history_field, int_field, json_field, text_field, time_field
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +186,7 @@ async def _heartbeats(app: App) -> tuple[list[WorkerInfo], list[bytes]]:
 
 _SUMMARY_FIELDS = (
     "status", "task", "queue", "attempts", "enqueued_at", "started_at", "finished_at",
-    "error", "exc_type", "worker", "progress", "priority",
+    "error", "exc_type", "worker", "progress", "priority", "history", "wait",
 )  # fmt: skip
 
 
@@ -207,21 +207,37 @@ class JobSummary:
     worker: str | None
     progress: Any = None  # the last ``set_progress`` value (JSON), if any
     priority: int = 0
+    #: earlier attempts' failures as ``JobInfo.history``, without tracebacks (``info()``)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: as ``JobInfo``: a scheduled job's due time and why it waits ("delay", "retry",
+    #: "rate limit"); ``None`` for other jobs (``list_jobs`` reads the due times)
+    due_at: datetime | None = None
+    wait_reason: str | None = None
+    #: a succeeded job's return value, read by ``recent_jobs`` only (other listings and
+    #: results over ``RESULT_PREVIEW_MAX`` bytes: None, with ``result_size`` saying how big)
+    result: Any = None
+    result_size: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for name in ("enqueued_at", "started_at", "finished_at"):
+        for name in ("enqueued_at", "started_at", "finished_at", "due_at"):
             d[name] = d[name].isoformat() if d[name] is not None else None
+        d["history"] = [{**h, "at": _iso(h["at"])} for h in self.history]
         return d
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
 
 
 def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
     v = dict(zip(_SUMMARY_FIELDS, values, strict=True))
+    status = text_field(v["status"]) or ""
     return JobSummary(
         id=job_id,
         queue=text_field(v["queue"]) or queue,
         task=text_field(v["task"]) or "",
-        status=text_field(v["status"]) or "",
+        status=status,
         attempts=int_field(v["attempts"]),
         enqueued_at=time_field(v["enqueued_at"]),
         started_at=time_field(v["started_at"]),
@@ -231,7 +247,28 @@ def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
         worker=text_field(v["worker"]),
         progress=json_field(v["progress"]),
         priority=int_field(v["priority"]),
+        history=[
+            {k: x for k, x in h.items() if k != "traceback"} for h in history_field(v["history"])
+        ],
+        wait_reason=text_field(v["wait"]) if status == JobStatus.SCHEDULED.value else None,
     )
+
+
+async def _with_due_times(app: App, rows: list[JobSummary]) -> list[JobSummary]:
+    """``rows`` with the due time of each scheduled one (its score in the scheduled set),
+    read in one round trip."""
+    waiting = [i for i, r in enumerate(rows) if r.status == JobStatus.SCHEDULED.value]
+    if not waiting:
+        return rows
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for i in waiting:
+            pipe.zscore(app.keys(rows[i].queue).scheduled, rows[i].id)
+        scores = await pipe.execute()
+    out = list(rows)
+    for i, score in zip(waiting, scores, strict=True):
+        if score:
+            out[i] = replace(rows[i], due_at=datetime.fromtimestamp(score / 1000, tz=UTC))
+    return out
 
 
 async def list_jobs(
@@ -275,7 +312,7 @@ async def list_jobs(
         rows.sort(key=lambda r: r.finished_at or _EPOCH, reverse=True)
     else:
         rows.sort(key=lambda r: r.enqueued_at or _EPOCH, reverse=True)
-    return rows[:limit]
+    return await _with_due_times(app, rows[:limit])
 
 
 _INDEXED = {s.value for s in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)}
@@ -421,6 +458,7 @@ async def _summaries(app: App, keys: QueueKeys, queue: str, ids: list[str]) -> l
 
 
 _FINISHED = {s.value.encode() for s in JobStatus if s.finished}
+RESULT_PREVIEW_MAX = 2048  # bytes of JSON: bigger results are not read for a listing
 
 
 async def recent_jobs(
@@ -450,14 +488,25 @@ async def recent_jobs(
     async with redis.pipeline(transaction=False) as pipe:
         for q, jid in wanted:
             pipe.hmget(app.keys(q).job(jid), _SUMMARY_FIELDS)
-        records = await pipe.execute()
+            pipe.hstrlen(app.keys(q).job(jid), "result")
+        replies = await pipe.execute()
     rows = [
-        _summary(jid, q, values)
-        for (q, jid), values in zip(wanted, records, strict=True)
+        replace(_summary(jid, q, values), result_size=int(size))
+        for (q, jid), values, size in zip(wanted, replies[::2], replies[1::2], strict=True)
         if values[0] in _FINISHED  # not since retried (or expired)
     ]
     rows.sort(key=lambda r: r.finished_at or _EPOCH, reverse=True)
-    return rows[:limit]
+    rows = rows[:limit]
+    # the results themselves only when small: a listing polled every second reads no megabytes
+    small = [i for i, r in enumerate(rows) if 0 < r.result_size <= RESULT_PREVIEW_MAX]
+    if small:
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in small:
+                pipe.hget(app.keys(rows[i].queue).job(rows[i].id), "result")
+            results = await pipe.execute()
+        for i, raw in zip(small, results, strict=True):
+            rows[i] = replace(rows[i], result=json_field(raw))
+    return rows
 
 
 async def _failed_jobs(app: App, queue: str, task: str | None, limit: int) -> list[JobSummary]:
@@ -517,7 +566,10 @@ class DeadLetter:
 
     ``entry`` is its id in the dead-letter stream (what ``aioq dlq show/requeue`` take);
     ``stream_entry`` the id the job had on the queue's stream; ``fields`` the raw stream entry;
-    ``job`` the job record as it was when buried (``None`` when there was none).
+    ``job`` the job record as it was when buried (``None`` when there was none): a copy, so
+    its ``status`` is what it was then (often "running"). ``current`` is the job's record as it
+    is now, read live by ``find_dead_letter`` (``None`` when it has expired or was never read:
+    ``dead_letters`` leaves it unread).
     """
 
     entry: str
@@ -529,6 +581,7 @@ class DeadLetter:
     stream_entry: str
     fields: dict[str, str] | list[Any]
     job: dict[str, str] | None
+    current: dict[str, str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -576,11 +629,23 @@ async def find_dead_letter(
         for q in names:
             pipe.xrange(app.keys(q).dead, entry_id, entry_id)
         replies = await pipe.execute(raise_on_error=False)
-    return [
+    found = [
         _dead_letter(q, eid, raw)
         for q, r in zip(names, replies, strict=True)
         if not isinstance(r, Exception)
         for eid, raw in r
+    ]
+    # the burial copy says what the job was then; the live record what became of it since
+    # (retried, failed for good, requeued): both are shown, labelled
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for d in found:
+            pipe.hgetall(app.keys(d.queue).job(d.job_id or ""))
+        records = await pipe.execute()
+    return [
+        replace(d, current={k.decode(): v.decode(errors="replace") for k, v in r.items()} or None)
+        if d.job_id
+        else d
+        for d, r in zip(found, records, strict=True)
     ]
 
 
@@ -595,7 +660,8 @@ def _entry_order(entry_id: str) -> tuple[int, int]:
 
 
 async def cron_stats(app: App) -> list[dict[str, Any]]:
-    """Each cron schedule: its task and queue, the last tick handled and the next one (UTC)."""
+    """Each cron schedule: its task and queue, the last tick handled (fired or skipped), the
+    last one that ran (enqueued its job; ``None``: it never ran) and the next one (UTC)."""
 
     def iso(t: float | None) -> str | None:
         return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
@@ -604,8 +670,10 @@ async def cron_stats(app: App) -> list[dict[str, Any]]:
         return []
     async with app.redis.pipeline(transaction=False) as pipe:
         for s in app.crons:
-            pipe.get(app.keys(app.tasks[s.task].queue).cron_state(s.name))
-        states = await pipe.execute()
+            keys = app.keys(app.tasks[s.task].queue)
+            pipe.get(keys.cron_state(s.name))
+            pipe.get(keys.cron_ran(s.name))
+        replies = await pipe.execute()
     now = time.time()
     return [
         {
@@ -614,9 +682,10 @@ async def cron_stats(app: App) -> list[dict[str, Any]]:
             "queue": app.tasks[s.task].queue,
             "catch_up": s.catch_up,
             "last_tick": iso(None if state is None else int(state) / 1000),
+            "last_run": iso(None if ran is None else int(ran) / 1000),
             "next_tick": iso(s.next_after(now)),
         }
-        for s, state in zip(app.crons, states, strict=True)
+        for s, state, ran in zip(app.crons, replies[::2], replies[1::2], strict=True)
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from aioq import App, JobCancelled, JobStatus, Worker
+from aioq import App, JobCancelled, JobStatus, Worker, current_job
 from aioq.dashboard import JOBS_LIMIT, dashboard
 
-from .apps.ops import make_app
+from .apps.ops import fixed_key, make_app
 from .conftest import unique_name
 from .helpers import ROOT
 
@@ -42,6 +43,12 @@ async def ops(redis_url: str) -> AsyncIterator[App]:
     @app.cron("*/5 * * * *")
     async def nightly_report() -> None:
         pass
+
+    @app.task(retries=1, backoff=0)
+    async def flaky() -> str:
+        if current_job().attempt == 1:
+            raise ConnectionError("the first attempt always fails")
+        return "second time lucky"
 
     yield app
     await app.aclose()
@@ -84,6 +91,20 @@ async def poison(app: App, *args: Any) -> str:
     return job.id
 
 
+async def retired(app: App) -> str:
+    """A job of a task ``app`` does not have (enqueued by an older deploy of the same app):
+    a worker of ``app`` fails it and dead-letters it; a retry could only fail again."""
+    old = App(app.name, redis_url=app.redis_url)
+
+    @old.task
+    async def retired_task() -> None: ...
+
+    try:
+        return (await retired_task.enqueue()).id
+    finally:
+        await old.aclose()
+
+
 async def drain(app: App) -> None:
     await asyncio.wait_for(Worker(app, burst=True).run(), 20)
 
@@ -119,6 +140,7 @@ async def test_api_overview_dead_and_actions(ops: App) -> None:
         )  # fmt: skip
         assert {j["error"] for j in overview["failed"]} >= {"kaput"}
         assert [c["task"] for c in overview["crons"]] == ["nightly_report"]
+        assert overview["crons"][0]["last_run"] is None  # a first start only marks its tick
         recent = {j["id"]: j for j in overview["recent"]}  # what the workers finished
         assert set(recent) == {failed.id, dead_id}  # not the queued one
         assert (recent[failed.id]["status"], recent[failed.id]["error"]) == ("failed", "kaput")
@@ -135,9 +157,28 @@ async def test_api_overview_dead_and_actions(ops: App) -> None:
         assert (r.status_code, r.json()["outcome"]) == (200, "requeued")
         r = await client.post("/queues/api/jobs/nope/retry")
         assert (r.status_code, r.json()["outcome"]) == (409, "missing")
+        await ops.redis.set(fixed_key(ops.name), "1")  # the retried job succeeds this time
         await drain(ops)
         assert await ops.job(dead_id).result(timeout=5) == 3
         assert await ops.job(queued.id).status() is JobStatus.CANCELLED
+        recent = {j["id"]: j for j in (await client.get("/queues/api/overview")).json()["recent"]}
+        retried = recent[failed.id]  # succeeded: no error, the failed attempt is history
+        assert (retried["status"], retried["error"], retried["exc_type"]) == (
+            "succeeded", None, None
+        )  # fmt: skip
+        assert retried["result"] == "fixed: kaput"  # the result, not "ok"
+        [h] = retried["history"]
+        assert (h["attempt"], h["exc_type"], h["error"]) == (1, "ValueError", "kaput")
+        assert "traceback" not in h  # listings leave tracebacks to info()
+
+        unknown = await retired(ops)
+        await drain(ops)
+        assert await ops.job(unknown).status() is JobStatus.FAILED
+        r = await client.post(f"/queues/api/jobs/{unknown}/retry")  # would only fail again
+        assert (r.status_code, r.json()["outcome"]) == (
+            409, f"no task named 'retired_task' in app {ops.name!r}"
+        )  # fmt: skip
+        assert "retired_task" not in (await client.get("/queues/api/overview")).json()["tasks"]
 
 
 async def test_api_lists_waiting_jobs_per_queue_and_cancels_them(ops: App) -> None:
@@ -229,19 +270,42 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
             await expect(queued).to_have_text("1")  # a job appears
 
             await ops.enqueue("boom", "the payment provider said no")
+            lucky = await ops.enqueue("flaky")
+            unknown = await retired(ops)
             dead_id = await poison(ops, 20, 22)
             worker = Worker(ops)
             running = asyncio.create_task(worker.run())
             try:
                 row = page.locator(f'#dead tr[data-job="{dead_id}"]')
+                await expect(page.locator("#dead tbody tr")).to_have_count(2)
                 await expect(row).to_contain_text("poison")
                 await expect(page.locator("#failed")).to_contain_text("payment provider")
+                unknown_row = page.locator(f'#failed tr[data-job="{unknown}"]')
+                await expect(unknown_row).to_contain_text("unknown task")  # no Retry for it
+                await expect(unknown_row.locator("button")).to_have_count(0)
+                await expect(page.locator("#failed button.retry").first).to_be_visible()
+                # what needs an operator comes before the workers and jobs tables
+                failed_y = (await page.locator("#failed").bounding_box() or {})["y"]
+                dead_y = (await page.locator("#dead").bounding_box() or {})["y"]
+                workers_y = (await page.locator("#workers").bounding_box() or {})["y"]
+                assert failed_y < dead_y < workers_y
+                assert dead_y < 1100  # above the fold of the 1100 px viewport
                 await expect(page.locator("#workers tbody")).to_contain_text(worker.consumer)
                 await expect(queued).to_have_text("0")
                 await expect(page.locator("#throughput svg rect").first).to_be_visible()
                 recent = page.locator("#recent")
                 await expect(recent.locator('tr[data-status="succeeded"]').first).to_be_visible()
                 await expect(recent).to_contain_text("payment provider")
+                # succeeded on its second attempt: green, no error, the failure as a note
+                lucky_row = recent.locator(f'tr[data-job="{lucky.id}"]')
+                await expect(lucky_row).to_have_attribute("data-status", "succeeded")
+                await expect(lucky_row).to_contain_text("after 1 failed attempt")
+                await expect(lucky_row.locator("td.result")).to_contain_text('"second time lucky"')
+                await expect(lucky_row.locator(".error")).to_have_count(0)
+                await expect(lucky_row.locator(".history")).to_have_attribute(
+                    "title", "attempt 1: ConnectionError: the first attempt always fails"
+                )
+                await expect(page.locator("#crons")).to_contain_text("never ran")
                 await page.screenshot(path=str(SCREENSHOT), full_page=True)
 
                 await row.locator("button.requeue").click()
@@ -250,7 +314,10 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
                 assert await ops.job(dead_id).result(timeout=10) == 42  # it succeeded
                 info = await ops.job(dead_id).info()
                 assert info.status is JobStatus.SUCCEEDED
-                await expect(page.locator("#dead")).to_contain_text("dead-letter queue is empty")
+                left = page.locator("#dead tbody tr")  # the unknown task's: no Requeue either
+                await expect(left).to_have_count(1)
+                await expect(left).to_contain_text("unknown task")
+                await expect(left.locator("button")).to_have_count(0)
             finally:
                 worker.stop()
                 await asyncio.wait_for(running, 20)
@@ -281,6 +348,9 @@ async def test_page_cancels_a_running_job_and_a_scheduled_one(ops: App) -> None:
             await expect(running_row).to_have_attribute("data-status", "running")
             await expect(running_row).to_contain_text("1 / 2")  # its progress
             await expect(scheduled_row).to_have_attribute("data-status", "scheduled")
+            await expect(scheduled_row.locator("td.due")).to_have_text(
+                re.compile(r"^in \d+s · delay$")
+            )
             await page.screenshot(path=str(JOBS_SCREENSHOT), full_page=True)
 
             for job, row in ((running, running_row), (scheduled, scheduled_row)):

@@ -487,6 +487,33 @@ async def test_sigterm_drains_in_grace_and_hands_back_the_rest_at_once(
     await assert_stream_empty(app)
 
 
+@pytest.mark.slow
+async def test_shutdown_log_says_a_second_signal_skips_the_grace_period(
+    app: App, workers: Spawn
+) -> None:
+    """The first Ctrl-C tells the user how long it waits and that a second one cuts it short;
+    the second hands a long job back at once instead of waiting out the grace period."""
+    vt, grace = 60.0, 30.0
+    w = workers(app.name, vt, "--shutdown-timeout", str(grace), "--log-level", "info")
+    await parked(app, w)
+    job = await app.enqueue("nap", 30.0, first_attempt_only=True)
+    await eventually(lambda: running_on(app, job.id, w), 10, "the job running")
+
+    async def told() -> bool:
+        return "again" in w.output
+
+    w.signal(signal.SIGINT)
+    await eventually(told, 10, "the stopping line")
+    assert "up to 30s" in w.output
+    assert "press Ctrl-C again (or send a second SIGTERM) to hand them back now" in w.output
+    signalled = time.monotonic()
+    w.signal(signal.SIGINT)
+    assert await w.exited(15) == 0
+    assert time.monotonic() - signalled < grace / 2
+    assert "skipping the grace period" in w.output
+    assert await app.job(job.id).status() is JobStatus.QUEUED  # handed back, not lost
+
+
 # -- 7. streams stay bounded ---------------------------------------------------------------
 
 

@@ -297,6 +297,60 @@ async def test_job_shows_arguments_error_traceback_and_progress(ops: App) -> Non
     assert "no job 'nope'" in missing.stderr
 
 
+async def test_job_after_a_retry_shows_the_failure_as_history_not_as_its_error(ops: App) -> None:
+    """A failed job an operator retried, which then succeeds, has no error of its own: `aioq
+    job` (and --json) show the failed attempt as history, labelled by attempt."""
+    failed = await ops.enqueue("boom", "first try")
+    await drain(ops)
+    assert aioq("retry", TARGET, failed.id, app=ops).returncode == 0
+    await ops.redis.set(fixed_key(ops.name), "1")
+    await drain(ops)
+    assert await failed.result(timeout=5) == "fixed: first try"
+    info = await failed.info()
+    assert (info.status, info.error, info.traceback) == (JobStatus.SUCCEEDED, None, None)
+    assert [(h["attempt"], h["exc_type"], h["error"]) for h in info.history] == [
+        (1, "ValueError", "first try")
+    ]
+    d = aioq_json("job", TARGET, failed.id, app=ops)
+    assert (d["status"], d["error"], d["traceback"]) == ("succeeded", None, None)
+    [h] = d["history"]
+    assert (h["attempt"], h["error"], h["exc_type"]) == (1, "first try", "ValueError")
+    assert h["at"].endswith("+00:00")
+    assert "raise ValueError(message)" in h["traceback"]
+    text = aioq("job", TARGET, failed.id, app=ops).stdout
+    assert "attempt 1" in text
+    assert "ValueError: first try" in text
+    assert "traceback of attempt 1:" in text
+    assert "│ error" not in text  # no error row of the job's own
+
+
+async def test_jobs_and_job_show_when_a_scheduled_job_is_due_and_why(ops: App) -> None:
+    """`aioq jobs` has a due column for scheduled jobs, `aioq job` a due line (and --json
+    `due_at` and `wait_reason`)."""
+    later = await ops.options("add", delay=3600).enqueue(1, 2)
+    queued = await ops.enqueue("add", 3, 4)
+    due_at = (await later.info()).due_at
+    assert due_at is not None
+    table = aioq("jobs", TARGET, app=ops).stdout
+    [line] = [ln for ln in table.splitlines() if later.id in ln]
+    assert f"{due_at:%m-%d %H:%M:%S} (delay)" in line
+    [line] = [ln for ln in table.splitlines() if queued.id in ln]
+    assert "(delay)" not in line
+    rows = {r["id"]: r for r in aioq_json("jobs", TARGET, app=ops)}
+    assert (rows[later.id]["wait_reason"], rows[later.id]["due_at"]) == (
+        "delay", due_at.isoformat()
+    )  # fmt: skip
+    assert (rows[queued.id]["wait_reason"], rows[queued.id]["due_at"]) == (None, None)
+    d = aioq_json("job", TARGET, later.id, app=ops)
+    assert (d["status"], d["wait_reason"], d["due_at"]) == (
+        "scheduled",
+        "delay",
+        due_at.isoformat(),
+    )
+    text = aioq("job", TARGET, later.id, app=ops).stdout
+    assert f"{due_at:%Y-%m-%d %H:%M:%S} UTC (delay)" in text
+
+
 # -- the dead-letter stream ------------------------------------------------------------------
 
 
@@ -313,6 +367,13 @@ async def test_dlq_requeue_of_a_poison_job_then_a_worker_runs_it(ops: App) -> No
     assert shown["fields"] == {"id": job_id}
     assert shown["job"]["task"] == "add"
     assert shown["job"]["args"] == "[20,22]"
+    # the copy taken at burial has the status of then; the live record what the job is now
+    assert shown["job"]["status"] != "failed"
+    assert shown["current"]["status"] == "failed"
+    text = aioq("dlq", TARGET, "show", entry["entry"], app=ops).stdout
+    assert f"status    failed now (was {shown['job']['status']} when buried)" in text
+    assert "record now       {" in text
+    assert "record at burial {" in text
     table = aioq("dlq", TARGET, "list", app=ops)
     assert "poison" in table.stdout
     assert job_id in table.stdout

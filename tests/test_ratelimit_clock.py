@@ -4,6 +4,7 @@ run by a real Redis), called with times the test chooses, so these tests take no
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -59,6 +60,11 @@ async def test_a_full_window_turns_jobs_away_until_a_start_leaves_it(app: App) -
     ]  # fmt: skip
     assert (await lim.ask(t0 + 999))[0] is False  # the window still holds three starts
     assert (await lim.ask(t0 + 1000))[0] is True  # the first one left it
+    # a turned-away job says why it waits, and when it is due (its scheduled score)
+    info = await app.job("j4", "default").info()
+    assert (info.wait_reason, info.due_at) == (
+        "rate limit", datetime.fromtimestamp((t0 + 1000) / 1000, UTC)
+    )  # fmt: skip
 
 
 async def test_no_window_ever_holds_more_than_the_limit(app: App) -> None:

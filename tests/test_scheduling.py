@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from aioq import App, JobStatus, TaskFailed, Worker, current_job
+from aioq import views as aioq_views
 from aioq.ratelimit import RateLimit, parse_rate
 
 pytestmark = pytest.mark.anyio
@@ -29,6 +30,52 @@ async def test_delayed_job_runs_within_100ms_of_its_time(app: App) -> None:
     assert info.started_at is not None
     late = (info.started_at - info.enqueued_at).total_seconds() - 0.4
     assert 0 <= late < 0.15
+
+
+async def test_waiting_jobs_say_when_they_are_due_and_why(app: App) -> None:
+    """A scheduled job's info has its due time and reason: "delay" (delay or eta), "retry"
+    (a retry's backoff); once it is queued, running or finished it has neither."""
+
+    @app.task(retries=1, backoff=30)
+    async def flaky() -> None:
+        raise ConnectionError("later")
+
+    before = datetime.now(UTC)
+    later = await flaky.options(delay=timedelta(seconds=60)).enqueue()
+    eta = datetime(2100, 1, 1, tzinfo=UTC)
+    at_eta = await flaky.options(eta=eta).enqueue()
+    now = await flaky.enqueue()
+    info = await later.info()
+    assert (info.status, info.wait_reason) == (JobStatus.SCHEDULED, "delay")
+    assert info.due_at is not None
+    assert before + timedelta(seconds=59) < info.due_at < before + timedelta(seconds=62)
+    info = await at_eta.info()
+    assert (info.wait_reason, info.due_at) == ("delay", eta)
+    info = await now.info()
+    assert (info.status, info.due_at, info.wait_reason) == (JobStatus.QUEUED, None, None)
+
+    async with Worker(app):
+        for _ in range(500):  # its first attempt fails: it waits for its backoff (15-30 s)
+            if (await now.status()) is JobStatus.SCHEDULED:
+                break
+            await asyncio.sleep(0.01)
+    info = await now.info()
+    assert (info.status, info.wait_reason) == (JobStatus.SCHEDULED, "retry")
+    assert info.due_at is not None
+    assert datetime.now(UTC) + timedelta(seconds=10) < info.due_at
+    [row] = [
+        r for r in await aioq_views.list_jobs(app, status=JobStatus.SCHEDULED) if r.id == now.id
+    ]
+    assert (row.due_at, row.wait_reason) == (info.due_at, "retry")
+    assert row.as_dict()["due_at"] == info.due_at.isoformat()
+
+    await app.redis.zadd(app.keys().scheduled, {later.id: 0})  # due now: promoted
+    async with Worker(app, burst=True):
+        pass
+    info = await later.info()
+    assert info.status.finished or info.status is JobStatus.SCHEDULED
+    assert info.wait_reason in (None, "retry")  # the delay is over; a retry may wait again
+    assert await app.redis.hget(app.keys().job(later.id), "wait") in (None, b"retry")
 
 
 async def test_eta_in_the_past_runs_now_and_naive_means_utc(app: App) -> None:
@@ -139,6 +186,26 @@ async def test_cron_fires_each_tick_once_with_two_workers(app: App) -> None:
     stamps = sorted(int(t.rsplit(":", 1)[1]) for t in ticks)
     assert 5 <= len(stamps) <= 8
     assert all(b - a == 200 for a, b in itertools.pairwise(stamps))
+    [stats] = await aioq_views.cron_stats(app)  # the last run is a tick that enqueued its job
+    assert stats["last_run"] is not None
+    assert datetime.fromisoformat(stats["last_run"]).timestamp() * 1000 >= stamps[-1]
+
+
+async def test_a_cron_that_never_ran_says_so(app: App) -> None:
+    """A schedule whose first tick is only marked (a worker's first start) has a last tick
+    handled but no last run."""
+
+    @app.cron("0 0 1 1 *")  # once a year: it will not come round during the test
+    async def yearly() -> None: ...
+
+    async with Worker(app):
+        for _ in range(200):
+            [stats] = await aioq_views.cron_stats(app)
+            if stats["last_tick"] is not None:
+                break
+            await asyncio.sleep(0.01)
+    assert stats["last_tick"] is not None
+    assert stats["last_run"] is None
 
 
 async def test_rate_limit_caps_starts_and_spends_no_attempt(app: App) -> None:

@@ -117,7 +117,32 @@ async def test_retries_with_backoff_then_success(app: App) -> None:
     assert attempts == [1, 2, 3]
     info = await job.info()
     assert info.attempts == 3
-    assert info.error == "try again"  # the last failure is kept for inspection
+    # the job succeeded: no error of its own; the failed attempts are its history
+    assert (info.error, info.exc_type, info.traceback) == (None, None, None)
+    assert [(h["attempt"], h["exc_type"], h["error"]) for h in info.history] == [
+        (1, "ConnectionError", "try again"), (2, "ConnectionError", "try again")
+    ]  # fmt: skip
+    assert all(h["at"] is not None for h in info.history)
+    assert info.history[0]["traceback"] is None  # only the newest keeps its traceback
+    assert "raise ConnectionError" in info.history[1]["traceback"]
+
+
+async def test_history_keeps_the_last_ten_failures(app: App) -> None:
+    """A job retried many times keeps only its last ten failures, oldest first; one that
+    fails for good has its final error as the job's and the attempts before as history."""
+
+    @app.task(retries=11, backoff=0)
+    async def hopeless() -> None:
+        raise RuntimeError(f"attempt {current_job().attempt}")
+
+    async with Worker(app):
+        job = await hopeless.enqueue()
+        with pytest.raises(TaskFailed, match="attempt 12"):
+            await job.result(timeout=10)
+    info = await job.info()
+    assert (info.error, info.exc_type) == ("attempt 12", "RuntimeError")
+    assert [h["attempt"] for h in info.history] == list(range(2, 12))
+    assert [h["error"] for h in info.history] == [f"attempt {n}" for n in range(2, 12)]
 
 
 async def test_retries_exhausted_fail_with_last_error(app: App) -> None:

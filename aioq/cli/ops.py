@@ -9,6 +9,7 @@ unknown, or Redis does not answer; listings take ``--json`` for scripts.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -77,17 +78,25 @@ def jobs(
     print_table(
         f"{len(rows)} job(s) of app {app.name!r} (times UTC)",
         [Column("id"), Column("queue"), Column("task"), Column("prio", justify="right"),
-         Column("status"), Column("tries", justify="right"), Column("at"),
+         Column("status"), Column("tries", justify="right"), Column("at"), Column("due"),
          Column("error", wrap=True)],
         [
             [
                 r.id, r.queue, r.task, str(r.priority), r.status, str(r.attempts),
                 when(r.finished_at or r.started_at or r.enqueued_at, short=True),
+                due(r.due_at, r.wait_reason, short=True),
                 first_line(f"{r.exc_type}: {r.error}" if r.error else None),
             ]
             for r in rows
         ],
     )  # fmt: skip
+
+
+def due(at: datetime | None, reason: str | None, short: bool = False) -> str:
+    """When a scheduled job is due and why it waits ("-" for other jobs)."""
+    if at is None and reason is None:
+        return "-"
+    return f"{when(at, short=short)} ({reason or 'scheduled'})"
 
 
 def dumps(value: Any) -> str:
@@ -97,8 +106,11 @@ def dumps(value: Any) -> str:
 def job_dict(info: JobInfo) -> dict[str, Any]:
     d: dict[str, Any] = {name: getattr(info, name) for name in JobInfo.__dataclass_fields__}
     d["status"] = info.status.value
-    for name in ("enqueued_at", "started_at", "finished_at"):
+    for name in ("enqueued_at", "started_at", "finished_at", "due_at"):
         d[name] = d[name].isoformat() if d[name] is not None else None
+    d["history"] = [
+        {**h, "at": h["at"].isoformat() if h["at"] is not None else None} for h in info.history
+    ]
     return d
 
 
@@ -108,7 +120,8 @@ def job(
     queue: Annotated[str | None, typer.Option("--queue", "-q", help="the job's queue")] = None,
     as_json: Json = False,
 ) -> None:
-    """One job: arguments, status, attempts, times, progress, result or error and traceback."""
+    """One job: arguments, status, attempts, times, progress, result or error and traceback,
+    and the failures of earlier attempts (its history)."""
     app = load_app(target)
     if queue is not None:
         known_queues(app, [queue])
@@ -136,13 +149,24 @@ def job(
         ("finished", when(found.finished_at)), ("worker", found.worker or "-"),
         ("progress", "-" if found.progress is None else dumps(found.progress)),
     ]  # fmt: skip
+    if found.status is JobStatus.SCHEDULED:
+        rows.insert(4, ("due", due(found.due_at, found.wait_reason)))
     if found.status is JobStatus.SUCCEEDED:
         rows.append(("result", dumps(found.result)))
     if found.error:
         rows.append(("error", f"{found.exc_type or 'Error'}: {found.error}"))
+    for h in found.history:  # earlier attempts: history, not the job's error
+        rows.append(
+            (f"attempt {h['attempt']}", f"failed {when(h['at'])}: "
+             f"{h['exc_type'] or 'Error'}: {h['error'] or '-'}")
+        )  # fmt: skip
     out = print_fields(f"job {found.id}", rows, whole={"task", "queue", "status", "worker"})
     if found.traceback:
         out.print(found.traceback.rstrip(), markup=False, highlight=False)
+    elif found.history and found.history[-1]["traceback"]:
+        last = found.history[-1]
+        out.print(f"traceback of attempt {last['attempt']}:", markup=False, highlight=False)
+        out.print(last["traceback"].rstrip(), markup=False, highlight=False)
 
 
 # -- the dead-letter stream ---------------------------------------------------------------
@@ -191,7 +215,8 @@ def dlq_show(
     queue: Queues = None,
     as_json: Json = False,
 ) -> None:
-    """One dead-letter entry: the reason, the raw stream entry, the job record it had."""
+    """One dead-letter entry: the reason, the raw stream entry, the job's record now and the
+    copy taken when it was buried."""
     app = load_app(ctx.obj)
     names = known_queues(app, queue)
     found = run(app, lambda: views.find_dead_letter(app, entry_id, names))
@@ -207,7 +232,11 @@ def dlq_show(
         typer.echo(f"at        {when(d.at)}")
         typer.echo(f"reason    {d.reason}")
         typer.echo(f"stream    entry {d.stream_entry}: {json.dumps(d.fields)}")
-        typer.echo(f"record    {json.dumps(d.job) if d.job is not None else '-'}")
+        now = d.current.get("status", "?") if d.current is not None else "gone (expired)"
+        then = d.job.get("status", "?") if d.job is not None else "-"
+        typer.echo(f"status    {now} now (was {then} when buried)")
+        typer.echo(f"record now       {json.dumps(d.current) if d.current is not None else '-'}")
+        typer.echo(f"record at burial {json.dumps(d.job) if d.job is not None else '-'}")
 
 
 @dlq.command("requeue")

@@ -98,10 +98,18 @@ async def _serve(w: Worker) -> None:
     def on_signal() -> None:
         nonlocal signals
         signals += 1
+        log = logging.getLogger("aioq.worker")
         if signals == 1:
-            logging.getLogger("aioq.worker").info("stopping: finishing running jobs")
+            # said here, where the user is looking, because a stuck job otherwise holds the
+            # terminal for the whole grace period with no hint that it can be cut short
+            log.info(
+                "stopping: giving running jobs up to %gs to finish; "
+                "press Ctrl-C again (or send a second SIGTERM) to hand them back now",
+                w.shutdown_timeout,
+            )
             w.stop()
         else:  # a second signal: hand running jobs back now
+            log.info("second signal: skipping the grace period, handing running jobs back now")
             w.shutdown_timeout = 0
             w.runner.interrupt_all()
 

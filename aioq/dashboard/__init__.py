@@ -67,6 +67,7 @@ def dashboard(app: App) -> Starlette:
             throughput.add(workers)
             return {
                 "app": app.name,
+                "tasks": sorted(app.tasks),  # a failed job of any other task gets no Retry
                 "queues": [s.as_dict() for s in await views.queue_stats(app)],
                 "workers": workers,
                 "throughput": throughput.series(),
@@ -74,6 +75,7 @@ def dashboard(app: App) -> Starlette:
                 "rate_limits": await views.rate_limit_stats(app),
                 "failed": [j.as_dict() for j in failed],
                 "recent": [j.as_dict() for j in await views.recent_jobs(app, limit=RECENT_LIMIT)],
+                "result_preview_max": views.RESULT_PREVIEW_MAX,
             }
 
         return await _guarded(collect)
@@ -134,6 +136,12 @@ def dashboard(app: App) -> Starlette:
         job_id = request.path_params["job_id"]
 
         async def act() -> dict[str, Any]:
+            try:
+                task = (await app.job(job_id).info()).task
+            except JobNotFound:
+                return {"id": job_id, "outcome": "missing"}
+            if task not in app.tasks:  # it would only fail again
+                return {"id": job_id, "outcome": f"no task named {task!r} in app {app.name!r}"}
             outcome = (await aioq_ops.retry(app, [job_id]))[job_id]
             return {"id": job_id, "outcome": outcome}
 

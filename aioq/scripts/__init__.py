@@ -173,12 +173,19 @@ class Scripts:
         return out
 
     async def cron(
-        self, keys: QueueKeys, state: str, tick_ms: int, fire: bool, job: Sequence[Any]
+        self,
+        keys: QueueKeys,
+        state: str,
+        tick_ms: int,
+        fire: bool,
+        job: Sequence[Any],
+        ran: str | None = None,
     ) -> int:
-        """Fire (or only mark) one cron tick; 1 when its job was written."""
+        """Fire (or only mark) one cron tick; 1 when its job was written (then ``ran``, the
+        schedule's ``cron_ran`` key, holds the tick)."""
         written: int = await self._call(
             self._cron,
-            [*keys.declared, keys.job(job[0]), state],
+            [*keys.declared, keys.job(job[0]), state, *([ran] if ran else [])],
             [tick_ms, "fire" if fire else "mark", *job],
         )
         return written

@@ -5,12 +5,14 @@
 -- worker frozen past its lease writes nothing over the new owner's work. Returns the fenced ids.
 --   ok       a = result JSON
 --   fail     a = error, b = exc_type, c = traceback
---   retry    a, b, c as fail; d = delay ms (0: back on the stream now)
+--   retry    a, b, c as fail, kept in the record's `history` (history.lua); d = delay ms (0:
+--            back on the stream now)
 --   dead     a = reason: the job fails and the raw entry goes to the dead-letter stream
 --   cancelled  the running coroutine was cancelled by job.cancel()
 -- A job flagged by job.cancel() ends "cancelled" whatever the record says. Entries are
 -- acknowledged and deleted with one XACK and one XDEL for the whole batch.
 --#include start
+--#include history
 use_level(tonumber(ARGV[6]))
 local now = now_ms()
 local fenced, done = {}, {}
@@ -18,7 +20,7 @@ for i = 7, #ARGV, 8 do
   local op, eid, jid, att = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = JOBP .. jid
   -- pcall: a foreign key of another type is not ours to write
-  local rec = redis.pcall('HMGET', key, 'attempts', 'worker', 'status', 'cancel')
+  local rec = redis.pcall('HMGET', key, 'attempts', 'worker', 'status', 'cancel', 'error')
   if not rec.err and rec[1] == att and rec[2] == CONSUMER and rec[3] ~= 'running' then
     -- this very outcome, written by a first send of this batch whose reply was lost: no one
     -- else writes a record that still names this consumer and attempt but is not running
@@ -28,6 +30,8 @@ for i = 7, #ARGV, 8 do
   else
     if rec[4] then op = 'cancelled' end        -- job.cancel() won the race with the outcome
     if op == 'ok' then
+      -- a record written before failures went to `history` may still hold one
+      if rec[5] then redis.call('HDEL', key, 'error', 'exc_type', 'traceback') end
       finish(jid, 'succeeded', now, 'result', ARGV[i + 4])
     elseif op == 'cancelled' then
       finish(jid, 'cancelled', now)
@@ -42,9 +46,12 @@ for i = 7, #ARGV, 8 do
       local delay = tonumber(ARGV[i + 7])
       local status = 'queued'
       if delay > 0 then status = 'scheduled' end
-      redis.call('HSET', key, 'status', status, 'error', ARGV[i + 4], 'exc_type', ARGV[i + 5],
-                 'traceback', ARGV[i + 6], 'deliveries', 0)
+      -- the failure is history, not the job's error: a later attempt may still succeed
+      remember(key, att, ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], now)
+      if rec[5] then redis.call('HDEL', key, 'error', 'exc_type', 'traceback') end
+      redis.call('HSET', key, 'status', status, 'deliveries', 0)
       if delay > 0 then
+        redis.call('HSET', key, 'wait', 'retry')            -- why it waits (its backoff)
         redis.call('ZADD', SCHEDULED, now + delay, jid)
       else
         redis.call('XADD', STREAM, '*', 'id', jid)

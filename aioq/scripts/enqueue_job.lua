@@ -41,5 +41,6 @@ local function enqueue_job(key, a)
   if expires_at > 0 then redis.call('HSET', key, 'expires_at', expires_at) end
   if level > 0 then redis.call('HSET', key, 'priority', ARGV[a + 12]) end
   if ARGV[a + 13] ~= '' then redis.call('HSET', key, 'trace', ARGV[a + 13]) end
+  if status == 'scheduled' then redis.call('HSET', key, 'wait', 'delay') end  -- why it waits
   return 1
 end

@@ -18,6 +18,7 @@ for _, jid in ipairs(ids) do
       finish(jid, 'expired', now, 'error', 'not started before it expired')
     else
       redis.call('HSET', key, 'status', 'queued')
+      redis.call('HDEL', key, 'wait')                    -- it waits no more
       redis.call('XADD', STREAMS[level_of(rec[3])], '*', 'id', jid)
       moved = moved + 1
     end

@@ -78,7 +78,7 @@ local function rate_allows(task, eid, jid, now)
   local due = oldest + lim[2] * (1 + math.floor(r / used))
   redis.call('ZADD', waiting, due, jid)
   redis.call('PEXPIRE', waiting, due - now + 2 * lim[2])
-  redis.call('HSET', JOBP .. jid, 'status', 'scheduled')
+  redis.call('HSET', JOBP .. jid, 'status', 'scheduled', 'wait', 'rate limit')
   redis.call('ZADD', SCHEDULED, due, jid)
   return false
 end

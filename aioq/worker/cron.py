@@ -71,7 +71,9 @@ async def _fire_due(
     keys = worker.app.keys(queue)
     # a tick carries the active trace context like any enqueue, but starts no trace of its own
     spans = publish([(queue, job)], new_trace=False) if fire else None
-    send = worker.app.scripts.cron(keys, keys.cron_state(s.name), round(tick * 1000), fire, job)
+    send = worker.app.scripts.cron(
+        keys, keys.cron_state(s.name), round(tick * 1000), fire, job, ran=keys.cron_ran(s.name)
+    )
     if spans is None:
         written = await send
     else:

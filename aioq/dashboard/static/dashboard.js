@@ -132,6 +132,13 @@ function progressCell(p) {
     el("span", { class: "mono" }, label));
 }
 
+// a scheduled job: when it is due and why it waits (delay, retry backoff, rate limit)
+function dueCell(j) {
+  if (j.status !== "scheduled") return el("td", { class: "muted" }, "—");
+  return el("td", { class: "due", title: j.due_at ? "due " + new Date(j.due_at).toISOString() : "" },
+    until(j.due_at), el("span", { class: "muted" }, " · " + (j.wait_reason || "scheduled")));
+}
+
 function renderJobs(body) {
   const jobs = body.jobs;
   $("#jobs-count").textContent = jobs.length || "";
@@ -147,6 +154,7 @@ function renderJobs(body) {
       el("td", { class: "num" + (j.priority ? "" : " muted") }, j.priority),
       el("td", { class: "num muted", title: "enqueued " + ago(j.enqueued_at) + started },
         j.enqueued_at ? duration((Date.now() - Date.parse(j.enqueued_at)) / 1000) : "—"),
+      dueCell(j),
       el("td", { class: "num" + (j.attempts ? "" : " muted") }, j.attempts || "—"),
       progressCell(j.progress),
       el("td", { class: "actions" },
@@ -157,12 +165,33 @@ function renderJobs(body) {
     const last = i === jobs.length - 1 || jobs[i + 1].queue !== j.queue;
     const shown = jobs.filter((o) => o.queue === j.queue).length;
     if (last && shown >= body.limit) {
-      rows.push(el("tr", { class: "more" }, el("td", { colspan: 9 },
+      rows.push(el("tr", { class: "more" }, el("td", { colspan: 10 },
         `At most ${body.limit} jobs per queue are shown: `,
         el("code", {}, `aioq jobs MODULE:APP --queue ${j.queue}`), " lists more.")));
     }
   });
-  fill("jobs", rows, 9, "No queued, scheduled or running jobs");
+  fill("jobs", rows, 10, "No queued, scheduled or running jobs");
+}
+
+// earlier attempts' failures (job.history): a note beside the job's own outcome, never in
+// its place, so a job that succeeded on a retry shows no error
+function historyNote(j) {
+  const h = j.history || [];
+  if (!h.length) return null;
+  const lines = h.map((e) => "attempt " + e.attempt + ": " + (e.exc_type || "Error") + ": "
+    + (e.error || ""));
+  return el("span", { class: "history muted", title: lines.join("\n") },
+    " · after " + h.length + " failed attempt" + (h.length === 1 ? "" : "s"));
+}
+
+// a succeeded job's return value (JSON), cut to fit; a big one is only sized (not read)
+function resultCell(j) {
+  if (j.result_size > resultPreviewMax) {
+    return el("td", { class: "result muted" }, "result of " + j.result_size + " bytes (aioq job shows it)");
+  }
+  const json = JSON.stringify(j.result);
+  return el("td", { class: "result mono", title: json },
+    json.length > 80 ? json.slice(0, 79) + "…" : json);
 }
 
 function renderRecent(jobs) {
@@ -174,7 +203,9 @@ function renderRecent(jobs) {
     const outcome = j.error
       ? el("td", { class: "error", title: (j.exc_type || "") + ": " + j.error },
         el("span", { class: "exc" }, j.exc_type || "Error"), ": " + j.error)
-      : el("td", { class: "muted" }, j.status === "succeeded" ? "ok" : j.status);
+      : j.status === "succeeded" ? resultCell(j) : el("td", { class: "muted" }, j.status);
+    const note = historyNote(j);
+    if (note) outcome.append(note);
     return el("tr", { "data-job": j.id, "data-status": j.status },
       el("td", {}, el("span", { class: "badge s-" + j.status }, j.status)),
       el("td", { class: "mono", title: j.id }, shortId(j.id)),
@@ -187,6 +218,22 @@ function renderRecent(jobs) {
   }), 8, "No job has finished yet");
 }
 
+// task names the app has: a failed job of any other task can only fail again, so it gets no
+// Retry button (set from the overview)
+let knownTasks = null;
+let resultPreviewMax = Infinity;  // bytes: bigger results are listed by size only
+
+function retryCell(j) {
+  if (knownTasks && !knownTasks.has(j.task)) {
+    return el("td", { class: "actions muted", title: "no task named " + JSON.stringify(j.task)
+      + " is registered in this app: a retry would fail again" }, "unknown task");
+  }
+  return el("td", { class: "actions" },
+    el("button", { class: "retry", onclick: (e) =>
+      act("api/jobs/" + encodeURIComponent(j.id) + "/retry", e.target, "retry " + shortId(j.id)) },
+      "Retry"));
+}
+
 function renderFailed(jobs) {
   $("#failed-count").textContent = jobs.length || "";
   fill("failed", jobs.map((j) => el("tr", { "data-job": j.id },
@@ -195,12 +242,9 @@ function renderFailed(jobs) {
     el("td", {}, el("span", { class: "badge q" }, j.queue)),
     el("td", { class: "error", title: (j.exc_type || "") + ": " + (j.error || "") },
       el("span", { class: "exc" }, j.exc_type || "Error"), ": " + (j.error || "")),
-    el("td", { class: "num" }, j.attempts),
+    el("td", { class: "num" }, j.attempts, historyNote(j)),
     el("td", { class: "num muted" }, ago(j.finished_at)),
-    el("td", { class: "actions" },
-      el("button", { class: "retry", onclick: (e) =>
-        act("api/jobs/" + encodeURIComponent(j.id) + "/retry", e.target, "retry " + shortId(j.id)) },
-        "Retry")))),
+    retryCell(j))),
   7, "No failed jobs");
 }
 
@@ -213,10 +257,13 @@ function renderDead(entries) {
     el("td", {}, el("span", { class: "badge q" }, d.queue)),
     el("td", { class: "reason" }, d.reason),
     el("td", { class: "num muted" }, ago(d.at)),
-    el("td", { class: "actions" },
-      el("button", { class: "primary requeue", onclick: (e) =>
-        act("api/dead/" + encodeURIComponent(d.entry) + "/requeue", e.target, "requeue " + d.entry) },
-        "Requeue")))),
+    d.task && knownTasks && !knownTasks.has(d.task)
+      ? el("td", { class: "actions muted", title: "no task named " + JSON.stringify(d.task)
+        + " is registered in this app: a requeue would fail again" }, "unknown task")
+      : el("td", { class: "actions" },
+        el("button", { class: "primary requeue", onclick: (e) =>
+          act("api/dead/" + encodeURIComponent(d.entry) + "/requeue", e.target, "requeue " + d.entry) },
+          "Requeue")))),
   7, "The dead-letter queue is empty");
 }
 
@@ -224,7 +271,8 @@ function renderCrons(crons) {
   fill("crons", crons.map((c) => el("tr", {},
     el("td", { class: "mono" }, c.schedule),
     el("td", {}, el("span", { class: "badge q" }, c.queue)),
-    el("td", { class: "muted" }, c.last_tick ? ago(c.last_tick) : "never"),
+    el("td", { class: "muted", title: c.last_tick ? "last tick handled " + ago(c.last_tick) : "" },
+      c.last_run ? ago(c.last_run) : "never ran"),
     el("td", {}, until(c.next_tick)))),
   4, "No cron schedules");
 }
@@ -288,6 +336,8 @@ async function refresh() {
     if (!jobs.ok) throw new Error(jobsBody.error || jobs.statusText);
     $("#app-name").textContent = overview.app;
     document.title = "aioq · " + overview.app;
+    knownTasks = new Set(overview.tasks || []);
+    resultPreviewMax = overview.result_preview_max ?? Infinity;
     renderQueues(overview.queues);
     renderThroughput(overview.throughput);
     renderWorkers(overview.workers);
