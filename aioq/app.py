@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import CommandLane, make_client
+from .connection import CommandLane, MissingDatabase, NotRedis, check_url, make_client, redacted
 from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
 from .errors import JobNotFound, RedisUnavailable
 from .job import Job
@@ -68,7 +68,9 @@ class App:
         max_connections: int = 200,
     ) -> None:
         self.name = validate_name("app", name)
-        self.redis_url = redis_url or os.environ.get("AIOQ_REDIS_URL") or DEFAULT_REDIS_URL
+        env_url = os.environ.get("AIOQ_REDIS_URL")
+        source = "redis_url" if redis_url else "AIOQ_REDIS_URL" if env_url else "redis_url"
+        self.redis_url = check_url(redis_url or env_url or DEFAULT_REDIS_URL, source)
         if visibility_timeout <= 0:
             raise ValueError(f"visibility_timeout must be > 0 seconds, got {visibility_timeout!r}")
         if max_deliveries < 1:
@@ -88,7 +90,7 @@ class App:
         )
 
     def __repr__(self) -> str:
-        return f"<App {self.name!r} redis={self.redis_url!r}>"
+        return f"<App {self.name!r} redis={redacted(self.redis_url)!r}>"
 
     # -- registry -------------------------------------------------------------------------
 
@@ -273,8 +275,14 @@ class App:
     async def _call(self, awaitable: Awaitable[R]) -> R:
         try:
             return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise RedisUnavailable(f"cannot reach Redis at {self.redis_url}: {exc}") from exc
+        except (RedisConnectionError, RedisTimeoutError, OSError, NotRedis, MissingDatabase) as exc:
+            url = redacted(self.redis_url)
+            cause: BaseException | None = exc
+            while cause is not None and not isinstance(cause, MissingDatabase):
+                cause = cause.__cause__ or cause.__context__  # redis-py may wrap it
+            if cause is not None:
+                raise DatabaseMissing(f"redis_url {url!r}: {cause}") from exc
+            raise RedisUnavailable(f"cannot reach Redis at {url}: {exc}") from exc
 
     # -- producing ------------------------------------------------------------------------
 
@@ -348,6 +356,11 @@ class App:
             if hit:
                 return self.keys(q)
         raise JobNotFound(job_id, queues)
+
+
+class DatabaseMissing(RedisUnavailable, ValueError):
+    """The URL names a database the server does not have: the URL is at fault, so this is a
+    ``ValueError``; the CLI prints it as one line like any ``RedisUnavailable``."""
 
 
 class _TaskDecorator:

@@ -225,3 +225,22 @@ async def test_info_lists_cron_schedules_and_rate_limits(redis_url: str) -> None
     assert "hourly@every 3600s" in table.stdout
     assert "7/m" in table.stdout
     await app.aclose()
+
+
+@pytest.mark.parametrize("command", ["worker", "info"])
+def test_a_bad_redis_url_is_one_line_naming_it_exit_2(command: str) -> None:
+    url = "redis:/localhost:6400"
+    r = aioq(command, "tests.apps.basic:app", env={"AIOQ_REDIS_URL": url})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"AIOQ_REDIS_URL {url!r} is not a Redis URL" in lines[0]
+
+
+def test_a_database_the_server_lacks_is_one_line_exit_2(redis_url: str) -> None:
+    url = f"{redis_url}?db=99"
+    r = aioq("worker", "tests.apps.basic:app", "--burst", env={"AIOQ_REDIS_URL": url})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"{url!r}: the server has no database 99" in lines[0]
