@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -271,3 +274,46 @@ async def test_a_port_that_answers_http_fails_at_once() -> None:
     elapsed, message = await _not_redis(http)
     assert elapsed < 2, elapsed
     assert "does not speak Redis" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            datetime(2026, 1, 2, tzinfo=UTC),
+            r"argument 'value' of task 'keep' is of type datetime\.datetime",
+        ),
+        (uuid.UUID(int=7), r"is of type uuid\.UUID"),
+        (Decimal("1.5"), r"is of type decimal\.Decimal"),
+        (float("nan"), r"is nan, which JSON cannot carry"),
+        (float("inf"), r"is inf"),
+        ({"when": [1, datetime(2026, 1, 2)]}, r"at \['when'\]\[1\] is of type datetime\.datetime"),
+        ({1: "x"}, r"\(key 1\) is of type int"),
+    ],
+)
+async def test_arguments_that_do_not_round_trip_are_rejected_before_writing(
+    app: App, value: Any, message: str
+) -> None:
+    """orjson would send a datetime/UUID as a str and nan as null: the task would get another
+    value than it was called with, so the enqueue refuses it."""
+
+    @app.task
+    async def keep(value: object) -> None: ...
+
+    with pytest.raises(TypeError, match=message):
+        await keep.enqueue(value=value)
+    with pytest.raises(TypeError, match=r"positional argument 0 of task 'keep'"):
+        await keep.enqueue(value)
+    with pytest.raises(TypeError, match=r"positional argument 0 of task 'keep'"):
+        await app.enqueue_many([keep.call(1), keep.call(value)])
+    assert await _dump(app) == {}
+
+
+async def test_json_values_round_trip_unchanged(app: App) -> None:
+    @app.task
+    async def keep(*args: object, **kwargs: object) -> None: ...
+
+    values = ["s", 1, -2.5, True, None, [1, [2]], {"a": {"b": [None]}}]
+    info = await (await keep.enqueue(*values, t=(1, 2), **{"k": 1e300})).info()
+    assert info.args == values
+    assert info.kwargs == {"t": [1, 2], "k": 1e300}
