@@ -289,9 +289,10 @@ class App:
     async def enqueue(self, name: str, /, *args: Any, **kwargs: Any) -> Job[Any]:
         """Enqueue a task by name, for producers that do not import the task's code.
 
-        A registered name is checked against its signature and uses its queue and options;
-        any other name goes to the default queue, and a worker that does not know it fails
-        the job with a message naming it.
+        A registered name is checked against its signature and uses its queue and options.
+        An app with tasks registered refuses any other name (``ValueError`` naming its
+        tasks); an app with none (a producer) sends it to the default queue, and a worker
+        that does not know it fails the job with a message naming it.
         """
         return await self._enqueue_call(self._named_call(name, args, kwargs, Options()))
 
@@ -302,10 +303,22 @@ class App:
     def _named_call(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: Options
     ) -> Call[Any]:
+        return Call(self._named_task(name), args, kwargs, options)
+
+    def _named_task(self, name: str) -> Task[Any, Any]:
+        """The task registered as ``name``; a stand-in when the app has no tasks (a producer
+        that does not import them); a ``ValueError`` naming the tasks it has otherwise, since
+        a worker running this code would dead-letter the job."""
         task = self.tasks.get(name)
-        if task is None:
-            task = Task(self, _unknown, name=name, queue=self.default_queue)
-        return Call(task, args, kwargs, options)
+        if task is not None:
+            return task
+        if self.tasks:
+            raise ValueError(
+                f"no task named {name!r} on app {self.name!r} (its tasks: "
+                f"{', '.join(sorted(self.tasks))}); a task's default name is its function's "
+                "__name__, without the module"
+            )
+        return Task(self, _unknown, name=name, queue=self.default_queue)
 
     def job(self, job_id: str, queue: str | None = None) -> Job[Any]:
         """A handle to an existing job id (no I/O); ``queue`` when it is not a known one."""
@@ -466,8 +479,7 @@ class _NamedOptions:
     def __init__(self, app: App, name: str, options: dict[str, Any]) -> None:
         self._app = app
         self._name = name
-        task = app.tasks.get(name)
-        self._task = task or Task(app, _unknown, name=name, queue=app.default_queue)
+        self._task = app._named_task(name)
         self._options = self._task.options(**options)._options
 
     async def enqueue(self, *args: Any, **kwargs: Any) -> Job[Any]:

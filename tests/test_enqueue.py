@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -317,3 +318,25 @@ async def test_json_values_round_trip_unchanged(app: App) -> None:
     info = await (await keep.enqueue(*values, t=(1, 2), **{"k": 1e300})).info()
     assert info.args == values
     assert info.kwargs == {"t": [1, 2], "k": 1e300}
+
+
+async def test_a_name_no_task_has_is_refused_naming_the_tasks(app: App) -> None:
+    """Celery names tasks module.function; aioq's default is the bare function name."""
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    async def send_email(to: str) -> None: ...
+
+    message = (
+        f"no task named 'tasks.add' on app {app.name!r} (its tasks: add, send_email); "
+        "a task's default name is its function's __name__"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        await app.enqueue("tasks.add", 1, 2)
+    with pytest.raises(ValueError, match=r"no task named 'tasks\.add'"):
+        app.options("tasks.add", queue="emails")
+    assert await _dump(app) == {}
+    assert await (await app.enqueue("add", 1, 2)).info()
