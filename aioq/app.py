@@ -128,10 +128,11 @@ class App:
     ) -> Task[Any, Any] | _TaskDecorator:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
-        ``rate_limit="10/m"`` ("N/s", "N/m", "N/h") caps the task's starts across every
-        worker sharing the Redis; a limited job waits in the scheduled set, holding no
-        concurrency slot and spending no retry. ``priority`` 0 (default, lowest) to 9: higher
-        starts first within the queue, and lower ones still get a share (see README).
+        ``rate_limit="10/m"`` (N/s, N/m, N/h; the unit also sec, second, min, minute, hr or
+        hour) caps the task's starts across every worker sharing the Redis; a limited job
+        waits in the scheduled set, holding no concurrency slot and spending no retry.
+        ``priority`` 0 (default, lowest) to 9: higher starts first within the queue, and lower
+        ones still get a share (see README).
         """
         decorator = _TaskDecorator(
             self, name, queue, retries, backoff, timeout, rate_limit, priority
@@ -182,8 +183,8 @@ class App:
     async def set_rate_limit(self, task: str, rate: str | None, queue: str | None = None) -> None:
         """Change a task's global rate limit at run time, for every worker, without restarts.
 
-        ``rate`` is "N/s", "N/m" or "N/h"; ``None`` removes the override, so the limit the
-        task's code declares applies again.
+        ``rate`` is "N/s", "N/m" or "N/h" (or another unit ``@app.task`` takes); ``None``
+        removes the override, so the limit the task's code declares applies again.
         """
         keys = self.keys(queue or (self.tasks[task].queue if task in self.tasks else None))
         if rate is None:
