@@ -673,3 +673,13 @@ async def test_progress_rereads_the_record_when_messages_were_lost(
         })  # fmt: skip
         await follower
     assert seen == ["half"]
+
+
+async def test_jobs_of_a_task_the_app_lacks_is_one_line_naming_its_tasks(ops: App) -> None:
+    """An empty table would read as "no such jobs" when the name is a typo."""
+    r = aioq("jobs", TARGET, "--task", "tasks.nap", app=ops)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"aioq: no task named 'tasks.nap' on app {ops.name!r} "
+        "(its tasks: add, boom, nap, send, steps)"
+    ]
