@@ -161,7 +161,8 @@ class App:
         worker serving the task's queue fires the ticks and each tick runs exactly once,
         however many workers run. Ticks missed while no worker ran: ``catch_up="latest"``
         runs the most recent one once; ``"skip"`` runs it only if at most ``grace`` seconds
-        late. An invalid expression raises ``ValueError`` naming it, here.
+        late. An invalid expression raises ``ValueError`` naming it and the function when the
+        decorator is applied, before anything is registered.
         """
         if expression is not None and every is not None:
             raise ValueError("give a cron expression or every=, not both")
@@ -169,8 +170,6 @@ class App:
         seconds = None if every is None else parse_every(every)
         if expression is None and seconds is None:
             raise ValueError("@app.cron needs a cron expression or every=")
-        if expression is not None:  # validated now, naming the expression
-            CronSchedule("?", expression, timezone=tz)
         return _CronDecorator(
             self, expression, seconds, tz, catch_up, grace, queue, retries, timeout, priority
         )
@@ -454,6 +453,9 @@ class _CronDecorator:
     def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     def __call__(self, fn: Any, /) -> Task[Any, Any]:
+        name = fn.name if isinstance(fn, Task) else getattr(fn, "__name__", repr(fn))
+        if self.expression is not None:  # checked before the function becomes a task
+            CronSchedule(name, self.expression, timezone=self.timezone)
         task: Task[Any, Any]
         if isinstance(fn, Task):
             task = fn

@@ -114,8 +114,14 @@ def test_every_documented_unit_parses(text: str, period_ms: int) -> None:
 def test_cron_decorator_validates_at_decoration(redis_url: str) -> None:
     """Invalid expressions, bad intervals and cron tasks with arguments fail at once."""
     app = App("crons", redis_url=redis_url)
-    with pytest.raises(ValueError, match=r"invalid cron expression '61 \* \* \* \*'"):
-        app.cron("61 * * * *")
+    with pytest.raises(
+        ValueError, match=r"invalid cron expression '61 \* \* \* \*' for task 'hourly'"
+    ):
+
+        @app.cron("61 * * * *")
+        async def hourly() -> None: ...
+
+    assert app.tasks == {}  # nothing registered
     with pytest.raises(ValueError, match="every="):
         app.cron(every=-5)
     with pytest.raises(ValueError, match="unknown timezone 'Nowhere/City'"):
