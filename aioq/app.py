@@ -278,7 +278,12 @@ class App:
         except (RedisConnectionError, RedisTimeoutError, OSError, NotRedis, MissingDatabase) as exc:
             url = redacted(self.redis_url)
             cause: BaseException | None = exc
+            seen: set[int] = set()
             while cause is not None and not isinstance(cause, MissingDatabase):
+                if id(cause) in seen:  # a cycle of contexts
+                    cause = None
+                    break
+                seen.add(id(cause))
                 cause = cause.__cause__ or cause.__context__  # redis-py may wrap it
             if cause is not None:
                 raise DatabaseMissing(f"redis_url {url!r}: {cause}") from exc

@@ -136,10 +136,28 @@ def _connection_class(cls: type[Any]) -> type[Any]:
                 raise
             raise MissingDatabase(f"the server has no database {self.db} ({exc})") from exc
 
+    async def connect_check_health(self: Any, *args: Any, **kwargs: Any) -> None:
+        final: RedisError | None = None
+        try:
+            await cls.connect_check_health(self, *args, **kwargs)
+        except RedisConnectionError as exc:
+            # a unix socket connection runs the handshake inside its connect, whose errors
+            # redis-py wraps as ConnectionError, which is retried: unwrap what is final
+            if not isinstance(exc.__cause__, (NotRedis, MissingDatabase)):
+                raise
+            final = exc.__cause__
+        if final is not None:  # raised out here, so its context is not the wrapper
+            await self.disconnect()
+            raise final
+
     return type(
         cls.__name__,
         (cls,),
-        {"pack_command": pack_command, "on_connect_check_health": on_connect_check_health},
+        {
+            "pack_command": pack_command,
+            "on_connect_check_health": on_connect_check_health,
+            "connect_check_health": connect_check_health,
+        },
     )
 
 
