@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import CommandLane, make_client
+from .connection import CommandLane, MissingDatabase, NotRedis, check_url, make_client, redacted
 from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
 from .errors import JobNotFound, RedisUnavailable
 from .job import Job
@@ -68,7 +68,9 @@ class App:
         max_connections: int = 200,
     ) -> None:
         self.name = validate_name("app", name)
-        self.redis_url = redis_url or os.environ.get("AIOQ_REDIS_URL") or DEFAULT_REDIS_URL
+        env_url = os.environ.get("AIOQ_REDIS_URL")
+        source = "redis_url" if redis_url else "AIOQ_REDIS_URL" if env_url else "redis_url"
+        self.redis_url = check_url(redis_url or env_url or DEFAULT_REDIS_URL, source)
         if visibility_timeout <= 0:
             raise ValueError(f"visibility_timeout must be > 0 seconds, got {visibility_timeout!r}")
         if max_deliveries < 1:
@@ -88,7 +90,7 @@ class App:
         )
 
     def __repr__(self) -> str:
-        return f"<App {self.name!r} redis={self.redis_url!r}>"
+        return f"<App {self.name!r} redis={redacted(self.redis_url)!r}>"
 
     # -- registry -------------------------------------------------------------------------
 
@@ -126,10 +128,11 @@ class App:
     ) -> Task[Any, Any] | _TaskDecorator:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
-        ``rate_limit="10/m"`` ("N/s", "N/m", "N/h") caps the task's starts across every
-        worker sharing the Redis; a limited job waits in the scheduled set, holding no
-        concurrency slot and spending no retry. ``priority`` 0 (default, lowest) to 9: higher
-        starts first within the queue, and lower ones still get a share (see README).
+        ``rate_limit="10/m"`` (N/s, N/m, N/h; the unit also sec, second, min, minute, hr or
+        hour) caps the task's starts across every worker sharing the Redis; a limited job
+        waits in the scheduled set, holding no concurrency slot and spending no retry.
+        ``priority`` 0 (default, lowest) to 9: higher starts first within the queue, and lower
+        ones still get a share (see README).
         """
         decorator = _TaskDecorator(
             self, name, queue, retries, backoff, timeout, rate_limit, priority
@@ -158,7 +161,8 @@ class App:
         worker serving the task's queue fires the ticks and each tick runs exactly once,
         however many workers run. Ticks missed while no worker ran: ``catch_up="latest"``
         runs the most recent one once; ``"skip"`` runs it only if at most ``grace`` seconds
-        late. An invalid expression raises ``ValueError`` naming it, here.
+        late. An invalid expression raises ``ValueError`` naming it and the function when the
+        decorator is applied, before anything is registered.
         """
         if expression is not None and every is not None:
             raise ValueError("give a cron expression or every=, not both")
@@ -166,8 +170,6 @@ class App:
         seconds = None if every is None else parse_every(every)
         if expression is None and seconds is None:
             raise ValueError("@app.cron needs a cron expression or every=")
-        if expression is not None:  # validated now, naming the expression
-            CronSchedule("?", expression, timezone=tz)
         return _CronDecorator(
             self, expression, seconds, tz, catch_up, grace, queue, retries, timeout, priority
         )
@@ -180,8 +182,8 @@ class App:
     async def set_rate_limit(self, task: str, rate: str | None, queue: str | None = None) -> None:
         """Change a task's global rate limit at run time, for every worker, without restarts.
 
-        ``rate`` is "N/s", "N/m" or "N/h"; ``None`` removes the override, so the limit the
-        task's code declares applies again.
+        ``rate`` is "N/s", "N/m" or "N/h" (or another unit ``@app.task`` takes); ``None``
+        removes the override, so the limit the task's code declares applies again.
         """
         keys = self.keys(queue or (self.tasks[task].queue if task in self.tasks else None))
         if rate is None:
@@ -273,17 +275,29 @@ class App:
     async def _call(self, awaitable: Awaitable[R]) -> R:
         try:
             return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise RedisUnavailable(f"cannot reach Redis at {self.redis_url}: {exc}") from exc
+        except (RedisConnectionError, RedisTimeoutError, OSError, NotRedis, MissingDatabase) as exc:
+            url = redacted(self.redis_url)
+            cause: BaseException | None = exc
+            seen: set[int] = set()
+            while cause is not None and not isinstance(cause, MissingDatabase):
+                if id(cause) in seen:  # a cycle of contexts
+                    cause = None
+                    break
+                seen.add(id(cause))
+                cause = cause.__cause__ or cause.__context__  # redis-py may wrap it
+            if cause is not None:
+                raise DatabaseMissing(f"redis_url {url!r}: {cause}") from exc
+            raise RedisUnavailable(f"cannot reach Redis at {url}: {exc}") from exc
 
     # -- producing ------------------------------------------------------------------------
 
     async def enqueue(self, name: str, /, *args: Any, **kwargs: Any) -> Job[Any]:
         """Enqueue a task by name, for producers that do not import the task's code.
 
-        A registered name is checked against its signature and uses its queue and options;
-        any other name goes to the default queue, and a worker that does not know it fails
-        the job with a message naming it.
+        A registered name is checked against its signature and uses its queue and options.
+        An app with tasks registered refuses any other name (``ValueError`` naming its
+        tasks); an app with none (a producer) sends it to the default queue, and a worker
+        that does not know it fails the job with a message naming it.
         """
         return await self._enqueue_call(self._named_call(name, args, kwargs, Options()))
 
@@ -294,10 +308,22 @@ class App:
     def _named_call(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: Options
     ) -> Call[Any]:
+        return Call(self._named_task(name), args, kwargs, options)
+
+    def _named_task(self, name: str) -> Task[Any, Any]:
+        """The task registered as ``name``; a stand-in when the app has no tasks (a producer
+        that does not import them); a ``ValueError`` naming the tasks it has otherwise, since
+        a worker running this code would dead-letter the job."""
         task = self.tasks.get(name)
-        if task is None:
-            task = Task(self, _unknown, name=name, queue=self.default_queue)
-        return Call(task, args, kwargs, options)
+        if task is not None:
+            return task
+        if self.tasks:
+            raise ValueError(
+                f"no task named {name!r} on app {self.name!r} (its tasks: "
+                f"{', '.join(sorted(self.tasks))}); a task's default name is its function's "
+                "__name__, without the module"
+            )
+        return Task(self, _unknown, name=name, queue=self.default_queue)
 
     def job(self, job_id: str, queue: str | None = None) -> Job[Any]:
         """A handle to an existing job id (no I/O); ``queue`` when it is not a known one."""
@@ -348,6 +374,11 @@ class App:
             if hit:
                 return self.keys(q)
         raise JobNotFound(job_id, queues)
+
+
+class DatabaseMissing(RedisUnavailable, ValueError):
+    """The URL names a database the server does not have: the URL is at fault, so this is a
+    ``ValueError``; the CLI prints it as one line like any ``RedisUnavailable``."""
 
 
 class _TaskDecorator:
@@ -427,6 +458,9 @@ class _CronDecorator:
     def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     def __call__(self, fn: Any, /) -> Task[Any, Any]:
+        name = fn.name if isinstance(fn, Task) else getattr(fn, "__name__", repr(fn))
+        if self.expression is not None:  # checked before the function becomes a task
+            CronSchedule(name, self.expression, timezone=self.timezone)
         task: Task[Any, Any]
         if isinstance(fn, Task):
             task = fn
@@ -453,8 +487,7 @@ class _NamedOptions:
     def __init__(self, app: App, name: str, options: dict[str, Any]) -> None:
         self._app = app
         self._name = name
-        task = app.tasks.get(name)
-        self._task = task or Task(app, _unknown, name=name, queue=app.default_queue)
+        self._task = app._named_task(name)
         self._options = self._task.options(**options)._options
 
     async def enqueue(self, *args: Any, **kwargs: Any) -> Job[Any]:

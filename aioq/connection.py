@@ -13,19 +13,96 @@ import asyncio
 import contextlib
 from collections import deque
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from hiredis import pack_command as _hiredis_pack  # redis[hiredis] is a dependency
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds to open a connection and, until the server has once answered like a Redis, to
+finish its handshake (a ``socket_connect_timeout=`` query parameter of the URL overrides it)."""
 
-def _packing(cls: type[Any]) -> type[Any]:
-    """A subclass of a redis-py connection class that packs commands with hiredis."""
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return parts._replace(netloc=f"{name}:***@{host}").geturl()
+
+
+def check_url(url: str, source: str = "redis_url") -> str:
+    """Return ``url`` if redis-py would connect where it says; else ``ValueError`` naming it.
+
+    redis-py reads some mistakes as defaults (``redis:/host:6400`` is localhost:6379), which
+    could talk to the wrong Redis, so the shape is checked here first.
+    """
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{source} {redacted(url)!r} is not a Redis URL: {why}")
+
+    if not isinstance(url, str):
+        raise ValueError(f"{source} must be a string, got {type(url).__name__}")
+    parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES:
+        scheme = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise bad(f"{scheme} (use redis://HOST[:PORT][/DB], rediss:// or unix:///PATH)")
+    if not url.startswith(f"{parts.scheme}://"):
+        raise bad(f"expected {parts.scheme}:// (two slashes) before the host or path")
+    try:
+        port = parts.port
+    except ValueError:
+        raise bad("the port is not a number from 0 to 65535") from None
+    db: str | None = None
+    if parts.scheme == "unix":
+        if parts.hostname or port is not None or not parts.path:
+            raise bad("a unix socket URL is unix:///absolute/path/to/redis.sock")
+    else:
+        if not parts.hostname:
+            raise bad("no host (expected redis://HOST[:PORT][/DB])")
+        db = parts.path.lstrip("/") or None
+    dbs = parse_qs(parts.query).get("db", [])
+    for value in [db, *dbs]:
+        if value is not None and not (value.isascii() and value.isdigit()):
+            raise bad(f"the database must be a non-negative integer, got {value!r}")
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    return url
+
+
+class NotRedis(RedisError):
+    """The server at the URL did not answer the first handshake like a Redis (garbage, or
+    nothing within the connect timeout). Not retried: another try would get the same."""
+
+
+class MissingDatabase(RedisError):
+    """The server refused to ``SELECT`` the URL's database (it has fewer)."""
+
+
+def _connection_class(cls: type[Any]) -> type[Any]:
+    """A subclass of a redis-py connection class that packs commands with hiredis and, until
+    one connection of its pool has once been answered like a Redis, bounds the handshake.
+
+    Without the bound, a port that accepts and never answers costs the socket timeout on
+    every one of the connect retries (over 35 s, several minutes through the command lane);
+    with it the first connection fails once, within the connect timeout. After the server
+    has answered once, slow handshakes are retried as before (a Redis under load or
+    restarting is still a Redis).
+    """
+    verified = False
 
     def pack_command(self: Any, *args: Any) -> list[bytes]:
         if isinstance(args[0], str) and " " in args[0]:  # "CLIENT KILL" is two words
@@ -35,7 +112,53 @@ def _packing(cls: type[Any]) -> type[Any]:
         except TypeError:
             return cls.pack_command(self, *args)  # type: ignore[no-any-return]
 
-    return type(cls.__name__, (cls,), {"pack_command": pack_command})
+    async def on_connect_check_health(self: Any, check_health: bool = True) -> None:
+        nonlocal verified
+        try:
+            if verified:
+                await cls.on_connect_check_health(self, check_health)
+                return
+            seconds = self.socket_connect_timeout or CONNECT_TIMEOUT
+            try:
+                async with asyncio.timeout(seconds):
+                    await cls.on_connect_check_health(self, check_health)
+                    # the handshake may have read nothing (RESP2, no auth, db 0): ask once
+                    await self.send_command("PING", check_health=False)
+                    if await self.read_response() not in (b"PONG", "PONG"):
+                        raise InvalidResponse("PING was not answered with PONG")
+            except (TimeoutError, RedisTimeoutError) as exc:
+                raise NotRedis(f"no Redis reply within {seconds:g}s of connecting") from exc
+            except InvalidResponse as exc:
+                raise NotRedis(f"the server there does not speak Redis ({exc})") from exc
+            verified = True
+        except ResponseError as exc:
+            if "DB index" not in str(exc):
+                raise
+            raise MissingDatabase(f"the server has no database {self.db} ({exc})") from exc
+
+    async def connect_check_health(self: Any, *args: Any, **kwargs: Any) -> None:
+        final: RedisError | None = None
+        try:
+            await cls.connect_check_health(self, *args, **kwargs)
+        except RedisConnectionError as exc:
+            # a unix socket connection runs the handshake inside its connect, whose errors
+            # redis-py wraps as ConnectionError, which is retried: unwrap what is final
+            if not isinstance(exc.__cause__, (NotRedis, MissingDatabase)):
+                raise
+            final = exc.__cause__
+        if final is not None:  # raised out here, so its context is not the wrapper
+            await self.disconnect()
+            raise final
+
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "pack_command": pack_command,
+            "on_connect_check_health": on_connect_check_health,
+            "connect_check_health": connect_check_health,
+        },
+    )
 
 
 def make_client(url: str, max_connections: int) -> Redis:
@@ -50,8 +173,9 @@ def make_client(url: str, max_connections: int) -> Redis:
         timeout=20,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=6),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        socket_connect_timeout=CONNECT_TIMEOUT,  # the URL's own query parameter wins
     )
-    pool.connection_class = _packing(pool.connection_class)
+    pool.connection_class = _connection_class(pool.connection_class)
     return Redis.from_pool(pool)
 
 

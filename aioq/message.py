@@ -32,6 +32,7 @@ Everything is JSON through orjson; nothing is pickled.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,25 +40,66 @@ import orjson
 
 
 def encode_call(task: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, bytes]:
-    """JSON-encode a call's arguments, or raise ``TypeError`` naming the task and argument."""
-    try:
-        return orjson.dumps(args), orjson.dumps(kwargs)
-    except TypeError as exc:
-        for i, value in enumerate(args):
-            _check(task, f"positional argument {i}", value)
-        for name, value in kwargs.items():
-            _check(task, f"argument {name!r}", value)
-        raise TypeError(f"arguments of task {task!r} are not JSON-serialisable: {exc}") from None
+    """JSON-encode a call's arguments, or raise ``TypeError`` naming the task and argument.
+
+    Only values that come back from JSON unchanged are accepted (str, int, finite float, bool,
+    None, and lists, tuples and str-keyed dicts of them): orjson would turn a ``datetime``,
+    ``UUID``, enum or dataclass into a string or dict and ``nan`` into ``null``, and the task
+    would get something else than it was called with.
+    """
+    for i, value in enumerate(args):
+        if not _plain(value):
+            _reject(task, f"positional argument {i}", value)
+    for name, value in kwargs.items():
+        if not _plain(value):
+            _reject(task, f"argument {name!r}", value)
+    return orjson.dumps(args), orjson.dumps(kwargs)
 
 
-def _check(task: str, where: str, value: Any) -> None:
-    try:
-        orjson.dumps(value)
-    except TypeError as exc:
-        raise TypeError(
-            f"{where} of task {task!r} is not JSON-serialisable "
-            f"({type(value).__name__}: {exc}); aioq sends arguments as JSON"
-        ) from None
+def _plain(value: Any) -> bool:
+    """Whether ``value`` round-trips through JSON unchanged (exact types: no subclasses)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is list or kind is tuple:
+        return all(_plain(v) for v in value)
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    return False
+
+
+def _offender(value: Any, path: str = "") -> tuple[str, Any]:
+    """Where in ``value`` the first value that does not round-trip is, and that value."""
+    if type(value) in (list, tuple):
+        for i, v in enumerate(value):
+            if not _plain(v):
+                return _offender(v, f"{path}[{i}]")
+    elif type(value) is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                return f"{path} (key {k!r})", k
+            if not _plain(v):
+                return _offender(v, f"{path}[{k!r}]")
+    return path, value
+
+
+def _reject(task: str, where: str, value: Any) -> None:
+    path, bad = _offender(value)
+    at = f" at {path}" if path else ""
+    if type(bad) is float:
+        what = f"{bad!r}, which JSON cannot carry (it would arrive as None)"
+    else:
+        kind = type(bad).__qualname__
+        if type(bad).__module__ != "builtins":
+            kind = f"{type(bad).__module__}.{kind}"
+        what = f"of type {kind}, which does not come back from JSON as itself"
+    raise TypeError(
+        f"{where} of task {task!r}{at} is {what}; aioq sends arguments as JSON (str, int, "
+        "float, bool, None, lists and str-keyed dicts): convert it, e.g. str() or "
+        ".isoformat(), and back in the task"
+    )
 
 
 def encode_result(task: str, value: Any) -> bytes:

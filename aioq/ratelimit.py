@@ -1,4 +1,5 @@
-"""Global rate limits: ``"N/s"``, ``"N/m"``, ``"N/h"`` starts of a task across every worker.
+"""Global rate limits: ``"N/s"``, ``"N/m"``, ``"N/h"`` starts of a task across every worker
+(the units also as ``sec``/``second``, ``min``/``minute``, ``hr``/``hour``: ``UNITS``).
 
 The limiter is a sliding-window log kept in Redis and consulted by the start script (see
 ``scripts/worker.py``) before a job is marked running: a sorted set of the start times of the
@@ -19,8 +20,13 @@ import re
 from dataclasses import dataclass
 
 _PERIODS = {"s": 1_000, "m": 60_000, "h": 3_600_000}
-_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h|sec|second|min|minute|hour)\s*$")
-_ALIASES = {"sec": "s", "second": "s", "min": "m", "minute": "m", "hour": "h"}
+UNITS = {
+    "s": "s", "sec": "s", "second": "s",
+    "m": "m", "min": "m", "minute": "m",
+    "h": "h", "hr": "h", "hour": "h",
+}  # fmt: skip
+"""Every unit a rate string may use, and the period it stands for (the README lists them)."""
+_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +49,12 @@ class RateLimit:
 def parse_rate(value: str) -> RateLimit:
     """Parse ``"10/m"``; raises ``ValueError`` naming the string when it is not a rate."""
     match = _PATTERN.match(value) if isinstance(value, str) else None
-    if match is None:
+    if match is None or match.group(2) not in UNITS:
         raise ValueError(
-            f"invalid rate limit {value!r}: expected 'N/s', 'N/m' or 'N/h' (e.g. '10/m')"
+            f"invalid rate limit {value!r}: expected N/s, N/m or N/h (e.g. '10/m'; the units "
+            "may also be sec, second, min, minute, hr, hour)"
         )
     limit = int(match.group(1))
     if limit < 1:
         raise ValueError(f"invalid rate limit {value!r}: N must be at least 1")
-    unit = _ALIASES.get(match.group(2), match.group(2))
-    return RateLimit(limit, _PERIODS[unit])
+    return RateLimit(limit, _PERIODS[UNITS[match.group(2)]])

@@ -236,3 +236,22 @@ def test_version_prints_the_installed_distributions_version() -> None:
         r = aioq(flag)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == f"aioq {metadata.version('aioq-redis')}"
+
+
+@pytest.mark.parametrize("command", ["worker", "info"])
+def test_a_bad_redis_url_is_one_line_naming_it_exit_2(command: str) -> None:
+    url = "redis:/localhost:6400"
+    r = aioq(command, "tests.apps.basic:app", env={"AIOQ_REDIS_URL": url})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"AIOQ_REDIS_URL {url!r} is not a Redis URL" in lines[0]
+
+
+def test_a_database_the_server_lacks_is_one_line_exit_2(redis_url: str) -> None:
+    url = f"{redis_url}?db=99"
+    r = aioq("worker", "tests.apps.basic:app", "--burst", env={"AIOQ_REDIS_URL": url})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"{url!r}: the server has no database 99" in lines[0]

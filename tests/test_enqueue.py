@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -9,6 +15,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aioq import App, JobNotFound, JobStatus, RedisUnavailable
+from aioq.connection import CONNECT_TIMEOUT
 
 pytestmark = pytest.mark.anyio
 
@@ -172,3 +179,164 @@ async def test_unreachable_redis_names_the_url(tmp_path: Any) -> None:
     with pytest.raises(RedisUnavailable, match=r"nothing-here\.sock"):
         await noop.enqueue()
     await app.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://localhost:8080/0", "scheme 'http'"),
+        ("sentinel://localhost:26379", "scheme 'sentinel'"),
+        ("localhost:6379", "scheme 'localhost'"),
+        ("redis:/localhost:6400", "two slashes"),
+        ("redis://", "no host"),
+        ("redis://localhost:abc/0", "port"),
+        ("redis://localhost:6379/x", "non-negative integer, got 'x'"),
+        ("redis://localhost:6379/-1", "non-negative integer, got '-1'"),
+        ("redis://localhost:6379/0?db=two", "non-negative integer, got 'two'"),
+        ("unix://tmp/redis.sock", "unix:///absolute/path"),
+    ],
+)
+def test_a_url_that_is_not_a_redis_url_is_a_value_error_naming_it(url: str, message: str) -> None:
+    """redis-py reads some of these as defaults (localhost:6379): aioq refuses them."""
+    with pytest.raises(ValueError, match=message) as caught:
+        App("urls", redis_url=url)
+    assert f"redis_url {url!r}" in str(caught.value)
+
+
+def test_the_url_error_hides_the_password_and_names_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AIOQ_REDIS_URL", "http://admin:s3cret@cache:6379/0")
+    with pytest.raises(ValueError, match="scheme 'http'") as caught:
+        App("urls")
+    assert str(caught.value).startswith("AIOQ_REDIS_URL 'http://admin:***@cache:6379/0'")
+    assert "s3cret" not in str(caught.value)
+    good = App("urls", redis_url="redis://:s3cret@cache:6379/3")
+    assert "s3cret" not in repr(good)
+    assert ":***@cache" in repr(good)
+
+
+async def test_a_database_the_server_lacks_fails_naming_the_url_and_database(
+    redis_url: str,
+) -> None:
+    app = App("nodb", redis_url=f"{redis_url}?db=99")
+    with pytest.raises(ValueError, match=r"\?db=99'.*no database 99") as caught:
+        await app.ping()
+    assert isinstance(caught.value, RedisUnavailable)  # the CLI prints it as one line
+    with pytest.raises(ValueError, match="no database 99"):
+        await app.enqueue("anything")
+    await app.aclose()
+
+
+async def _not_redis(
+    handler: Any,
+) -> tuple[float, str]:
+    """How long a ping of a loopback server run by ``handler`` takes to fail, and why."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    app = App("notredis", redis_url=f"redis://127.0.0.1:{port}/0")
+    started = time.monotonic()
+    try:
+        with pytest.raises(RedisUnavailable) as caught:
+            await app.ping()
+        elapsed = time.monotonic() - started
+        with pytest.raises(RedisUnavailable):
+            await app.enqueue("anything")  # the command lane fails as fast
+        assert time.monotonic() - started < 2 * elapsed + 1
+    finally:
+        await app.aclose()
+        server.close()
+        await server.wait_closed()
+    assert f"redis://127.0.0.1:{port}/0" in str(caught.value)
+    return elapsed, str(caught.value)
+
+
+async def test_a_port_that_never_answers_fails_within_the_connect_timeout() -> None:
+    """Before, every connect retry waited out the socket timeout: 37 s for a ping."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(_: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        silent.append(w)
+
+    elapsed, message = await _not_redis(accept_and_say_nothing)
+    for w in silent:
+        w.close()
+    assert CONNECT_TIMEOUT - 0.5 < elapsed < CONNECT_TIMEOUT + 3, elapsed
+    assert "no Redis reply within 5s" in message
+
+
+async def test_a_port_that_answers_http_fails_at_once() -> None:
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    elapsed, message = await _not_redis(http)
+    assert elapsed < 2, elapsed
+    assert "does not speak Redis" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            datetime(2026, 1, 2, tzinfo=UTC),
+            r"argument 'value' of task 'keep' is of type datetime\.datetime",
+        ),
+        (uuid.UUID(int=7), r"is of type uuid\.UUID"),
+        (Decimal("1.5"), r"is of type decimal\.Decimal"),
+        (float("nan"), r"is nan, which JSON cannot carry"),
+        (float("inf"), r"is inf"),
+        ({"when": [1, datetime(2026, 1, 2)]}, r"at \['when'\]\[1\] is of type datetime\.datetime"),
+        ({1: "x"}, r"\(key 1\) is of type int"),
+    ],
+)
+async def test_arguments_that_do_not_round_trip_are_rejected_before_writing(
+    app: App, value: Any, message: str
+) -> None:
+    """orjson would send a datetime/UUID as a str and nan as null: the task would get another
+    value than it was called with, so the enqueue refuses it."""
+
+    @app.task
+    async def keep(value: object) -> None: ...
+
+    with pytest.raises(TypeError, match=message):
+        await keep.enqueue(value=value)
+    with pytest.raises(TypeError, match=r"positional argument 0 of task 'keep'"):
+        await keep.enqueue(value)
+    with pytest.raises(TypeError, match=r"positional argument 0 of task 'keep'"):
+        await app.enqueue_many([keep.call(1), keep.call(value)])
+    assert await _dump(app) == {}
+
+
+async def test_json_values_round_trip_unchanged(app: App) -> None:
+    @app.task
+    async def keep(*args: object, **kwargs: object) -> None: ...
+
+    values = ["s", 1, -2.5, True, None, [1, [2]], {"a": {"b": [None]}}]
+    info = await (await keep.enqueue(*values, t=(1, 2), **{"k": 1e300})).info()
+    assert info.args == values
+    assert info.kwargs == {"t": [1, 2], "k": 1e300}
+
+
+async def test_a_name_no_task_has_is_refused_naming_the_tasks(app: App) -> None:
+    """Celery names tasks module.function; aioq's default is the bare function name."""
+
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    async def send_email(to: str) -> None: ...
+
+    message = (
+        f"no task named 'tasks.add' on app {app.name!r} (its tasks: add, send_email); "
+        "a task's default name is its function's __name__"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        await app.enqueue("tasks.add", 1, 2)
+    with pytest.raises(ValueError, match=r"no task named 'tasks\.add'"):
+        app.options("tasks.add", queue="emails")
+    assert await _dump(app) == {}
+    assert await (await app.enqueue("add", 1, 2)).info()

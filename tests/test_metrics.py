@@ -156,7 +156,8 @@ async def test_in_flight_and_queue_depths(app: App, redis_url: str) -> None:
 
     port = free_port()
     async with Worker(app, concurrency=1, metrics_port=port):
-        await app.enqueue("ghost")  # a task no worker knows: dead-lettered
+        async with App(app.name, redis_url=app.redis_url) as producer:  # knows no tasks
+            await producer.enqueue("ghost")  # a task no worker knows: dead-lettered
         for _ in range(200):
             if (await queue_stats(app, ["default"]))[0].dead == 1:
                 break

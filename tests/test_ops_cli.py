@@ -195,7 +195,8 @@ LONG_TASK = "no_such_task_named_at_length_for_the_table_test"
 
 async def _dead_job_with_long_names(app: App) -> None:
     """A dead-letter entry (and a failed job) with a long id and an unknown, long task name."""
-    await app.options(LONG_TASK, job_id=LONG_ID).enqueue()
+    async with App(app.name, redis_url=app.redis_url) as producer:  # knows no tasks
+        await producer.options(LONG_TASK, job_id=LONG_ID).enqueue()
     await drain(app)
 
 
@@ -733,3 +734,13 @@ async def test_progress_rereads_the_record_when_messages_were_lost(
         })  # fmt: skip
         await follower
     assert seen == ["half"]
+
+
+async def test_jobs_of_a_task_the_app_lacks_is_one_line_naming_its_tasks(ops: App) -> None:
+    """An empty table would read as "no such jobs" when the name is a typo."""
+    r = aioq("jobs", TARGET, "--task", "tasks.nap", app=ops)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"aioq: no task named 'tasks.nap' on app {ops.name!r} "
+        "(its tasks: add, boom, nap, send, steps)"
+    ]

@@ -124,7 +124,9 @@ async def test_expires_at_datetime(app: App) -> None:
             await job.result(timeout=5)
 
 
-@pytest.mark.parametrize("bad", ["10/d", "ten/m", "0/s", "5", "", "-1/m", "1.5/s"])
+@pytest.mark.parametrize(
+    "bad", ["10/d", "ten/m", "0/s", "5", "", "-1/m", "1.5/s", "10/minutes", "10/M", "10/ms"]
+)
 def test_invalid_rate_strings_name_the_string(bad: str, redis_url: str) -> None:
     app = App("rates", redis_url=redis_url)
     with pytest.raises(ValueError, match="invalid rate limit") as caught:
@@ -140,14 +142,33 @@ def test_rate_strings_parse() -> None:
     assert parse_rate("10/m") == RateLimit(10, 60_000)
     assert parse_rate(" 5 / s ") == RateLimit(5, 1_000)
     assert parse_rate("3/hour") == RateLimit(3, 3_600_000)
+
+
+@pytest.mark.parametrize(
+    ("text", "period_ms"),
+    [
+        ("10/s", 1_000), ("10/sec", 1_000), ("10/second", 1_000),
+        ("10/m", 60_000), ("10/min", 60_000), ("10/minute", 60_000),
+        ("10/h", 3_600_000), ("10/hr", 3_600_000), ("10/hour", 3_600_000),
+    ],
+)  # fmt: skip
+def test_every_documented_unit_parses(text: str, period_ms: int) -> None:
+    """The README lists exactly these spellings; the parser takes exactly these."""
+    assert parse_rate(text) == RateLimit(10, period_ms)
     assert str(parse_rate("7/minute")) == "7/m"
 
 
 def test_cron_decorator_validates_at_decoration(redis_url: str) -> None:
     """Invalid expressions, bad intervals and cron tasks with arguments fail at once."""
     app = App("crons", redis_url=redis_url)
-    with pytest.raises(ValueError, match=r"invalid cron expression '61 \* \* \* \*'"):
-        app.cron("61 * * * *")
+    with pytest.raises(
+        ValueError, match=r"invalid cron expression '61 \* \* \* \*' for task 'hourly'"
+    ):
+
+        @app.cron("61 * * * *")
+        async def hourly() -> None: ...
+
+    assert app.tasks == {}  # nothing registered
     with pytest.raises(ValueError, match="every="):
         app.cron(every=-5)
     with pytest.raises(ValueError, match="unknown timezone 'Nowhere/City'"):

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..connection import redacted
 from ..embedded import RedisServerNotFound
 from ..ratelimit import parse_rate
 from . import ops
@@ -105,7 +106,7 @@ def info(
             cells[1] += " (" + ", ".join(f"p{level} {n}" for level, n in levels) + ")"
         rows.append([*cells, "paused" if row["paused"] else ""])
     print_table(
-        f"aioq app {app.name!r} at {app.redis_url}",
+        f"aioq app {app.name!r} at {redacted(app.redis_url)}",
         [Column("queue"), *(Column(c, justify="right") for c in (*counts, "paused"))],
         rows,
     )

@@ -12,6 +12,7 @@ import typer
 from redis.exceptions import RedisError
 
 from ..app import App
+from ..connection import redacted
 from ..errors import RedisUnavailable
 from . import target
 
@@ -61,7 +62,7 @@ def run(app: App, work: Callable[[], Awaitable[T]]) -> T:
     except RedisUnavailable as exc:
         raise fail(str(exc)) from None
     except (RedisError, OSError) as exc:
-        raise fail(f"Redis at {app.redis_url} failed: {type(exc).__name__}: {exc}") from None
+        raise fail(f"Redis at {redacted(app.redis_url)} failed: {type(exc).__name__}: {exc}") from None
 
 
 def echo_json(value: Any) -> None:

@@ -69,6 +69,13 @@ def jobs(
             ) from None
     app = load_app(target)
     names = known_queues(app, queue)
+    if task is not None and app.tasks and task not in app.tasks:
+        # an empty table would look like "no such jobs"; an app without tasks (a producer's)
+        # cannot tell, so it lists what Redis has under the name
+        raise fail(
+            f"no task named {task!r} on app {app.name!r} (its tasks: "
+            f"{', '.join(sorted(app.tasks))})"
+        )
     rows = run(
         app, lambda: views.list_jobs(app, status=wanted, task=task, queues=names, limit=limit)
     )
