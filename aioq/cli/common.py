@@ -62,7 +62,8 @@ def run(app: App, work: Callable[[], Awaitable[T]]) -> T:
     except RedisUnavailable as exc:
         raise fail(str(exc)) from None
     except (RedisError, OSError) as exc:
-        raise fail(f"Redis at {redacted(app.redis_url)} failed: {type(exc).__name__}: {exc}") from None
+        where = redacted(app.redis_url)
+        raise fail(f"Redis at {where} failed: {type(exc).__name__}: {exc}") from None
 
 
 def echo_json(value: Any) -> None:
