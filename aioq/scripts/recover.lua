@@ -10,18 +10,11 @@ local out = {}
 for p = PRIORITIES - 1, 0, -1 do
   if p == 0 or level_len(p) > 0 then
     use_level(p)
-    local fresh, from = {}, '-'
-    while from do
-      local pend = redis.pcall('XPENDING', STREAM, GROUP, from, '+', 200, CONSUMER)
-      if type(pend) ~= 'table' or pend.err then break end
-      for _, row in ipairs(pend) do
-        local e = redis.call('XRANGE', STREAM, row[1], row[1])[1]
-        local jid = e and field(e[2], 'id')
-        local h = jid and held_row(row[1], jid)
-        if h then out[#out + 1] = h else fresh[#fresh + 1] = e or {row[1], false} end
-      end
-      from = #pend == 200 and ('(' .. pend[#pend][1]) or nil
-    end
+    local fresh = {}
+    each_pending('-', function(eid, e, jid)
+      local h = jid and held_row(eid, jid)
+      if h then out[#out + 1] = h else fresh[#fresh + 1] = e or {eid, false} end
+    end)
     start(fresh, now, out)
   end
 end

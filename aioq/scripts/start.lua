@@ -174,6 +174,20 @@ local function held_row(eid, jid)
   return {eid, jid, tonumber(v[3]) or 0, v[4], v[5], v[6], v[7], v[8], LEVEL, v[9]}
 end
 
+-- Call fn(entry id, entry or nil, job id or nil) for each entry of STREAM pending for this
+-- consumer after `from` (an XPENDING range start: '-' or '(<id>'), paging through them.
+local function each_pending(from, fn)
+  while from do
+    local pend = redis.pcall('XPENDING', STREAM, GROUP, from, '+', 200, CONSUMER)
+    if type(pend) ~= 'table' or pend.err then return end
+    for _, row in ipairs(pend) do
+      local e = redis.call('XRANGE', STREAM, row[1], row[1])[1]
+      fn(row[1], e, e and field(e[2], 'id'))
+    end
+    from = #pend == 200 and ('(' .. pend[#pend][1]) or nil
+  end
+end
+
 local function ensure_group()
   redis.pcall('XGROUP', 'CREATE', STREAM, GROUP, '0', 'MKSTREAM')
 end

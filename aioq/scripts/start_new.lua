@@ -20,29 +20,22 @@ for p = PRIORITIES - 1, 0, -1 do
   if level_len(p) > 0 then                        -- an empty stream (most levels): one XLEN
     live[#live + 1] = p
     use_level(p)
-    local entries, from = {}, '(' .. ARGV[7 + p]
-    while from do
-      local pend = redis.pcall('XPENDING', STREAM, GROUP, from, '+', 100, CONSUMER)
-      if type(pend) ~= 'table' or pend.err then break end
-      for _, row in ipairs(pend) do
-        local e = redis.call('XRANGE', STREAM, row[1], row[1])[1]
-        local jid = e and field(e[2], 'id')
-        local rec = jid and redis.pcall('HMGET', JOBP .. jid, 'status', 'worker')
-        if rec and not rec.err and rec[1] == 'running' and rec[2] == CONSUMER then
-          -- this worker runs it already
-        elseif budget > 0 then
-          entries[#entries + 1] = e or {row[1], false}
-          budget = budget - 1
-        elseif not e then
-          redis.call('XACK', STREAM, GROUP, row[1])
-        else
-          drop(row[1])
-          redis.call('XADD', STREAM, '*', unpack(e[2]))
-          more = 1
-        end
+    local entries = {}
+    each_pending('(' .. ARGV[7 + p], function(eid, e, jid)
+      local rec = jid and redis.pcall('HMGET', JOBP .. jid, 'status', 'worker')
+      if rec and not rec.err and rec[1] == 'running' and rec[2] == CONSUMER then
+        -- this worker runs it already
+      elseif budget > 0 then
+        entries[#entries + 1] = e or {eid, false}
+        budget = budget - 1
+      elseif not e then
+        redis.call('XACK', STREAM, GROUP, eid)
+      else
+        drop(eid)
+        redis.call('XADD', STREAM, '*', unpack(e[2]))
+        more = 1
       end
-      from = #pend == 100 and ('(' .. pend[#pend][1]) or nil
-    end
+    end)
     start(entries, now, out)
   end
 end
