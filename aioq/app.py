@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .connection import CommandLane, MissingDatabase, NotRedis, check_url, make_client, redacted
 from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
 from .errors import JobNotFound, RedisUnavailable
+from .group_job import GroupJob
 from .job import Job
 from .keys import QueueKeys, validate_name
 from .ratelimit import RateLimit, parse_rate
@@ -52,7 +53,9 @@ class App:
     ``visibility_timeout`` is how long a job's lease lasts without renewal before another
     worker takes it over; ``result_ttl`` how long finished job records are kept (seconds);
     ``max_deliveries`` how often one attempt may be delivered without finishing before the
-    job is poison and goes to the dead-letter stream.
+    job is poison and goes to the dead-letter stream. ``workflow_ttl`` is how long a workflow
+    step may wait for its predecessors (seconds, from the workflow's enqueue): a held step or
+    group record not reached by then expires, so nothing a dead producer half-wrote stays.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class App:
         default_queue: str = "default",
         dead_letter_max: int = 100_000,
         max_connections: int = 200,
+        workflow_ttl: int = 7 * 86_400,
     ) -> None:
         self.name = validate_name("app", name)
         env_url = os.environ.get("AIOQ_REDIS_URL")
@@ -81,6 +85,9 @@ class App:
         self.default_queue = validate_name("queue", default_queue)
         self.dead_letter_max = int(dead_letter_max)
         self.max_connections = max_connections
+        if workflow_ttl < 1:
+            raise ValueError(f"workflow_ttl must be >= 1 second, got {workflow_ttl!r}")
+        self.workflow_ttl = int(workflow_ttl)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.crons: list[CronSchedule] = []
         self._keys: dict[str, QueueKeys] = {}
@@ -329,7 +336,25 @@ class App:
         """A handle to an existing job id (no I/O); ``queue`` when it is not a known one."""
         return Job(self, job_id, queue)
 
+    def s(self, name: str, /, *args: Any, **kwargs: Any) -> Call[Any]:
+        """A workflow step of a task known by name (``task.s()`` for producers that do not
+        import the tasks); checked like ``app.enqueue``."""
+        return self._named_call(name, args, kwargs, Options())
+
+    def si(self, name: str, /, *args: Any, **kwargs: Any) -> Call[Any]:
+        """An immutable workflow step of a task known by name (see ``task.si()``)."""
+        return Call(self._named_task(name), args, kwargs, Options(), immutable=True)
+
+    def group_job(self, group_id: str, queue: str | None = None) -> GroupJob:
+        """A handle to an enqueued group by its id (``GroupJob.id``), e.g. in another process
+        (no I/O; without ``queue`` the first call finds it in the app's known queues)."""
+        return GroupJob(self, group_id, queue)
+
     async def _enqueue_call(self, call: Call[R]) -> Job[R]:
+        if call.options.on_success is not None or call.options.on_failure is not None:
+            from .canvas import enqueue_call_with_callbacks
+
+            return await enqueue_call_with_callbacks(self, call)
         queue, job = call.prepare()
         keys = self.keys(queue)
         self._queues.add(queue)  # one of `queues` from now on
@@ -354,21 +379,26 @@ class App:
         return [Job(self, job[0], queue) for queue, job in prepared]
 
     async def _send(
-        self, batches: list[tuple[QueueKeys, list[Any]]], prepared: Sequence[tuple[str, list[Any]]]
+        self,
+        batches: list[tuple[QueueKeys, list[Any]]],
+        prepared: Sequence[tuple[str, list[Any]]],
+        before: Sequence[bytes] = (),
     ) -> None:
-        """Enqueue prepared jobs, with the caller's trace context in each (``tracing.py``)."""
+        """Enqueue prepared jobs, with the caller's trace context in each (``tracing.py``);
+        ``before``: packed commands sent first in the same write (a workflow's records)."""
         spans = publish(prepared)  # None when no span was made (tracing is off)
         if spans is None:
-            await self._call(self.scripts.enqueue(batches))
+            await self._call(self.scripts.enqueue(batches, before))
         else:
             with spans:
-                await self._call(self.scripts.enqueue(batches))
+                await self._call(self.scripts.enqueue(batches, before))
 
-    async def _find_job(self, job_id: str) -> QueueKeys:
+    async def _find_job(self, job_id: str, group: bool = False) -> QueueKeys:
         queues = self.queues
         async with self.redis.pipeline(transaction=False) as pipe:
             for q in queues:
-                pipe.exists(self.keys(q).job(job_id))
+                keys = self.keys(q)
+                pipe.exists(keys.flow(job_id) if group else keys.job(job_id))
             found = await self._call(pipe.execute())
         for q, hit in zip(queues, found, strict=True):
             if hit:

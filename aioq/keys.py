@@ -36,6 +36,16 @@ single cluster slot and two apps (or two queues) never collide::
                                         array of them (succeeded, failed, cancelled, expired),
                                         capped near 100 entries: the recently finished jobs
                                         (``views.recent_jobs``), one XADD per batch, not job.
+    aioq:{shop:default}:flows           sorted set: the hand-over outbox of workflows (``handover.py``):
+                                        id of a finished job (or fired join) whose successors are
+                                        not yet told -> epoch ms it was added or last swept.
+                                        Written in the same script that finishes the job;
+                                        removed once every successor was told.
+    aioq:{shop:default}:flow:<id>       hash: a workflow's record (``canvas.py``: its steps, the
+                                        node whose outcome is the workflow's) or a join of a group
+                                        (total, done, fired, mode, then, r:<i> each member's
+                                        outcome); lives in the slot of the queue of the step it
+                                        hands over to (a chord's callback), expires like the jobs.
 
 The Lua never spells a key: the suffixes below are rendered into it (``LUA``), every script of
 a queue gets the queue's keys in its KEYS (``QueueKeys.declared``, in the order
@@ -80,8 +90,10 @@ RATEWAIT = "ratewait:"
 CRON = "cron:"
 CRON_RAN = "cronran:"
 PROGRESS = "progress:"
+FLOWS = "flows"
+FLOW = "flow:"
 
-QUEUE_KEYS = PRIORITIES + 5
+QUEUE_KEYS = PRIORITIES + 6
 """How many KEYS ``QueueKeys.declared`` gives a script: the queue's keys it may touch."""
 
 LUA: dict[str, str] = {
@@ -92,7 +104,7 @@ LUA: dict[str, str] = {
         for name, value in dict(
             STREAM=STREAM, SCHEDULED=SCHEDULED, DEAD=DEAD, FAILED=FAILED, RECENT=RECENT,
             RATELIMITS=RATELIMITS, CANCEL=CANCEL, JOB=JOB, DONE=DONE, RATE=RATE,
-            RATEWAIT=RATEWAIT,
+            RATEWAIT=RATEWAIT, FLOW=FLOW,
         ).items()
     },
 }  # fmt: skip
@@ -122,6 +134,7 @@ class QueueKeys:
             declared = (
                 *(level.stream for level in levels),
                 self.scheduled, self.dead, self.failed, self.recent, self.ratelimits,
+                self.flows,
             )  # fmt: skip
             object.__setattr__(self, "_declared", declared)
 
@@ -188,10 +201,17 @@ class QueueKeys:
         return self.tag + RECENT
 
     @property
+    def flows(self) -> str:
+        return self.tag + FLOWS
+
+    def flow(self, flow_id: str) -> str:
+        return self.tag + FLOW + flow_id
+
+    @property
     def declared(self) -> tuple[str, ...]:
         """The KEYS of every script of the queue: each priority's stream (0 first), then the
-        scheduled set, the dead-letter stream, the failed index, the recent stream and the rate
-        limits (``queue.lua`` names them). Keys named by data (a job's record, a task's rate
+        scheduled set, the dead-letter stream, the failed index, the recent stream, the rate
+        limits and the hand-over outbox (``queue.lua`` names them). Keys named by data (a job's record, a task's rate
         log) share their hash tag, so every script stays in one cluster slot."""
         return self.levels[0]._declared
 

@@ -37,6 +37,7 @@ from .cancel import cancel_loop
 from .complete import Completer
 from .cron import cron_loop, served_schedules
 from .fetch import fetch_loop
+from .flows import HandOvers
 from .heartbeat import PausedQueues, heartbeat_loop
 from .lease import LeaseKeeper
 from .run import Runner
@@ -97,7 +98,10 @@ class Worker:
         )
         self.slots = Slots(concurrency)
         self.runner = Runner(self)
-        self.completer = Completer(lambda: self.app.scripts, self.script_args, self._written)
+        self.handovers = HandOvers(self)
+        self.completer = Completer(
+            lambda: self.app.scripts, self.script_args, self._written, self.handovers.add
+        )
         self.idle: set[QueueKeys] = set()
         self.paused = PausedQueues()  # queues held by `aioq pause` (heartbeat.py reads them)
         self.wake = asyncio.Event()
@@ -174,6 +178,7 @@ class Worker:
         self._leases = LeaseKeeper(self)
         self._leases.start()
         self._loops.append(spawn(cancel_loop(self), name="aioq-cancel"))
+        self._loops.append(spawn(self.handovers.run(), name="aioq-handover"))
         self._loops.append(spawn(heartbeat_loop(self), name="aioq-heartbeat"))
         schedules = served_schedules(self)
         if schedules:
@@ -210,7 +215,12 @@ class Worker:
     async def _until_drained(self) -> None:
         while not self._stop.is_set():
             await asyncio.sleep(0.02)
-            if len(self.idle) < len(self.queue_keys) or len(self.runner) or len(self.completer):
+            if (
+                len(self.idle) < len(self.queue_keys)
+                or len(self.runner)
+                or len(self.completer)
+                or len(self.handovers)
+            ):
                 continue
             moved = 0
             for keys in self.queue_keys:
@@ -233,6 +243,7 @@ class Worker:
                 await asyncio.wait(pending, timeout=2.0)
         await cancel_and_wait(self._loops[1:])  # everything but the completer
         await self._write_back()
+        await self.handovers.close()
         if self._leases is not None:  # after the write-back: buffered outcomes are still ours
             await asyncio.to_thread(self._leases.stop)
             self._leases = None
