@@ -527,6 +527,14 @@ class _NamedOptions:
     def call(self, *args: Any, **kwargs: Any) -> Call[Any]:
         return Call(self._task, args, kwargs, self._options)
 
+    def s(self, *args: Any, **kwargs: Any) -> Call[Any]:
+        """A workflow step with these options (see ``Task.s``)."""
+        return Call(self._task, args, kwargs, self._options)
+
+    def si(self, *args: Any, **kwargs: Any) -> Call[Any]:
+        """An immutable workflow step with these options (see ``Task.si``)."""
+        return Call(self._task, args, kwargs, self._options, immutable=True)
+
 
 def _unknown(*args: Any, **kwargs: Any) -> Any:
     """Stands for a task this process only knows by name (any arguments are accepted)."""
