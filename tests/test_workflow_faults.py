@@ -48,9 +48,7 @@ def collect(app: App, tag: str) -> Call[Any]:
     return app.options("collect", queue="callbacks").s(tag)
 
 
-async def test_member_rerun_after_sigkill_fires_the_callback_once(
-    app: App, workers: Spawn
-) -> None:
+async def test_member_rerun_after_sigkill_fires_the_callback_once(app: App, workers: Spawn) -> None:
     """A member SIGKILLs its worker on its first run; another worker re-runs it after the
     lease lapses; the chord's callback (another queue) runs exactly once, with every value."""
     vt = 1.5
@@ -58,7 +56,9 @@ async def test_member_rerun_after_sigkill_fires_the_callback_once(
     header = [member(app, i, kill=(i == 7)) for i in range(20)]
     job = await chord(header, collect(app, "k")).enqueue()
     assert await job.result(timeout=40) == sum(range(20))
-    runs = {k.decode(): int(v) for k, v in (await app.redis.hgetall(side_key(app.name, "runs"))).items()}
+    runs = {
+        k.decode(): int(v) for k, v in (await app.redis.hgetall(side_key(app.name, "runs"))).items()
+    }
     assert sum(runs.values()) >= 21  # the killer ran twice (and whatever else its worker held)
     assert await app.redis.hgetall(side_key(app.name, "callbacks")) == {b"k": b"1"}
     assert not a.alive or not b.alive  # one worker was killed
@@ -123,7 +123,8 @@ async def test_a_hand_over_told_twice_and_by_two_processes_at_once_acts_once(
     for r in rows:
         records += ["ok", r[0], r[1], r[2], str(r[4].decode()[1:-1]).encode(), "", "", 0]
     fenced, handed = await app.scripts.complete(m, wargs, records)
-    assert fenced == [] and len(handed) == 2
+    assert fenced == []
+    assert len(handed) == 2
     assert await app.redis.zcard(m.flows) == 2  # in the outbox until passed on
 
     other = App(app.name, redis_url=redis_url)
@@ -165,13 +166,15 @@ async def test_a_fenced_completion_does_not_advance_the_workflow(app: App) -> No
     fenced, handed = await app.scripts.complete(
         keys, stale, ["ok", row[0], row[1], row[2], b"1", "", "", 0]
     )
-    assert fenced == [row[1]] and handed == []
+    assert fenced == [row[1]]
+    assert handed == []
     assert await job.status() is JobStatus.SCHEDULED  # still held
     assert await app.redis.zcard(keys.flows) == 0
     fenced, handed = await app.scripts.complete(
         keys, owner, ["ok", taken[0][0], taken[0][1], taken[0][2], b"1", "", "", 0]
     )
-    assert fenced == [] and len(handed) == 1
+    assert fenced == []
+    assert len(handed) == 1
     await hand_over(app, [(keys, h) for h in handed])
     assert await job.status() is JobStatus.QUEUED
 
@@ -190,6 +193,7 @@ async def test_a_hand_over_a_dead_worker_left_is_swept_by_another(
     lost.completer._on_handed = lambda keys, rows: None  # the worker "dies" before passing on
     job = await chain(step.s(1), step.s(), step.s()).enqueue()
     async with lost:
+
         async def first_done() -> bool:
             return await app.redis.zcard(app.keys().flows) == 1
 
