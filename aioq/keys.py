@@ -229,7 +229,8 @@ class QueueKeys:
         """The KEYS of every script of the queue: each priority's stream (0 first), then the
         scheduled set, the dead-letter stream, the failed index, the recent stream, the rate
         limits and the hand-over outbox (``queue.lua`` names them). Keys named by data (a
-        job's record, a task's rate log) share their hash tag, so every script stays in one cluster slot."""
+        job's record, a task's rate log) share their hash tag, so every script stays in one
+        cluster slot."""
         return self.levels[0]._declared
 
     def progress(self, job_id: str) -> str:
