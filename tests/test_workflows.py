@@ -177,7 +177,7 @@ async def test_bad_workflows_fail_before_anything_is_written(app: App) -> None:
         chord([t["add"].s(1, 1)], t["tsum"])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="on_success must be a task's call"):
         t["add"].options(on_success=t["tsum"])  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="no task named 'tasks.add'.*its tasks: add"):
+    with pytest.raises(ValueError, match=r"no task named 'tasks\.add'.*its tasks: add"):
         app.s("tasks.add", 1, 2)
     # wrong arity of a callback (add takes two: the list and one more) and a first step
     # short of an argument: found when the workflow is encoded, before any write
