@@ -66,7 +66,7 @@ def run(
                 server = stack.enter_context(EmbeddedRedis())
             except RedisServerNotFound as exc:
                 raise CliError(str(exc)) from None
-            app.redis_url = server.url
+            app.rebind(redis_url=server.url)
             print(
                 f"aioq: embedded redis-server at {server.url} "
                 "(new each start; its data goes when the worker stops)",
