@@ -57,12 +57,24 @@ async def _pytest(project: Path, *args: str, env: dict[str, str] | None = None) 
 async def test_the_readme_fastapi_test_passes_with_the_entry_point_plugin(
     user_project: Path,
 ) -> None:
-    """The user's test passes as written; twice in one session, so the second run of the
-    same test sees none of the first one's jobs (a name per test, one redis-server)."""
+    """The user's test passes as written, and again after a test that leaves a job queued:
+    each test has its own name on the one redis-server, so it sees no other test's jobs."""
     test = user_project / "tests" / "test_shop.py"
-    test.write_text(test.read_text() + "\n\ntest_again = test_receipt_is_sent\n")
+    test.write_text(test.read_text() + LEAVES_A_JOB)
     out = await _pytest(user_project)
-    assert "2 passed" in out
+    assert "4 passed" in out
+
+
+LEAVES_A_JOB = """
+
+async def test_leaves_a_job_queued(aioq_app: App) -> None:
+    assert await queued(aioq_app) == []
+    await send_receipt.enqueue(1, "left@example.com")
+
+
+test_again = test_receipt_is_sent
+test_leaves_another = test_leaves_a_job_queued
+"""
 
 
 async def test_the_plugin_loads_with_dash_p_too(user_project: Path) -> None:
