@@ -102,7 +102,7 @@ def test_a_bad_url_keeps_its_password_out_of_the_error(env: pytest.MonkeyPatch) 
 def test_no_name_and_unknown_options_are_refused(env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="set AIOQ_NAME"):
         App.from_env()
-    with pytest.raises(TypeError, match="unknown option.*visibility"):
+    with pytest.raises(TypeError, match=r"unknown option.*visibility"):
         App.from_env(name="x", visibilty_timeout=3)  # type: ignore[call-arg]
 
 

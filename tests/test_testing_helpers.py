@@ -135,7 +135,8 @@ async def test_drain_runs_queued_due_and_retried_jobs_and_leaves_later_ones(app:
     assert [(j.id, j.status, j.wait_reason) for j in waiting] == [
         (later.id, JobStatus.SCHEDULED, "delay")
     ]
-    assert waiting[0].due_at is not None and waiting[0].due_at > soon
+    assert waiting[0].due_at is not None
+    assert waiting[0].due_at > soon
 
 
 async def test_drain_raises_the_first_failure_after_running_everything(app: App) -> None:
@@ -207,7 +208,8 @@ async def test_isolated_binds_the_apps_own_object_and_restores_it(redis_url: str
     names = []
     for _ in range(2):
         async with isolated(app, redis_url) as bound:
-            assert bound is app and app.redis_url == redis_url
+            assert bound is app
+            assert app.redis_url == redis_url
             assert app.name.startswith("fixed-name-")
             names.append(app.name)
             assert await queued(app) == []  # the previous block's job is not here
@@ -223,6 +225,10 @@ async def test_redis_server_is_private_and_gone_after_the_block() -> None:
         app = App("t", redis_url=url)
         await app.ping()
         await app.aclose()
-        socket = Path(url.removeprefix("unix://"))
-        assert socket.exists()
-    assert not socket.exists()
+        socket = anyio.Path(url.removeprefix("unix://"))
+        assert await socket.exists()
+    assert not await socket.exists()
+
+
+def test_the_helpers_are_the_modules_public_names() -> None:
+    assert aioq_testing.__all__ == ["drain", "isolated", "queued", "redis_server"]

@@ -64,7 +64,8 @@ async def test_the_job_runs_in_the_loop_asked_for(
         assert r.returncode == 0, r.stderr
         assert await job.result(timeout=1) == module
     started = [line for line in r.stderr.splitlines() if " started: app " in line]
-    assert len(started) == 1 and started[0].endswith(f", {said}"), r.stderr
+    assert len(started) == 1, r.stderr
+    assert started[0].endswith(f", {said}"), r.stderr
 
 
 async def test_auto_falls_back_to_asyncio_without_uvloop(redis_url: str, no_uvloop: str) -> None:
