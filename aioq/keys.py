@@ -43,11 +43,20 @@ a queue gets the queue's keys in its KEYS (``QueueKeys.declared``, in the order
 built on the hash tag of a declared key (``tag_of`` in ``scripts/helpers.lua``), the one way
 the Lua derives it.
 
-One key is per app rather than per queue (hash tag ``{<app>}``)::
+Two keys are per app rather than per queue (hash tag ``{<app>}``, so the heartbeat script
+writes both in one slot)::
 
     aioq:{shop}:workers                 hash: worker consumer name -> JSON of its stats and the
                                         Redis time of its last heartbeat (every 2 s); removed on
                                         a clean stop, pruned by ``aioq info`` when stale.
+    aioq:{shop}:throughput              hash: bucket start (epoch s by Redis' clock, a multiple
+                                        of ``THROUGHPUT_BUCKET``) -> jobs the app's workers
+                                        finished in it, added by each heartbeat (0 too, so idle
+                                        time reads as zero); a bucket that began
+                                        ``THROUGHPUT_WINDOW`` s or more before the current one
+                                        is pruned (60 are kept), and the hash expires a bucket
+                                        after the window once no worker beats
+                                        (``views.throughput``, the dashboard's chart).
 
 Job ids are unique per queue: a job's record lives beside its stream, so one script can write
 both atomically.
@@ -81,12 +90,20 @@ CRON = "cron:"
 CRON_RAN = "cronran:"
 PROGRESS = "progress:"
 
+THROUGHPUT_BUCKET = 10
+"""Seconds per bucket of the throughput hash (one bar of the dashboard's chart)."""
+
+THROUGHPUT_WINDOW = 600
+"""Seconds of throughput buckets kept (the chart's 10 minutes)."""
+
 QUEUE_KEYS = PRIORITIES + 5
 """How many KEYS ``QueueKeys.declared`` gives a script: the queue's keys it may touch."""
 
 LUA: dict[str, str] = {
     "PRIORITIES": str(PRIORITIES),
     "QUEUE_KEYS": str(QUEUE_KEYS),
+    "THROUGHPUT_BUCKET": str(THROUGHPUT_BUCKET),
+    "THROUGHPUT_WINDOW": str(THROUGHPUT_WINDOW),
     **{
         f"KEY_{name}": value
         for name, value in dict(
@@ -208,6 +225,11 @@ class QueueKeys:
 def workers_key(app: str) -> str:
     """The app's hash of live workers' heartbeats (see the module docstring)."""
     return f"aioq:{{{app}}}:workers"
+
+
+def throughput_key(app: str) -> str:
+    """The app's hash of finished jobs per time bucket (see the module docstring)."""
+    return f"aioq:{{{app}}}:throughput"
 
 
 def validate_name(kind: str, name: str) -> str:

@@ -317,9 +317,22 @@ class Scripts:
         scanned, jobs = await self._call(self._purge, [keys.stream], [GROUP, until, count])
         return int(scanned), int(jobs)
 
-    async def heartbeat(self, key: str, consumer: str, stats: bytes, ttl: int) -> int:
-        """Write a worker's stats stamped with Redis' time (epoch ms, returned)."""
-        now: int = await self._call(self._heartbeat, [key], [consumer, stats, ttl])
+    async def heartbeat(
+        self,
+        keys: tuple[str, str],
+        consumer: str,
+        stats: bytes,
+        ttl: int,
+        done: int,
+        reported: int,
+    ) -> int:
+        """Write a worker's stats stamped with Redis' time (epoch ms, returned), or remove them
+        when ``stats`` is empty, and add the jobs it finished since its previous beat to the
+        current throughput bucket. ``keys``: the app's workers and throughput hashes; ``done``
+        the worker's finished jobs, ``reported`` that total at its last acknowledged beat."""
+        now: int = await self._call(
+            self._heartbeat, list(keys), [consumer, stats, ttl, done, reported]
+        )
         return now
 
 

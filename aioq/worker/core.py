@@ -171,11 +171,12 @@ class Worker:
         await self._open_metrics()
         loop = asyncio.get_running_loop()
         spawn = loop.create_task
+        # the completer and the heartbeat first: they stop last (_close)
         self._loops.append(spawn(self.completer.run(), name="aioq-complete"))
+        self._loops.append(spawn(heartbeat_loop(self), name="aioq-heartbeat"))
         self._leases = LeaseKeeper(self)
         self._leases.start()
         self._loops.append(spawn(cancel_loop(self), name="aioq-cancel"))
-        self._loops.append(spawn(heartbeat_loop(self), name="aioq-heartbeat"))
         schedules = served_schedules(self)
         if schedules:
             self._loops.append(spawn(cron_loop(self, schedules), name="aioq-cron"))
@@ -233,12 +234,13 @@ class Worker:
                 log.warning("handing back %d job(s) still running", len(pending))
                 self.runner.interrupt_all()
                 await asyncio.wait(pending, timeout=2.0)
-        await cancel_and_wait(self._loops[1:])  # everything but the completer
+        await cancel_and_wait(self._loops[2:])  # everything but the completer and the heartbeat
         await self._write_back()
         if self._leases is not None:  # after the write-back: buffered outcomes are still ours
             await asyncio.to_thread(self._leases.stop)
             self._leases = None
-        await cancel_and_wait(self._loops[:1])
+        # the last beat counts the jobs the write-back finished in the throughput
+        await cancel_and_wait(self._loops[:2])
         self._loops.clear()
         if self._metrics_server is not None:
             await self._metrics_server.close()
