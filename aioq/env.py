@@ -10,6 +10,7 @@ One variable per option, named after it: ``AIOQ_`` and the option in capitals.
     AIOQ_DEFAULT_QUEUE        default_queue      a queue name
     AIOQ_DEAD_LETTER_MAX      dead_letter_max    whole number >= 0
     AIOQ_MAX_CONNECTIONS      max_connections    whole number >= 1
+    AIOQ_WORKFLOW_TTL         workflow_ttl       whole seconds >= 1
 
 An unset or empty variable leaves the option's default (``VAR=`` in a compose file means
 "not set"). A value that does not parse, or is out of range, is a ``ValueError`` naming the
@@ -39,6 +40,7 @@ class AppOptions(TypedDict, total=False):
     default_queue: str
     dead_letter_max: int
     max_connections: int
+    workflow_ttl: int
 
 
 Parser = Callable[[str, str], Any]
@@ -92,6 +94,7 @@ VARIABLES: dict[str, tuple[str, Parser]] = {
     "default_queue": ("AIOQ_DEFAULT_QUEUE", _name("queue")),
     "dead_letter_max": ("AIOQ_DEAD_LETTER_MAX", _whole(0)),
     "max_connections": ("AIOQ_MAX_CONNECTIONS", _whole(1)),
+    "workflow_ttl": ("AIOQ_WORKFLOW_TTL", _whole(1)),
 }
 
 
