@@ -23,7 +23,7 @@ from .keys import QueueKeys, validate_name
 from .ratelimit import RateLimit, parse_rate
 from .results import ResultListener
 from .scripts import Scripts
-from .task import AutoRetry, Backoff, Call, Options, Task
+from .task import AutoRetry, Backoff, Call, ConcurrencyKey, Options, Task
 from .tracing import publish
 
 P = ParamSpec("P")
@@ -171,6 +171,9 @@ class App:
         rate_limit: str | None = None,
         priority: int = 0,
         autoretry_for: AutoRetry | None = None,
+        concurrency_key: ConcurrencyKey | None = None,
+        key_concurrency: int | None = None,
+        key_rate_limit: str | None = None,
     ) -> _TaskDecorator: ...
 
     def task(
@@ -186,6 +189,9 @@ class App:
         rate_limit: str | None = None,
         priority: int = 0,
         autoretry_for: AutoRetry | None = None,
+        concurrency_key: ConcurrencyKey | None = None,
+        key_concurrency: int | None = None,
+        key_rate_limit: str | None = None,
     ) -> Task[Any, Any] | _TaskDecorator:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
@@ -196,10 +202,18 @@ class App:
         ones still get a share (see README). ``autoretry_for=(ConnectionError, ...)`` retries
         only failures with those exception types (subclasses included) and fails the job at
         once on any other; without it every exception is retried while ``retries`` last.
+
+        Flow control by key: ``concurrency_key`` (a function of the job's arguments returning a
+        string, run at enqueue, or one string for every job; ``task.options(concurrency_key=
+        ...)`` gives one job's) puts each job under a key; at most ``key_concurrency`` jobs of
+        one key run at once and at most ``key_rate_limit`` start per period, across every
+        worker, keys served in turn (a key with neither limit runs one job at a time). A job
+        waiting for its key holds no slot and spends no retry (see README).
         """
         decorator = _TaskDecorator(
-            self, name, queue, retries, backoff, timeout, rate_limit, priority, autoretry_for
-        )
+            self, name, queue, retries, backoff, timeout, rate_limit, priority, autoretry_for,
+            (concurrency_key, key_concurrency, key_rate_limit),
+        )  # fmt: skip
         return decorator if fn is None else decorator(fn)
 
     def cron(
@@ -481,6 +495,7 @@ class _TaskDecorator:
         rate_limit: str | None = None,
         priority: int = 0,
         autoretry_for: AutoRetry | None = None,
+        keyed: tuple[ConcurrencyKey | None, int | None, str | None] = (None, None, None),
     ) -> None:
         self.app = app
         self.name = name
@@ -491,6 +506,7 @@ class _TaskDecorator:
         self.rate_limit = rate_limit
         self.priority = priority
         self.autoretry_for = autoretry_for
+        self.keyed = keyed  # concurrency_key, key_concurrency, key_rate_limit
 
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
@@ -506,6 +522,8 @@ class _TaskDecorator:
             self.app, fn, name=name, queue=queue, retries=self.retries,
             backoff=self.backoff, timeout=self.timeout, rate_limit=self.rate_limit,
             priority=self.priority, autoretry_for=self.autoretry_for,
+            concurrency_key=self.keyed[0], key_concurrency=self.keyed[1],
+            key_rate_limit=self.keyed[2],
         )  # fmt: skip
         self.app._register(task)
         return task

@@ -46,6 +46,8 @@ class JobStatus(StrEnum):
 _FINISHED = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
 )
+KEY_LIMIT = b"key limit"
+"""The ``wait`` of a queued job waiting for a place on its key (``scripts/keyed.lua``)."""
 _STATE_FIELDS = ("status", "result", "error", "exc_type", "traceback")
 _PROGRESS_RECHECK = 5.0  # seconds without a message before progress() re-reads the record
 
@@ -76,12 +78,15 @@ class JobInfo:
     #: succeeded after retries has ``error`` None and its failed attempts here
     history: list[dict[str, Any]] = field(default_factory=list)
     #: a scheduled job's due time (its score in the scheduled set) and why it waits: "delay",
-    #: "retry" (backoff) or "rate limit"; both ``None`` unless the job is scheduled
+    #: "retry" (backoff), "rate limit" or "key rate limit"; a queued job's wait_reason is
+    #: "key limit" while it waits for a place on its concurrency key; else both ``None``
     due_at: datetime | None = None
     wait_reason: str | None = None
     #: the workflow (chain, group, chord) the job is a step of: its id, ``None`` for a job
     #: enqueued alone; ``aioq job`` lists the workflow's steps
     workflow: str | None = None
+    #: the job's concurrency key (``concurrency_key``), ``None`` for a job without one
+    concurrency_key: str | None = None
 
 
 class Job(Generic[R]):
@@ -361,6 +366,7 @@ def _info(job_id: str, queue: str, raw: dict[str, bytes], due: float | None = No
     except ValueError:
         status = JobStatus.FAILED
     waiting = status is JobStatus.SCHEDULED  # a stale score or reason means nothing then
+    keyed = status is JobStatus.QUEUED and raw.get("wait") == KEY_LIMIT
     return JobInfo(
         id=job_id,
         task=_text(raw.get("task")) or "",
@@ -382,6 +388,7 @@ def _info(job_id: str, queue: str, raw: dict[str, bytes], due: float | None = No
         priority=_int(raw.get("priority")),
         history=history_field(raw.get("history")),
         due_at=datetime.fromtimestamp(due / 1000, tz=UTC) if waiting and due else None,
-        wait_reason=_text(raw.get("wait")) if waiting else None,
+        wait_reason=_text(raw.get("wait")) if waiting or keyed else None,
         workflow=(_text(raw.get("flow")) or " ").partition(" ")[2] or None,
+        concurrency_key=_text(raw.get("ckey")),
     )

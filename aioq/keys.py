@@ -47,6 +47,28 @@ single cluster slot and two apps (or two queues) never collide::
                                         outcome); lives in the slot of the queue of the step it
                                         hands over to (a chord's callback), expires like the jobs.
 
+Flow control by key (``scripts/keyed.lua``; README "Flow control by key"). A keyed job belongs
+to the *group* ``<task>\0<key>`` (its task's name, a NUL, its concurrency key: keys are per
+task), written ``<g>`` below::
+
+    aioq:{shop:default}:keyed           sorted set: groups with jobs waiting for a place ->
+                                        epoch ms they are next swept (promote.lua checks their
+                                        places against the records, so none can leak).
+    aioq:{shop:default}:keylimits       hash: task -> "<concurrency> <rate n> <rate period ms>",
+                                        the key limits its code declares (written by workers):
+                                        for keyed jobs of producers that enqueue by name only.
+    aioq:{shop:default}:keyrun:<g>      sorted set: the group's jobs that hold a place (their
+                                        entry is on a stream, they run, or a rate limit sent
+                                        them back for a moment) -> epoch ms the place is next
+                                        checked against the job's record.
+    aioq:{shop:default}:keywait:<g>     list: the group's jobs waiting for a place, oldest
+                                        first (their record says status "queued", wait
+                                        "key limit").
+    aioq:{shop:default}:keyrate:<g>     sorted set: the group's starts in the current window
+                                        of its ``key_rate_limit``.
+    aioq:{shop:default}:keyratewait:<g> sorted set: job id -> due, the group's jobs turned
+                                        away by its rate limit and not yet due (as ratewait).
+
 The Lua never spells a key: the suffixes below are rendered into it (``LUA``), every script of
 a queue gets the queue's keys in its KEYS (``QueueKeys.declared``, in the order
 ``scripts/queue.lua`` names them), and keys named by data (``job:<id>``, ``rate:<task>``) are
@@ -101,6 +123,14 @@ CRON_RAN = "cronran:"
 PROGRESS = "progress:"
 FLOWS = "flows"
 FLOW = "flow:"
+KEYED = "keyed"
+KEYLIMITS = "keylimits"
+KEYRUN = "keyrun:"
+KEYWAIT = "keywait:"
+KEYRATE = "keyrate:"
+KEYRATEWAIT = "keyratewait:"
+KEY_SEP = "\0"
+"""Between the task and the concurrency key in a group's name (keys.py docstring)."""
 
 THROUGHPUT_BUCKET = 10
 """Seconds per bucket of the throughput hash (one bar of the dashboard's chart)."""
@@ -108,7 +138,11 @@ THROUGHPUT_BUCKET = 10
 THROUGHPUT_WINDOW = 600
 """Seconds of throughput buckets kept (the chart's 10 minutes)."""
 
-QUEUE_KEYS = PRIORITIES + 6
+KEY_CHECK_MS = 5_000
+"""How often a place held on a key is checked against its job's record, and a key with jobs
+waiting is swept (``scripts/keyed.lua``): a place nothing holds comes back within that."""
+
+QUEUE_KEYS = PRIORITIES + 8
 """How many KEYS ``QueueKeys.declared`` gives a script: the queue's keys it may touch."""
 
 LUA: dict[str, str] = {
@@ -116,12 +150,14 @@ LUA: dict[str, str] = {
     "QUEUE_KEYS": str(QUEUE_KEYS),
     "THROUGHPUT_BUCKET": str(THROUGHPUT_BUCKET),
     "THROUGHPUT_WINDOW": str(THROUGHPUT_WINDOW),
+    "KEY_CHECK_MS": str(KEY_CHECK_MS),
     **{
         f"KEY_{name}": value
         for name, value in dict(
             STREAM=STREAM, SCHEDULED=SCHEDULED, DEAD=DEAD, FAILED=FAILED, RECENT=RECENT,
             RATELIMITS=RATELIMITS, CANCEL=CANCEL, JOB=JOB, DONE=DONE, RATE=RATE,
-            RATEWAIT=RATEWAIT, FLOW=FLOW,
+            RATEWAIT=RATEWAIT, FLOW=FLOW, KEYRUN=KEYRUN, KEYWAIT=KEYWAIT, KEYRATE=KEYRATE,
+            KEYRATEWAIT=KEYRATEWAIT,
         ).items()
     },
 }  # fmt: skip
@@ -151,7 +187,7 @@ class QueueKeys:
             declared = (
                 *(level.stream for level in levels),
                 self.scheduled, self.dead, self.failed, self.recent, self.ratelimits,
-                self.flows,
+                self.flows, self.keyed, self.keylimits,
             )  # fmt: skip
             object.__setattr__(self, "_declared", declared)
 
@@ -225,10 +261,31 @@ class QueueKeys:
         return self.tag + FLOW + flow_id
 
     @property
+    def keyed(self) -> str:
+        return self.tag + KEYED
+
+    @property
+    def keylimits(self) -> str:
+        return self.tag + KEYLIMITS
+
+    def keyrun(self, group: str | bytes) -> bytes:
+        """The places held in a key's group (``group``: ``key_group`` of a task and key)."""
+        return _data_key(self.tag + KEYRUN, group)
+
+    def keywait(self, group: str | bytes) -> bytes:
+        """The jobs of a key's group waiting for a place."""
+        return _data_key(self.tag + KEYWAIT, group)
+
+    def keyrate(self, group: str | bytes) -> bytes:
+        """The starts of a key's group in the window of its rate limit."""
+        return _data_key(self.tag + KEYRATE, group)
+
+    @property
     def declared(self) -> tuple[str, ...]:
         """The KEYS of every script of the queue: each priority's stream (0 first), then the
         scheduled set, the dead-letter stream, the failed index, the recent stream, the rate
-        limits and the hand-over outbox (``queue.lua`` names them). Keys named by data (a
+        limits, the hand-over outbox, the index of keys with jobs waiting and the declared
+        key limits (``queue.lua`` names them). Keys named by data (a
         job's record, a task's rate log) share their hash tag, so every script stays in one
         cluster slot."""
         return self.levels[0]._declared
@@ -241,6 +298,22 @@ class QueueKeys:
 
     def done(self, job_id: str) -> str:
         return self.done_prefix + job_id
+
+
+def key_group(task: str, key: str) -> str:
+    """The group of a task's jobs with concurrency key ``key`` (keyed names carry it)."""
+    return task + KEY_SEP + key
+
+
+def split_group(group: bytes) -> tuple[str, str]:
+    """(task, key) of a group's name as Redis returns it (a name without the separator, which
+    aioq never writes, reads as a key of no task)."""
+    task, sep, key = group.decode(errors="replace").partition(KEY_SEP)
+    return (task, key) if sep else ("", task)
+
+
+def _data_key(prefix: str, group: str | bytes) -> bytes:
+    return prefix.encode() + (group if isinstance(group, bytes) else group.encode())
 
 
 def workers_key(app: str) -> str:

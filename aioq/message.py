@@ -18,8 +18,11 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
     error, exc_type, traceback              the failure the job ended with (absent unless it
                  failed for good: a failure that is retried moves to ``history``)
     wait         why a scheduled job waits: "delay" (enqueued with delay/eta), "retry" (a
-                 retry's backoff) or "rate limit" (its task's limit turned it away); its due
-                 time is its score in the queue's scheduled set
+                 retry's backoff), "rate limit" (its task's limit turned it away) or "key rate
+                 limit" (its key's); its due time is its score in the queue's scheduled set.
+                 "key limit" on a queued job: it waits for a place on its key (keyed.lua)
+    ckey, klimit a keyed job's concurrency key, and its task's limits for it: "<concurrency>
+                 <rate n> <rate period ms>", 0 for none (``Task.key_limits``)
     history      JSON list of earlier attempts' failures, oldest first, the last 10:
                  {attempt, error, exc_type, at (epoch ms), traceback (the newest only)}
     progress     JSON value set by ``current_job().set_progress``

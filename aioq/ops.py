@@ -108,8 +108,15 @@ async def purge_dead(app: App, queues: Sequence[str] | None = None) -> int:
 async def purge_queue(app: App, queue: str) -> tuple[int, int]:
     """Delete a queue's queued entries (never those delivered to a worker) and the records of
     their jobs; returns (entries deleted, jobs deleted). Entries added after the call began
-    are left alone. Every priority's stream is purged."""
+    are left alone. Every priority's stream is purged, and first the jobs waiting for a place
+    on their concurrency key (counted as entries too; those enqueued meanwhile as well)."""
     entries = jobs = 0
+    while True:  # first: no waiting job may take the place of one purged below
+        scanned, deleted = await app.scripts.purge_keyed(app.keys(queue), PURGE_BATCH)
+        if not scanned:
+            break
+        entries += scanned
+        jobs += deleted
     for keys in app.keys(queue).levels:
         last: list[tuple[bytes, object]] = await app.redis.xrevrange(keys.stream, count=1)  # type: ignore[assignment]
         if not last:

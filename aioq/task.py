@@ -29,6 +29,11 @@ AutoRetry = type[BaseException] | tuple[type[BaseException], ...]
 """``autoretry_for``: the exception types whose failures are retried (subclasses too)."""
 
 MAX_JOB_ID = 256
+MAX_KEY = 256
+"""Characters a concurrency key may have at most (it is part of Redis key names)."""
+
+ConcurrencyKey = str | Callable[..., str]
+"""``concurrency_key``: one key for every job, or a function of the job's arguments."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,7 @@ class Options:
     priority: int | None = None
     on_success: Call[Any] | None = None  # enqueued with the result as first argument
     on_failure: Call[Any] | None = None  # enqueued with the job's id once it failed for good
+    concurrency_key: str | None = None  # the job's key (else the task's concurrency_key)
 
 
 class _Piped:
@@ -99,7 +105,8 @@ class Call(Generic[R]):
     ) -> tuple[str, list[Any]]:
         """Validate and encode: the queue, and the job's values for the enqueue script (job id,
         delay ms, eta ms, expires-in ms, expires-at ms, ``job_fields``, then the workflow's:
-        ``then``, ``flow`` and ``hold``, see ``enqueue_job.lua``). Writes nothing.
+        ``then``, ``flow`` and ``hold``, then the concurrency key and its limits, see
+        ``enqueue_job.lua``). Writes nothing; a ``concurrency_key`` function runs here.
 
         ``piped``: the job receives its predecessor's result as its first positional argument
         (a mutable step of a workflow), so the arguments are checked with it in front."""
@@ -126,7 +133,39 @@ class Call(Generic[R]):
         fields = job_fields(task.name, queue, args, kwargs, retries, timeout, priority)
         delay = round(opts.delay * 1000)
         held = "" if hold is None else max(1, hold)
-        return queue, [job_id, delay, eta_ms, expires_in, expires_at, *fields, then, flow, held]
+        key = self._concurrency_key(piped)
+        limits = task.key_limits if key else ""  # "" with a key: the workers' declared ones
+        return queue, [
+            job_id, delay, eta_ms, expires_in, expires_at, *fields, then, flow, held, key, limits,
+        ]  # fmt: skip
+
+    def _concurrency_key(self, piped: bool) -> str:
+        """The job's concurrency key ("" for none): the one given to ``options``, else the
+        task's, computed from the job's arguments when it is a function."""
+        task = self.task
+        if self.options.concurrency_key is not None:
+            return self.options.concurrency_key
+        source = task.concurrency_key
+        if source is None or isinstance(source, str):
+            return source or ""
+        name = getattr(source, "__name__", None) or repr(source)
+        if piped:
+            raise TypeError(
+                f"task {task.name!r}: its concurrency_key function {name} needs the job's "
+                "arguments, and this workflow step gets its first one from the previous step "
+                "when that ends: give the key with .options(concurrency_key=...), or use .si()"
+            )
+        try:
+            value = source(*self.args, **self.kwargs)
+        except Exception as exc:
+            raise ValueError(
+                f"task {task.name!r}: its concurrency_key function {name} raised "
+                f"{type(exc).__name__}: {exc} for {_shown(self.args, self.kwargs)}"
+            ) from exc
+        return check_key(
+            task.name, value, f"its concurrency_key function {name} returned", self.args,
+            self.kwargs,
+        )  # fmt: skip
 
 
 class Task(Generic[P, R]):
@@ -149,6 +188,9 @@ class Task(Generic[P, R]):
         rate_limit: str | None = None,
         priority: int = 0,
         autoretry_for: AutoRetry | None = None,
+        concurrency_key: ConcurrencyKey | None = None,
+        key_concurrency: int | None = None,
+        key_rate_limit: str | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@app.task needs a function, got {fn!r}")
@@ -171,6 +213,21 @@ class Task(Generic[P, R]):
         self.autoretry_for = (
             None if autoretry_for is None else _exception_types(name, autoretry_for)
         )
+        if concurrency_key is not None and not callable(concurrency_key):
+            check_key(name, concurrency_key, "concurrency_key is")
+        self.concurrency_key = concurrency_key
+        self.key_concurrency = _key_concurrency(name, key_concurrency)
+        self.key_rate_limit: RateLimit | None = (
+            None if key_rate_limit is None else _rate(name, "key_rate_limit", key_rate_limit)
+        )
+        #: how the enqueue script gets a keyed job's limits (``keyed.lua``): "<concurrency>
+        #: <rate n> <rate period ms>", 0 for none; "" when the task declares none (the script
+        #: then uses what the workers' code declares, else one at a time: a producer that knows
+        #: the task by name only gets the task's limits)
+        self.key_limits = ""
+        if self.key_concurrency or self.key_rate_limit:
+            rate = self.key_rate_limit.wire if self.key_rate_limit else "0 0"
+            self.key_limits = f"{self.key_concurrency or 0} {rate}"
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
         params = self._signature.parameters.values()
@@ -200,6 +257,7 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         on_success: Call[Any] | None = None,
         on_failure: Call[Any] | None = None,
+        concurrency_key: str | None = None,
     ) -> TaskOptions[P, R]:
         """The same task with per-enqueue options.
 
@@ -209,9 +267,15 @@ class Task(Generic[P, R]):
         starts first within its queue) overrides the task's. ``on_success=notify.s()`` is
         enqueued with the result as its first argument once the job succeeds;
         ``on_failure=alert.s()`` with the job's id once it has failed for good (after its
-        retries), never on an attempt that is retried.
+        retries), never on an attempt that is retried. ``concurrency_key="tenant-7"`` is the
+        job's key (instead of the task's ``concurrency_key``), limited by the task's
+        ``key_concurrency`` and ``key_rate_limit`` (one at a time when it has neither).
         """
         opts = _options(self.name, job_id, queue, retries, timeout, delay, eta, expires, priority)
+        if concurrency_key is not None:
+            opts = replace(
+                opts, concurrency_key=check_key(self.name, concurrency_key, "concurrency_key is")
+            )
         for role, cb in (("on_success", on_success), ("on_failure", on_failure)):
             if cb is not None and not isinstance(cb, Call):
                 raise TypeError(
@@ -367,6 +431,52 @@ def _exception_types(task: str, types: object) -> tuple[type[BaseException], ...
         if not (isinstance(t, type) and issubclass(t, BaseException)):
             raise TypeError(f"task {task!r}: autoretry_for must hold exception classes, got {t!r}")
     return tuple(items)
+
+
+def check_key(
+    task: str,
+    value: object,
+    what: str,
+    args: tuple[Any, ...] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> str:
+    """A concurrency key is a non-empty string of at most MAX_KEY characters; ``what`` says
+    where the value comes from, and ``args``/``kwargs`` the call a function got."""
+    called = "" if args is None else f" for {_shown(args, kwargs or {})}"
+    if not isinstance(value, str):
+        raise TypeError(
+            f"task {task!r}: {what} {value!r} ({type(value).__name__}){called}; a concurrency "
+            "key must be a string"
+        )
+    if not value:
+        raise ValueError(f"task {task!r}: {what} an empty string{called}; a key must not be empty")
+    if len(value) > MAX_KEY:
+        raise ValueError(
+            f"task {task!r}: {what} a key of {len(value)} characters{called}; at most {MAX_KEY}"
+        )
+    return value
+
+
+def _key_concurrency(task: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"task {task!r}: key_concurrency must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"task {task!r}: key_concurrency must be >= 1, got {value!r}")
+    return value
+
+
+def _rate(task: str, option: str, value: str) -> RateLimit:
+    try:
+        return parse_rate(value)
+    except ValueError as exc:
+        raise ValueError(f"task {task!r}: {option}: {exc}") from None
+
+
+def _shown(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A call's arguments as a reader would write them: "(1, 'a', x=2)"."""
+    return "(" + ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())]) + ")"
 
 
 def check_priority(owner: str, priority: object) -> int:

@@ -23,17 +23,19 @@ import orjson
 from redis.exceptions import ResponseError
 
 from .app import App
-from .job import JobStatus
+from .job import KEY_LIMIT, JobStatus
 from .keys import (
     GROUP,
     PRIORITIES,
     THROUGHPUT_BUCKET,
     THROUGHPUT_WINDOW,
     QueueKeys,
+    split_group,
     throughput_key,
     workers_key,
 )
 from .message import flat_pairs, history_field, int_field, json_field, text_field, time_field
+from .ratelimit import RateLimit
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,9 @@ class QueueStats:
     """Counts of one queue: ``queued`` waiting in the stream, ``running`` delivered and not
     finished, ``scheduled`` waiting for their time, ``failed`` finished failed (records not
     yet expired), ``dead`` in the dead-letter stream; ``paused`` by ``aioq pause``;
-    ``by_priority``: of the queued, how many wait at each priority that has any."""
+    ``by_priority``: of the queued, how many wait at each priority that has any;
+    ``keys_waiting``: how many concurrency keys are at their limit with jobs waiting for a
+    place (those jobs are in none of the counts: ``key_stats`` counts them, key by key)."""
 
     queue: str
     queued: int
@@ -51,6 +55,7 @@ class QueueStats:
     dead: int
     paused: bool
     by_priority: dict[int, int] = field(default_factory=dict)
+    keys_waiting: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +66,7 @@ async def queue_stats(app: App, queues: list[str] | None = None) -> list[QueueSt
     redis = app.redis
     # failures older than the result TTL have expired records (the index trims them lazily)
     since = (time.time() - app.result_ttl) * 1000 if app.result_ttl > 0 else "-inf"
-    per_queue = 4 + 2 * PRIORITIES
+    per_queue = 5 + 2 * PRIORITIES
     async with redis.pipeline(transaction=False) as pipe:
         for q in names:
             k = app.keys(q)
@@ -69,6 +74,7 @@ async def queue_stats(app: App, queues: list[str] | None = None) -> list[QueueSt
             pipe.xlen(k.dead)
             pipe.zcount(k.failed, since, "+inf")
             pipe.exists(k.paused)
+            pipe.zcard(k.keyed)
             for level in k.levels:  # one stream per priority
                 pipe.xlen(level.stream)
                 pipe.xinfo_groups(level.stream)
@@ -76,13 +82,13 @@ async def queue_stats(app: App, queues: list[str] | None = None) -> list[QueueSt
     out = []
     for i, q in enumerate(names):
         counts = replies[per_queue * i : per_queue * (i + 1)]
-        scheduled, dead, failed, paused = counts[:4]
+        scheduled, dead, failed, paused, keyed = counts[:5]
         if isinstance(scheduled, Exception):
             raise scheduled
         queued = running = 0
         by_priority: dict[int, int] = {}
         for priority in range(PRIORITIES):
-            length, groups = counts[4 + 2 * priority : 6 + 2 * priority]
+            length, groups = counts[5 + 2 * priority : 7 + 2 * priority]
             if isinstance(length, Exception):
                 raise length
             level_queued, level_running = _level_counts(int(length), groups)
@@ -93,7 +99,7 @@ async def queue_stats(app: App, queues: list[str] | None = None) -> list[QueueSt
         out.append(
             QueueStats(
                 q, queued, running, int(scheduled), int(failed), int(dead), bool(paused),
-                by_priority,
+                by_priority, int(keyed),
             )
         )  # fmt: skip
     return out
@@ -234,7 +240,7 @@ def throughput_over(points: list[dict[str, float]], seconds: float = 60.0) -> di
 
 _SUMMARY_FIELDS = (
     "status", "task", "queue", "attempts", "enqueued_at", "started_at", "finished_at",
-    "error", "exc_type", "worker", "progress", "priority", "history", "wait",
+    "error", "exc_type", "worker", "progress", "priority", "history", "wait", "ckey",
 )  # fmt: skip
 
 
@@ -258,13 +264,16 @@ class JobSummary:
     #: earlier attempts' failures as ``JobInfo.history``, without tracebacks (``info()``)
     history: list[dict[str, Any]] = field(default_factory=list)
     #: as ``JobInfo``: a scheduled job's due time and why it waits ("delay", "retry",
-    #: "rate limit"); ``None`` for other jobs (``list_jobs`` reads the due times)
+    #: "rate limit", "key rate limit"), or "key limit" for a queued job waiting for a place
+    #: on its key; ``None`` for other jobs (``list_jobs`` reads the due times)
     due_at: datetime | None = None
     wait_reason: str | None = None
     #: a succeeded job's return value, read by ``recent_jobs`` only (other listings and
     #: results over ``RESULT_PREVIEW_MAX`` bytes: None, with ``result_size`` saying how big)
     result: Any = None
     result_size: int = 0
+    #: the job's concurrency key, ``None`` for a job without one
+    concurrency_key: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -298,7 +307,11 @@ def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
         history=[
             {k: x for k, x in h.items() if k != "traceback"} for h in history_field(v["history"])
         ],
-        wait_reason=text_field(v["wait"]) if status == JobStatus.SCHEDULED.value else None,
+        wait_reason=text_field(v["wait"])
+        if status == JobStatus.SCHEDULED.value
+        or (status == JobStatus.QUEUED.value and v["wait"] == KEY_LIMIT)
+        else None,
+        concurrency_key=text_field(v["ckey"]),
     )
 
 
@@ -380,6 +393,7 @@ async def _indexed_jobs(
         sources.append(_running_ids(app, levels, page))
     if JobStatus.QUEUED.value in statuses:
         sources.append(_queued_ids(app, levels, page))
+        sources.append(_key_waiting_ids(app, keys, page))
     if JobStatus.SCHEDULED.value in statuses:
         sources.append(_scheduled_ids(app, keys, page))
     rows: list[JobSummary] = []
@@ -448,6 +462,22 @@ async def _queued_ids(app: App, levels: list[_Level], page: int) -> AsyncGenerat
             if len(entries) < page:
                 break
             start = b"(" + entries[-1][0]
+
+
+async def _key_waiting_ids(app: App, keys: QueueKeys, page: int) -> AsyncGenerator[list[str]]:
+    """Pages of the job ids waiting for a place on their concurrency key, key by key (of the
+    first KEY_SCAN keys at their limit), each key's next to start first."""
+    groups: list[bytes] = await app.redis.zrange(keys.keyed, 0, KEY_SCAN - 1)  # type: ignore[assignment]
+    for group in groups:
+        start = 0
+        while True:
+            ids: list[bytes] = await app.redis.lrange(keys.keywait(group), start, start + page - 1)  # type: ignore[assignment]
+            if not ids:
+                break
+            yield [jid.decode(errors="replace") for jid in ids]
+            if len(ids) < page:
+                break
+            start += page
 
 
 async def _running_ids(app: App, levels: list[_Level], page: int) -> AsyncGenerator[list[str]]:
@@ -744,3 +774,88 @@ async def rate_limit_stats(app: App) -> list[dict[str, str]]:
         for task, limit in (await app.rate_limits(q)).items():
             out.append({"queue": q, "task": task, "limit": limit})
     return out
+
+
+# -- concurrency keys -----------------------------------------------------------------------
+
+KEY_SCAN = 1000
+"""Keys at their limit a view reads at most per queue (the first of the queue's index)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStats:
+    """A concurrency key at its limit, with jobs waiting for a place (``scripts/keyed.lua``).
+
+    ``active``: the places held (jobs on a stream or running, or sent back for a moment by a
+    rate limit); ``waiting``: the jobs waiting for a place (one cancelled while it waited
+    counts until its turn comes); ``concurrency`` and ``rate``: the key's limits as its jobs
+    carry them (``None``: no such limit).
+    """
+
+    queue: str
+    task: str
+    key: str
+    active: int
+    waiting: int
+    concurrency: int | None
+    rate: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def key_stats(app: App, queues: list[str] | None = None, limit: int = 20) -> list[KeyStats]:
+    """The concurrency keys at their limit with jobs waiting, the most waiting first: up to
+    ``limit`` of the first ``KEY_SCAN`` such keys of each queue (given queues, default all).
+    Three round trips: each queue's index of keys with jobs waiting, how many wait on each and
+    hold places, and one waiting job's limits for each key shown."""
+    names = queues or app.queues
+    redis = app.redis
+    async with redis.pipeline(transaction=False) as pipe:
+        for q in names:
+            pipe.zrange(app.keys(q).keyed, 0, KEY_SCAN - 1)
+        indexes: list[list[bytes]] = await pipe.execute()
+    found = [(q, g) for q, groups in zip(names, indexes, strict=True) for g in groups]
+    if not found:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for q, g in found:
+            pipe.llen(app.keys(q).keywait(g))
+            pipe.zcard(app.keys(q).keyrun(g))
+        counts = await pipe.execute()
+    rows = [
+        (q, g, int(waiting), int(held))
+        for (q, g), waiting, held in zip(found, counts[::2], counts[1::2], strict=True)
+        if waiting
+    ]
+    rows.sort(key=lambda r: r[2], reverse=True)
+    rows = rows[:limit]
+    async with redis.pipeline(transaction=False) as pipe:
+        for q, g, _, _ in rows:
+            pipe.lindex(app.keys(q).keywait(g), 0)
+        heads: list[bytes | None] = await pipe.execute()
+    async with redis.pipeline(transaction=False) as pipe:
+        for (q, _, _, _), head in zip(rows, heads, strict=True):
+            pipe.hget(app.keys(q).job(head.decode(errors="replace") if head else ""), "klimit")
+        specs: list[bytes | None] = await pipe.execute(raise_on_error=False)
+    out = []
+    for (q, g, waiting, held), spec in zip(rows, specs, strict=True):
+        task, key = split_group(g)
+        concurrency, rate = _key_limits(spec if isinstance(spec, bytes) else None)
+        out.append(KeyStats(q, task, key, held, waiting, concurrency, rate))
+    return out
+
+
+def _key_limits(spec: bytes | None) -> tuple[int | None, str | None]:
+    """(concurrency, rate) from a job's ``klimit`` ("<concurrency> <n> <period ms>")."""
+    try:
+        concurrency, n, period = (int(x) for x in (spec or b"").split())
+    except ValueError:
+        return None, None
+    rate: str | None = None
+    if n and period:
+        try:
+            rate = str(RateLimit(n, period))
+        except KeyError:  # a period no unit names (another program's record)
+            rate = f"{n}/{period}ms"
+    return concurrency or None, rate

@@ -14,6 +14,7 @@ from ..embedded import RedisServerNotFound
 from ..ratelimit import parse_rate
 from . import ops
 from .common import fail, load_app, run
+from .ops import print_key_stats
 from .tables import Column, console, duration, print_table
 
 cli = typer.Typer(
@@ -24,6 +25,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+KEYS_SHOWN = 10  # concurrency keys at their limit `aioq info` lists
 DISTRIBUTION = "aioq-redis"  # the name on the package index (``aioq`` there is another project)
 
 
@@ -77,8 +79,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
 ) -> None:
     """Queues of an app (queued, running, scheduled, failed, dead, paused), its throughput over
-    the last minute, its workers, cron schedules with their next tick, and the rate limits in
-    force."""
+    the last minute, its workers, cron schedules with their next tick, the rate limits in
+    force, and the concurrency keys at their limit with how many jobs wait on each."""
     from .. import ops as actions
     from .. import views
 
@@ -93,6 +95,7 @@ def info(
             "workers": [w.as_dict() for w in await views.worker_stats(app)],
             "crons": await views.cron_stats(app),
             "rate_limits": await views.rate_limit_stats(app),
+            "keys": [k.as_dict() for k in await views.key_stats(app, limit=KEYS_SHOWN)],
         }
 
     report = run(app, collect)
@@ -150,6 +153,10 @@ def _extra_tables(report: dict[str, Any]) -> None:
             [Column("queue"), Column("task"), Column("limit")],
             [[r["queue"], r["task"], r["limit"]] for r in report["rate_limits"]],
         )
+    if report["keys"]:
+        at_limit = sum(q["keys_waiting"] for q in report["queues"])
+        more = f", the {KEYS_SHOWN} with most jobs waiting" if at_limit > KEYS_SHOWN else ""
+        print_key_stats(report["keys"], f"{at_limit} concurrency key(s) at their limit{more}")
 
 
 @cli.command("rate-limit")

@@ -55,10 +55,21 @@ def jobs(
     task: Annotated[str | None, typer.Option(help="only jobs of this task")] = None,
     queue: Queues = None,
     limit: Annotated[int, typer.Option(min=1, help="at most this many jobs")] = 50,
+    keys: Annotated[
+        bool,
+        typer.Option(
+            "--keys",
+            help="list the concurrency keys at their limit instead, most jobs waiting first",
+        ),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """List jobs, newest first. Queued, running, scheduled and failed ones are read from the
-    queues' indexes; other statuses (or none) scan the job records, up to --limit matches."""
+    queues' indexes (queued ones include those waiting for a place on their concurrency key);
+    other statuses (or none) scan the job records, up to --limit matches. With --keys: the
+    concurrency keys at their limit, with how many jobs wait on each."""
+    if keys:
+        return _keys(target, queue, limit, as_json)
     wanted: JobStatus | None = None
     if status is not None:
         try:
@@ -91,7 +102,7 @@ def jobs(
             [
                 r.id, r.queue, r.task, str(r.priority), r.status, str(r.attempts),
                 when(r.finished_at or r.started_at or r.enqueued_at, short=True),
-                due(r.due_at, r.wait_reason, short=True),
+                due(r.due_at, r.wait_reason, short=True, key=r.concurrency_key),
                 first_line(f"{r.exc_type}: {r.error}" if r.error else None),
             ]
             for r in rows
@@ -99,11 +110,42 @@ def jobs(
     )  # fmt: skip
 
 
-def due(at: datetime | None, reason: str | None, short: bool = False) -> str:
-    """When a scheduled job is due and why it waits ("-" for other jobs)."""
+def due(
+    at: datetime | None, reason: str | None, short: bool = False, key: str | None = None
+) -> str:
+    """When a scheduled job is due and why it waits, or the key a queued job waits for ("-"
+    for other jobs)."""
+    if reason == "key limit":
+        return f"key {key!r} at its limit"
     if at is None and reason is None:
         return "-"
     return f"{when(at, short=short)} ({reason or 'scheduled'})"
+
+
+def _keys(target: str, queue: list[str] | None, limit: int, as_json: bool) -> None:
+    """``aioq jobs --keys``: the concurrency keys at their limit (``views.key_stats``)."""
+    app = load_app(target)
+    names = known_queues(app, queue)
+    rows = run(app, lambda: views.key_stats(app, queues=names, limit=limit))
+    if as_json:
+        echo_json([r.as_dict() for r in rows])
+        return
+    print_key_stats([r.as_dict() for r in rows], f"{len(rows)} key(s) at their limit")
+
+
+def print_key_stats(rows: list[dict[str, Any]], title: str) -> None:
+    """The table of keys at their limit (``aioq jobs --keys``, ``aioq info``)."""
+    print_table(
+        title,
+        [Column("queue"), Column("task"), Column("key"), Column("active", justify="right"),
+         Column("waiting", justify="right"), Column("limit")],
+        [
+            [r["queue"], r["task"], r["key"], str(r["active"]), str(r["waiting"]),
+             ", ".join(x for x in (r["concurrency"] and f"{r['concurrency']} at once",
+                                   r["rate"] and f"{r['rate']}") if x) or "-"]
+            for r in rows
+        ],
+    )  # fmt: skip
 
 
 def dumps(value: Any) -> str:
@@ -156,8 +198,10 @@ def job(
         ("finished", when(found.finished_at)), ("worker", found.worker or "-"),
         ("progress", "-" if found.progress is None else dumps(found.progress)),
     ]  # fmt: skip
-    if found.status is JobStatus.SCHEDULED:
-        rows.insert(4, ("due", due(found.due_at, found.wait_reason)))
+    if found.status is JobStatus.SCHEDULED or found.wait_reason:
+        rows.insert(4, ("due", due(found.due_at, found.wait_reason, key=found.concurrency_key)))
+    if found.concurrency_key is not None:
+        rows.insert(3, ("key", found.concurrency_key))
     if found.status is JobStatus.SUCCEEDED:
         rows.append(("result", dumps(found.result)))
     if found.error:

@@ -34,6 +34,7 @@ FAILED_LIMIT = 20
 DEAD_LIMIT = 100
 JOBS_LIMIT = 20  # queued, scheduled and running jobs listed per queue
 RECENT_LIMIT = 15  # recently finished jobs listed
+KEYS_LIMIT = 20  # concurrency keys at their limit listed (most jobs waiting first)
 ACTIVE = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
 CANCEL_WAIT = 2.0  # seconds a cancel request waits for a running job's worker to stop it
 
@@ -68,6 +69,7 @@ def dashboard(app: App) -> Starlette:
                 "throughput": await views.throughput(app),
                 "crons": await views.cron_stats(app),
                 "rate_limits": await views.rate_limit_stats(app),
+                "keys": [k.as_dict() for k in await views.key_stats(app, limit=KEYS_LIMIT)],
                 "failed": [j.as_dict() for j in failed],
                 "recent": [j.as_dict() for j in await views.recent_jobs(app, limit=RECENT_LIMIT)],
                 "result_preview_max": views.RESULT_PREVIEW_MAX,

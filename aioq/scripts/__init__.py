@@ -13,7 +13,7 @@ Redis ``TIME`` so workers with skewed clocks agree. Field names of the job hash 
     worker.py    the worker's path: FETCH, START_NEW, RECLAIM, RECOVER, COMPLETE, RENEW,
                  RELEASE_ALL, PROMOTE, and CANCEL, on a shared ``_PRELUDE`` (start.lua)
     flows.py     workflows' hand-overs: FLOW and SWEEP
-    ops.py       the operations: REQUEUE_DEAD, RETRY, PURGE, HEARTBEAT, PROGRESS
+    ops.py       the operations: REQUEUE_DEAD, RETRY, PURGE, PURGE_KEYED, HEARTBEAT, PROGRESS
     helpers.py   ``helpers.lua``, the Lua helpers every script may include
 
 Every script and constant is importable from here (``from aioq.scripts import FETCH``), and
@@ -33,7 +33,7 @@ from ..keys import GROUP, QueueKeys
 from .enqueue import CRON, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
 from .flows import FLOW, FLOW_ARGS, FLOW_CHUNK, SWEEP
 from .helpers import _HELPERS as _HELPERS
-from .ops import HEARTBEAT, PROGRESS, PROGRESS_SHA, PURGE, REQUEUE_DEAD, RETRY
+from .ops import HEARTBEAT, PROGRESS, PROGRESS_SHA, PURGE, PURGE_KEYED, REQUEUE_DEAD, RETRY
 from .worker import _PRELUDE as _PRELUDE
 from .worker import (
     CANCEL,
@@ -65,6 +65,7 @@ __all__ = [
     "PROGRESS_SHA",
     "PROMOTE",
     "PURGE",
+    "PURGE_KEYED",
     "RECLAIM",
     "RECOVER",
     "RELEASE_ALL",
@@ -111,24 +112,26 @@ class Scripts:
         self._requeue_dead = _Script(REQUEUE_DEAD)
         self._retry = _Script(RETRY)
         self._purge = _Script(PURGE)
+        self._purge_keyed = _Script(PURGE_KEYED)
         self._heartbeat = _Script(HEARTBEAT)
         self._cron = _Script(CRON)
         self._flow = _Script(FLOW)
         self._sweep = _Script(SWEEP)
 
     async def prepare(
-        self, queues: Sequence[QueueKeys], rate_limits: dict[QueueKeys, dict[str, str | None]]
+        self,
+        queues: Sequence[QueueKeys],
+        rate_limits: dict[QueueKeys, dict[str, str | None]],
+        key_limits: dict[QueueKeys, dict[str, str | None]] | None = None,
     ) -> None:
         """Create each queue's consumer group (at id 0, so nothing enqueued before is missed),
-        record the rate limits the code declares (``None``: none) and load every script, in
-        one round trip."""
+        record the rate limits and key limits the code declares (``None``: none) and load
+        every script, in one round trip."""
         commands = [c for keys in queues for c in _create_groups(keys)]
         for keys, limits in rate_limits.items():
-            for task, wire in limits.items():
-                if wire is None:
-                    commands.append(pack("HDEL", keys.ratelimits, task))
-                else:
-                    commands.append(pack("HSET", keys.ratelimits, task, wire))
+            commands += _declare(keys.ratelimits, limits)
+        for keys, limits in (key_limits or {}).items():
+            commands += _declare(keys.keylimits, limits)
         scripts = [s for s in vars(self).values() if isinstance(s, _Script)]
         commands += [pack("SCRIPT", "LOAD", s.source) for s in scripts]
         for reply in await self._lane.call(commands, len(commands)):
@@ -372,6 +375,12 @@ class Scripts:
         scanned, jobs = await self._call(self._purge, [keys.stream], [GROUP, until, count])
         return int(scanned), int(jobs)
 
+    async def purge_keyed(self, keys: QueueKeys, count: int) -> tuple[int, int]:
+        """Delete up to ``count`` jobs waiting for a place on their key, and their records:
+        (list entries scanned, jobs deleted)."""
+        scanned, jobs = await self._call(self._purge_keyed, keys.declared, [count])
+        return int(scanned), int(jobs)
+
     async def heartbeat(
         self,
         keys: tuple[str, str],
@@ -389,6 +398,14 @@ class Scripts:
             self._heartbeat, list(keys), [consumer, stats, ttl, done, reported]
         )
         return now
+
+
+def _declare(key: str, limits: dict[str, str | None]) -> list[bytes]:
+    """HSET each task's declared limits in hash ``key``, HDEL a task's that declares none."""
+    return [
+        pack("HDEL", key, task) if wire is None else pack("HSET", key, task, wire)
+        for task, wire in limits.items()
+    ]
 
 
 def _create_groups(keys: QueueKeys) -> list[bytes]:

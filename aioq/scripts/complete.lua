@@ -14,6 +14,8 @@
 -- workflow (its record has `then`) goes into the hand-over outbox (finish.lua) and is returned
 -- with its outcome, so the worker tells its successors at once (handover.py): returns
 -- {fenced ids, hand-overs}, each hand-over {job id, status, then, payload} as handover.lua's.
+-- A keyed job that ends, or waits for its retry's backoff, gives its key's place to the next
+-- job waiting on that key in this call (keyed.lua); one retried at once keeps it.
 --#include start
 --#include history
 --#include handover
@@ -25,7 +27,7 @@ for i = 7, #ARGV, 8 do
   local key = JOBP .. jid
   -- pcall: a foreign key of another type is not ours to write
   local rec = redis.pcall('HMGET', key, 'attempts', 'worker', 'status', 'cancel', 'error',
-                          'then', 'task')
+                          'then', 'task', 'ckey', 'klimit')
   if not rec.err and rec[1] == att and rec[2] == CONSUMER and rec[3] ~= 'running' then
     -- this very outcome, written by a first send of this batch whose reply was lost: no one
     -- else writes a record that still names this consumer and attempt but is not running
@@ -35,7 +37,11 @@ for i = 7, #ARGV, 8 do
   else
     if rec[4] then op = 'cancelled' end        -- job.cancel() won the race with the outcome
     local final = op ~= 'retry'
-    if final then THEN_KNOWN = rec[6] ~= false end
+    local g = key_group(rec[7], rec[8])
+    if final then
+      THEN_KNOWN = rec[6] ~= false
+      KEY_KNOWN = g and {g, rec[9]} or false
+    end
     if op == 'ok' then
       -- a record written before failures went to `history` may still hold one
       if rec[5] then redis.call('HDEL', key, 'error', 'exc_type', 'traceback') end
@@ -60,6 +66,9 @@ for i = 7, #ARGV, 8 do
       if delay > 0 then
         redis.call('HSET', key, 'wait', 'retry')            -- why it waits (its backoff)
         redis.call('ZADD', SCHEDULED, now + delay, jid)
+        if g then key_release(jid, g, rec[9], now) end
+      elseif g then
+        if not key_enter(jid, LEVEL, g, rec[9], now) then redis.call('HSET', key, 'wait', 'key limit') end
       else
         redis.call('XADD', STREAM, '*', 'id', jid)
       end

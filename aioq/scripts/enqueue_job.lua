@@ -6,12 +6,15 @@
 -- ""), hold (seconds; "": not held). A held job is a workflow step waiting for its
 -- predecessors: recorded `scheduled` with wait "workflow", in no stream or set, its delay and
 -- expiry kept for when flow.lua starts it, and the record expires after `hold` seconds unless
--- started. Returns 1 when written, 0 when the id
+-- started. Then ckey (the concurrency key; "": none) and klimit (its limits, keyed.lua; "":
+-- those the workers' code declares for the task, key_declared): a keyed job due now goes onto its stream only while its key has a place, else it waits for
+-- one (keyed.lua). Returns 1 when written, 0 when the id
 -- existed (then nothing is written: a retried enqueue cannot duplicate a job). A job due now is
 -- stamped with the time of its stream entry id (Redis' clock), so it costs no TIME call; the
 -- worker creates the consumer group if the stream is new (NOGROUP), at id 0, so nothing
 -- enqueued first is missed.
 --#include queue
+--#include keyed
 if redis.replicate_commands then redis.replicate_commands() end
 local clock = nil
 local function time_ms()
@@ -38,6 +41,12 @@ local function enqueue_job(key, a)
   end
   local level = level_of(ARGV[a + 12])
   local stream = STREAMS[level]                          -- the stream of the job's priority
+  local ckey, klimit, waits = ARGV[a + 17], ARGV[a + 18], false
+  if ckey ~= '' and klimit == '' then klimit = key_declared(ARGV[a + 6]) end
+  if not stamp and ckey ~= '' then                       -- keyed, due now: a place, or wait
+    stamp = time_ms()
+    waits = not key_enter(jid, level, key_group(ARGV[a + 6], ckey), klimit, stamp, true)
+  end
   if not stamp then                                      -- due now (held jobs have a stamp)
     stamp = tonumber(string.match(redis.call('XADD', stream, '*', 'id', jid), '^%d+'))
   end
@@ -58,5 +67,7 @@ local function enqueue_job(key, a)
   if ARGV[a + 14] ~= '' then redis.call('HSET', key, 'then', ARGV[a + 14]) end
   if ARGV[a + 15] ~= '' then redis.call('HSET', key, 'flow', ARGV[a + 15]) end
   if status == 'scheduled' and hold == '' then redis.call('HSET', key, 'wait', 'delay') end
+  if ckey ~= '' then redis.call('HSET', key, 'ckey', ckey, 'klimit', klimit) end
+  if waits then redis.call('HSET', key, 'wait', 'key limit') end
   return 1
 end

@@ -1,7 +1,10 @@
 -- Finishing a job, shared by every script that ends jobs (the worker's, PROMOTE's expiry and
 -- CANCEL), so each finished job gets the same fields, expiry, failed-index entry, notification
--- and `recent` note. Needs the queue's keys (queue.lua) and the local TTL (result ttl, s).
+-- and `recent` note, and gives back the place a keyed job held (keyed.lua), which the next job
+-- waiting on its key takes in the same call. Needs the queue's keys (queue.lua) and the local
+-- TTL (result ttl, s).
 --#include queue
+--#include keyed
 
 -- Finish a job for good: final status, fields, expiry, and the pushed notification.
 local FINISHED = {}               -- jobs this call finished, for the `recent` stream (noted)
@@ -10,6 +13,8 @@ local FINISHED = {}               -- jobs this call finished, for the `recent` s
 -- finish and the hand-over can lose the transition (handover.py). A caller that has read the
 -- record sets THEN_KNOWN (true/false) first, which saves the HEXISTS on the hot path.
 local THEN_KNOWN = nil
+-- The same for the job's key: false (none) or {group, klimit}, else finish reads the record.
+local KEY_KNOWN = nil
 
 local function finish(jid, status, now, ...)
   FINISHED[#FINISHED + 1] = jid
@@ -44,6 +49,14 @@ local function finish(jid, status, now, ...)
     if #enc <= 65536 then msg = status .. ' ' .. enc end
   end
   redis.call('PUBLISH', DONEP .. jid, msg)
+  local k = KEY_KNOWN
+  KEY_KNOWN = nil
+  if k == nil then
+    local r = redis.call('HMGET', key, 'task', 'ckey', 'klimit')
+    local g = key_group(r[1], r[2])
+    k = g and {g, r[3]} or false
+  end
+  if k then key_release(jid, k[1], k[2], now) end
 end
 
 -- A script's reply, once the jobs it finished are noted in the queue's `recent` stream (one

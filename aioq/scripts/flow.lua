@@ -32,8 +32,13 @@ local function start_held(jid, key, v, input)
     redis.call('HSET', key, 'status', 'scheduled', 'wait', 'delay', 'enqueued_at', now)
     redis.call('ZADD', SCHEDULED, due, jid)
   else
-    redis.call('XADD', STREAMS[level], '*', 'id', jid)
     redis.call('HSET', key, 'status', 'queued', 'enqueued_at', now)
+    local g = key_group(v[8], v[9])
+    if not g then
+      redis.call('XADD', STREAMS[level], '*', 'id', jid)
+    elseif not key_enter(jid, level, g, v[10], now) then
+      redis.call('HSET', key, 'wait', 'key limit')          -- a keyed step waits for a place
+    end
   end
 end
 
@@ -60,7 +65,7 @@ for i = 2, #ARGV, 8 do
   if kind == 'start' then
     local key = JOBP .. id
     local v = redis.pcall('HMGET', key, 'status', 'wait', 'then', 'priority', 'hold_delay',
-                          'hold_eta', 'hold_expires')
+                          'hold_eta', 'hold_expires', 'task', 'ckey', 'klimit')
     if not v.err and v[1] == 'scheduled' and v[2] == 'workflow' then
       if (on == 'ok' and st == 'succeeded') or (on == 'fail' and st == 'failed') then
         local input = nil

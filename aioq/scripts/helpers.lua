@@ -5,6 +5,8 @@
 --   1-9 as written, anything else 0.
 -- now_ms: Redis' clock in epoch milliseconds (every script times jobs by Redis, not workers).
 -- field: a field's value in a flat stream-entry list {name, value, ...}, or nil.
+-- key_group: the flow-control group (keys.py) of a job of `task` whose record holds the
+--   concurrency key `ckey`; nil for a job without a key.
 local function tag_of(key)
   return string.match(key, '^(.*}:)')
 end
@@ -25,4 +27,9 @@ local function field(fields, name)
     if fields[i] == name then return fields[i + 1] end
   end
   return nil
+end
+
+local function key_group(task, ckey)
+  if not ckey or ckey == '' or not task then return nil end
+  return task .. '\0' .. ckey
 end

@@ -2,7 +2,9 @@
 -- KEYS: the queue's (queue.lua; a job of priority p goes to its stream p). ARGV: limit, result
 -- ttl (s).
 -- Returns {moved, next due ms or -1, now ms}. ZREM decides who moves a job, so several workers
--- promoting at once never duplicate one.
+-- promoting at once never duplicate one. A keyed job goes onto its stream only if it holds or
+-- gets a place on its key, else it waits for one (keyed.lua); and the keys with jobs waiting
+-- whose sweep is due are swept (key_sweep), so a place nothing holds comes back.
 if redis.replicate_commands then redis.replicate_commands() end
 local TTL = tonumber(ARGV[2])
 --#include finish
@@ -12,17 +14,24 @@ local moved = 0
 for _, jid in ipairs(ids) do
   redis.call('ZREM', SCHEDULED, jid)
   local key = JOBP .. jid
-  local rec = redis.pcall('HMGET', key, 'status', 'expires_at', 'priority')
+  local rec = redis.pcall('HMGET', key, 'status', 'expires_at', 'priority', 'task', 'ckey',
+                          'klimit')
   if not rec.err and rec[1] == 'scheduled' then
     if rec[2] and now > (tonumber(rec[2]) or math.huge) then
       finish(jid, 'expired', now, 'error', 'not started before it expired')
     else
       redis.call('HSET', key, 'status', 'queued')
-      redis.call('HDEL', key, 'wait')                    -- it waits no more
-      redis.call('XADD', STREAMS[level_of(rec[3])], '*', 'id', jid)
-      moved = moved + 1
+      local g = key_group(rec[4], rec[5])
+      if g and not key_enter(jid, level_of(rec[3]), g, rec[6], now) then
+        redis.call('HSET', key, 'wait', 'key limit')      -- its key has no place: it waits
+      else
+        redis.call('HDEL', key, 'wait')                  -- it waits no more
+        if not g then redis.call('XADD', STREAMS[level_of(rec[3])], '*', 'id', jid) end
+        moved = moved + 1
+      end
     end
   end
 end
+key_sweep(now, 20)
 local nxt = redis.call('ZRANGE', SCHEDULED, 0, 0, 'WITHSCORES')
 return noted({moved, tonumber(nxt[2]) or -1, now})

@@ -2,11 +2,13 @@
 -- job's entry in the pending list) with ids up to ARGV[2], and the records of their jobs that
 -- are still queued; their waiters are woken and find the job gone. Returns {entries scanned,
 -- jobs deleted}; 0 entries: done. KEYS: one of the queue's streams (it is called once per
--- priority).
+-- priority). A keyed job deleted gives its key's place up without passing it on (PURGE_KEYED
+-- has deleted the jobs waiting for it first).
 --#include helpers
 if redis.replicate_commands then redis.replicate_commands() end
 local STREAM = KEYS[1]
 local JOBP, DONEP = tag_of(STREAM) .. '{{KEY_JOB}}', tag_of(STREAM) .. '{{KEY_DONE}}'
+local KEYRUNP = tag_of(STREAM) .. '{{KEY_KEYRUN}}'
 local groups = redis.pcall('XINFO', 'GROUPS', STREAM)
 if groups.err then return {0, 0} end                      -- no stream
 local from = '-'
@@ -17,7 +19,10 @@ local entries = redis.call('XRANGE', STREAM, from, ARGV[2], 'COUNT', ARGV[3])
 local jobs = 0
 for _, e in ipairs(entries) do
   local jid = field(e[2], 'id')
-  if jid and redis.pcall('HGET', JOBP .. jid, 'status') == 'queued' then
+  local v = jid and redis.pcall('HMGET', JOBP .. jid, 'status', 'task', 'ckey')
+  if v and not v.err and v[1] == 'queued' then
+    local g = key_group(v[2], v[3])
+    if g then redis.call('ZREM', KEYRUNP .. g, jid) end   -- the place it held on its key
     redis.call('DEL', JOBP .. jid)
     redis.call('PUBLISH', DONEP .. jid, 'purged')
     jobs = jobs + 1

@@ -1,13 +1,14 @@
 -- Shared by REQUEUE_DEAD and RETRY. KEYS: the queue's (queue.lua).
 if redis.replicate_commands then redis.replicate_commands() end
 --#include queue
+--#include keyed
 --#include history
 local ACTIVE = {queued = true, scheduled = true, running = true}
 
 -- Put a job back on its stream as a fresh attempt: queued, no deliveries held against it (the
 -- poison counter), the last outcome cleared (its failure kept in `history`), no expiry of the
 -- record while it waits (and no `expires_at`: an operator asked for it to run). `attempts`
--- keeps counting every start.
+-- keeps counting every start. A keyed job goes through its key's places (keyed.lua).
 local function requeue(jid)
   local key = JOBP .. jid
   local last = redis.call('HMGET', key, 'error', 'exc_type', 'traceback', 'attempts',
@@ -21,5 +22,11 @@ local function requeue(jid)
   redis.call('PERSIST', key)
   redis.call('ZREM', FAILED, jid)
   redis.call('ZREM', SCHEDULED, jid)
-  redis.call('XADD', STREAMS[level_of(redis.call('HGET', key, 'priority'))], '*', 'id', jid)
+  local r = redis.call('HMGET', key, 'priority', 'task', 'ckey', 'klimit')
+  local g = key_group(r[2], r[3])
+  if not g then
+    redis.call('XADD', STREAMS[level_of(r[1])], '*', 'id', jid)
+  elseif not key_enter(jid, level_of(r[1]), g, r[4], now_ms()) then
+    redis.call('HSET', key, 'wait', 'key limit')          -- a keyed job waits for a place
+  end
 end

@@ -34,18 +34,21 @@ local function drop(eid)
   redis.call('XDEL', STREAM, eid)
 end
 
--- Global rate limits (see ratelimit.py): a sliding-window log of start times per task. The
--- queue's `ratelimits` hash holds "<limit> <period ms>" per task, and an override under
--- "<task>!" that wins. Looked up once per task per script call, and not at all when the queue
--- has no limits.
+-- Rate limits (see ratelimit.py): a sliding-window log of start times per task (window.lua),
+-- and per key for a keyed job with a key_rate_limit (keyed.lua). The queue's `ratelimits` hash
+-- holds "<limit> <period ms>" per task, and an override under "<task>!" that wins. Looked up
+-- once per task per script call, and not at all when the queue has no limits. A start is
+-- recorded in a log only once every limit on the job allowed it (a log holding starts that
+-- never happened would slow its task or key below its limit).
+--#include window
 local RATEP, RATEW = TAG .. '{{KEY_RATE}}', TAG .. '{{KEY_RATEWAIT}}'
 local limits = nil
-local function rate_allows(task, eid, jid, now)
+local function task_limit(task)
   if limits == nil then
     limits = {}
     if redis.call('EXISTS', RATES) == 0 then limits = false end
   end
-  if not limits or not task then return true end
+  if not limits or not task then return false end
   local lim = limits[task]
   if lim == nil then
     local conf = redis.call('HMGET', RATES, task .. '!', task)
@@ -57,36 +60,41 @@ local function rate_allows(task, eid, jid, now)
     end
     limits[task] = lim
   end
-  if not lim then return true end
-  local key = RATEP .. task
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - lim[2])
-  local used = redis.call('ZCARD', key)
-  if used < lim[1] then
-    redis.call('ZADD', key, now, LEVEL .. ':' .. eid)     -- entry ids repeat across levels
-    redis.call('PEXPIRE', key, lim[2])
-    return true
+  return lim
+end
+
+-- Whether the job may start now (its start is then recorded); if not, it goes back to the
+-- scheduled set for when it may, and holds no slot and spends no attempt (a keyed job keeps
+-- its key's place meanwhile: keyed.lua). `g`, `spec`: the job's key group and klimit, or nil.
+local function rate_allows(task, eid, jid, now, g, spec)
+  local klim = g and key_rate(spec)
+  local lim = task_limit(task)
+  if not lim and not klim then return true end
+  local due, why = nil, nil
+  if klim then
+    due = window_due(KEYRATEP .. g, KEYRATEWP .. g, klim[1], klim[2], jid, now)
+    why = 'key rate limit'
   end
-  -- Not allowed now: due when a start leaves the window. Jobs turned away before and not yet
-  -- due are counted in `ratewait:<task>` (job id -> due), across script calls and workers:
-  -- with r of them waiting, this job waits for the r-th oldest start (one period later per
-  -- full window). So a backlog comes back spread out at the rate it can start, each job about
-  -- once, not all of it every period (which made Redis work grow with the backlog).
-  local waiting = RATEW .. task
-  redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
-  local r = redis.call('ZCARD', waiting)
-  local oldest = tonumber(redis.call('ZRANGE', key, r % used, r % used, 'WITHSCORES')[2])
-  local due = oldest + lim[2] * (1 + math.floor(r / used))
-  redis.call('ZADD', waiting, due, jid)
-  redis.call('PEXPIRE', waiting, due - now + 2 * lim[2])
-  redis.call('HSET', JOBP .. jid, 'status', 'scheduled', 'wait', 'rate limit')
-  redis.call('ZADD', SCHEDULED, due, jid)
-  return false
+  if lim and not due then
+    due = window_due(RATEP .. task, RATEW .. task, lim[1], lim[2], jid, now)
+    why = 'rate limit'
+  end
+  if due then
+    redis.call('HSET', JOBP .. jid, 'status', 'scheduled', 'wait', why)
+    redis.call('ZADD', SCHEDULED, due, jid)
+    return false
+  end
+  local member = LEVEL .. ':' .. eid                      -- entry ids repeat across levels
+  if lim then window_add(RATEP .. task, member, lim[2], now) end
+  if klim then window_add(KEYRATEP .. g, member, klim[2], now) end
+  return true
 end
 
 -- Mark delivered entries (of STREAM) as started jobs, appended to `out`; bury what is not a
 -- job or is poison. Each started job: entry id, job id, attempt, task, args, kwargs, timeout,
 -- retries, priority, trace (the trace-context carrier, nil when the job has none), input (the
--- JSON value a workflow step gets from its predecessor as first argument, nil for others).
+-- JSON value a workflow step gets from its predecessor as first argument, nil for others). A
+-- keyed job of a key limited by rate only gives its key's place back once it starts.
 local function start(entries, now, out)
   out = out or {}
   for _, e in ipairs(entries) do
@@ -114,7 +122,7 @@ local function start(entries, now, out)
       if jid then
         v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
                         'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at', 'worker',
-                        'trace', 'input')
+                        'trace', 'input', 'ckey', 'klimit')
         if v.err then
           problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
           v = false
@@ -153,12 +161,16 @@ local function start(entries, now, out)
         finish(jid, 'failed', now, 'error', problem, 'exc_type', 'PoisonJob',
                'deliveries', d + 1)
         drop(eid)
-      elseif not rate_allows(v[5], eid, jid, now) then
-        drop(eid)                          -- back in the scheduled set: no slot, no attempt spent
       else
-        redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
-                   'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
-        out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12], v[13]}
+        local g = key_group(v[5], v[14])
+        if not rate_allows(v[5], eid, jid, now, g, v[15]) then
+          drop(eid)                        -- back in the scheduled set: no slot, no attempt spent
+        else
+          redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
+                     'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
+          out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12], v[13]}
+          if g and key_spec(v[15]) == 0 then key_release(jid, g, v[15], now) end
+        end
       end
     end
   end

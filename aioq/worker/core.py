@@ -170,7 +170,16 @@ class Worker:
             }
             for keys in self.queue_keys
         }
-        await self.app._call(self.app.scripts.prepare(self.queue_keys, limits))
+        # the key limits each task declares, for producers that enqueue it by name only
+        key_limits = {
+            keys: {
+                t.name: t.key_limits or None
+                for t in self.app.tasks.values()
+                if t.queue == keys.queue
+            }
+            for keys in self.queue_keys
+        }
+        await self.app._call(self.app.scripts.prepare(self.queue_keys, limits, key_limits))
         self.runner.redis = self.app.redis
         await self._open_metrics()
         loop = asyncio.get_running_loop()

@@ -132,8 +132,12 @@ function progressCell(p) {
     el("span", { class: "mono" }, label));
 }
 
-// a scheduled job: when it is due and why it waits (delay, retry backoff, rate limit)
+// a scheduled job: when it is due and why it waits (delay, retry backoff, rate limit); a
+// queued one waiting for a place on its concurrency key: that key
 function dueCell(j) {
+  if (j.wait_reason === "key limit") {
+    return el("td", { class: "due muted" }, "waits for key " + j.concurrency_key);
+  }
   if (j.status !== "scheduled") return el("td", { class: "muted" }, "—");
   return el("td", { class: "due", title: j.due_at ? "due " + new Date(j.due_at).toISOString() : "" },
     until(j.due_at), el("span", { class: "muted" }, " · " + (j.wait_reason || "scheduled")));
@@ -285,6 +289,20 @@ function renderLimits(limits) {
   3, "No rate limits");
 }
 
+// concurrency keys at their limit (views.key_stats): places held, jobs waiting, the limits
+function renderKeys(keys) {
+  $("#keys-count").textContent = keys.length || "";
+  fill("keys", keys.map((k) => el("tr", {},
+    el("td", { class: "mono" }, k.key),
+    el("td", { class: "mono" }, k.task),
+    el("td", {}, el("span", { class: "badge q" }, k.queue)),
+    el("td", { class: "num mono" }, String(k.active)),
+    el("td", { class: "num mono" }, String(k.waiting)),
+    el("td", { class: "mono" }, [k.concurrency && k.concurrency + " at once", k.rate]
+      .filter(Boolean).join(", ") || "—"))),
+  6, "No key is at its limit");
+}
+
 // jobs finished per second over the last 10 minutes, one bar per 10 s: the buckets the
 // workers' heartbeats add to in Redis (views.throughput), so a first load shows them all
 function renderThroughput(series) {
@@ -348,6 +366,7 @@ async function refresh() {
     renderDead(deadBody.dead);
     renderCrons(overview.crons);
     renderLimits(overview.rate_limits);
+    renderKeys(overview.keys || []);
     setLive(true, "live · " + new Date().toLocaleTimeString());
   } catch (e) {
     setLive(false, String(e.message || e));

@@ -1,0 +1,170 @@
+-- Flow control by key (README "Flow control by key"; key layout in keys.py). A job whose record
+-- holds `ckey` (its concurrency key) and `klimit` ("<concurrency> <rate n> <rate period ms>",
+-- 0 for none) belongs to the group g = key_group(task, ckey). A group has `cap` places: its
+-- concurrency, or for a group limited by rate only, its rate's n. A job of the group is on its
+-- stream only while it holds a place (keyrun:<g>); the others wait in keywait:<g>, in no
+-- stream, so they hold no worker slot, spend no attempt, and cost a fetch nothing. A place is
+-- held from the job's entry going onto its stream until the job ends (finish.lua), or waits
+-- for a retry's backoff (complete.lua); in a group without a concurrency limit, only until it
+-- starts. A rate limit that sends a job back for a moment (start.lua) leaves it its place.
+--
+-- Hence the guarantees: at most `concurrency` jobs of a key run at once, since only holders of
+-- a place are ever on a stream; every script that frees a place gives it to the next waiting
+-- job in the same call (key_fill: its entry is on the stream when the script returns, and a
+-- parked worker's XREADGROUP wakes on it), so a key with room never waits for a poll; and the
+-- streams never hold more than `cap` entries of one key, so a key that enqueues its first job
+-- waits behind at most the places of the other keys (and the unkeyed jobs before it), never
+-- behind another key's backlog: the fairness bound of the README.
+--
+-- A worker killed while running a key's jobs: their records still say "running" and their
+-- entries stay pending for the dead consumer, so the jobs keep their places until their leases
+-- lapse and another worker's reclaim runs them again (start.lua), and give them back when that
+-- run ends. No place is ever freed while a copy of its job may still run, and none stays held
+-- after the job ended: every path that ends a job goes through finish(). What could leave a
+-- place held by nothing (a record deleted under a waiting key by another program, or by purge
+-- between two scripts) is caught by checking places against the records (key_check): places
+-- are checked when a key is full and a job arrives, and every key with jobs waiting is swept by
+-- PROMOTE every KEY_CHECK_MS, so such a place comes back within that.
+--#include queue
+--#include window
+local KEYRUNP, KEYWAITP = TAG .. '{{KEY_KEYRUN}}', TAG .. '{{KEY_KEYWAIT}}'
+local KEYRATEP, KEYRATEWP = TAG .. '{{KEY_KEYRATE}}', TAG .. '{{KEY_KEYRATEWAIT}}'
+local KEY_CHECK_MS = {{KEY_CHECK_MS}}
+
+-- A group's limits: concurrency (0: none), rate n and period ms (0, 0: none).
+local function key_spec(spec)
+  local c, n, p = string.match(spec or '', '^(%d+) (%d+) (%d+)$')
+  if not c then return 1, 0, 0 end                   -- not aioq's: one at a time, the safe side
+  return tonumber(c), tonumber(n), tonumber(p)
+end
+
+local function key_cap(spec)
+  local c, n = key_spec(spec)
+  if c > 0 then return c end
+  if n > 0 then return n end
+  return 1
+end
+
+-- Whether a job of group g that has a place (keyrun) still holds it, by its record: queued on a
+-- stream, running (also on a dead worker, until it is reclaimed and ends), or sent back for a
+-- moment by a rate limit.
+local function key_holds(jid, g)
+  local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'wait', 'task', 'ckey')
+  if v.err or key_group(v[3], v[4]) ~= g then return false end
+  if v[1] == 'running' then return true end
+  if v[1] == 'queued' then return v[2] ~= 'key limit' end
+  return v[1] == 'scheduled' and (v[2] == 'rate limit' or v[2] == 'key rate limit')
+end
+
+-- Check the places of g that are due for it against their records, dropping those no job
+-- holds (each place is checked at most once per KEY_CHECK_MS); returns how many are held.
+local function key_check(g, now)
+  local run = KEYRUNP .. g
+  for _, jid in ipairs(redis.call('ZRANGEBYSCORE', run, '-inf', now, 'LIMIT', 0, 100)) do
+    if key_holds(jid, g) then
+      redis.call('ZADD', run, now + KEY_CHECK_MS, jid)
+    else
+      redis.call('ZREM', run, jid)
+    end
+  end
+  return redis.call('ZCARD', run)
+end
+
+-- Give the job a place: its entry goes onto the stream of its priority.
+local function key_admit(jid, level, g, now)
+  redis.call('ZADD', KEYRUNP .. g, now + KEY_CHECK_MS, jid)
+  redis.call('XADD', STREAMS[level], '*', 'id', jid)
+end
+
+-- Give g's free places to its waiting jobs, oldest first (`held`: the places held, when the
+-- caller knows). Jobs that ended while they waited (cancelled, purged) are skipped: they leave
+-- the list here, not when they end, since finding them in a long list would cost more.
+local function key_fill(g, spec, now, held)
+  local room = key_cap(spec) - (held or redis.call('ZCARD', KEYRUNP .. g))
+  local wait = KEYWAITP .. g
+  while room > 0 do
+    local jid = redis.call('LPOP', wait)
+    if not jid then
+      redis.call('ZREM', KEYED, g)
+      return
+    end
+    local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'wait', 'priority')
+    if not v.err and v[1] == 'queued' and v[2] == 'key limit' then
+      redis.call('HDEL', JOBP .. jid, 'wait')
+      key_admit(jid, level_of(v[3]), g, now)
+      room = room - 1
+    end
+  end
+end
+
+-- A job of g that may run now (enqueued, promoted, retried, requeued, a workflow step
+-- started): onto its stream if it holds a place or one is free, else it waits. Returns true
+-- when it went onto its stream; false when it waits (the caller records wait "key limit", in
+-- the same write as the rest: a new job's record is written after this). `fresh`: a job just
+-- enqueued, which holds no place.
+local function key_enter(jid, level, g, spec, now, fresh)
+  if not fresh and redis.call('ZSCORE', KEYRUNP .. g, jid) then
+    redis.call('XADD', STREAMS[level], '*', 'id', jid)
+    return true
+  end
+  local cap = key_cap(spec)
+  local held = redis.call('ZCARD', KEYRUNP .. g)
+  if held >= cap then
+    held = key_check(g, now)
+    -- a place the check freed goes to the jobs that waited for it first (a key with a free
+    -- place and jobs waiting happens only then: every other path fills what it frees)
+    if held < cap then
+      key_fill(g, spec, now, held)
+      held = redis.call('ZCARD', KEYRUNP .. g)
+    end
+  end
+  if held < cap then
+    key_admit(jid, level, g, now)
+    return true
+  end
+  if redis.call('RPUSH', KEYWAITP .. g, jid) == 1 then
+    redis.call('ZADD', KEYED, 'NX', now + KEY_CHECK_MS, g)
+  end
+  return false
+end
+
+-- A job gives its place back (it ended, or waits for a retry's backoff, or, in a group limited
+-- by rate only, it started): the next waiting job of its group takes it, in this same call.
+local function key_release(jid, g, spec, now)
+  if redis.call('ZREM', KEYRUNP .. g, jid) == 1 then key_fill(g, spec, now) end
+end
+
+-- The key limits the workers' code declares for `task` (written at their start, as the task
+-- rate limits are), for a job whose producer knows the task by name only; none declared: one
+-- at a time.
+local function key_declared(task)
+  return redis.call('HGET', KEYLIMITS, task) or '1 0 0'
+end
+
+-- The key rate limit of a group: {n, period ms}, or nil.
+local function key_rate(spec)
+  local _, n, p = key_spec(spec)
+  if n > 0 and p > 0 then return {n, p} end
+  return nil
+end
+
+-- Sweep up to `limit` keys with jobs waiting whose sweep is due: check their places against
+-- the records and fill what that frees (see the top). Their limits are read from a job that
+-- waits (or holds a place): every job of a group carries them.
+local function key_sweep(now, limit)
+  for _, g in ipairs(redis.call('ZRANGEBYSCORE', KEYED, '-inf', now, 'LIMIT', 0, limit)) do
+    local wait = KEYWAITP .. g
+    local spec = nil
+    for _, jid in ipairs({redis.call('LINDEX', wait, 0),
+                          redis.call('ZRANGE', KEYRUNP .. g, 0, 0)[1]}) do
+      local s = jid and redis.pcall('HGET', JOBP .. jid, 'klimit')
+      if not spec and type(s) == 'string' then spec = s end
+    end
+    key_fill(g, spec, now, key_check(g, now))
+    if redis.call('EXISTS', wait) == 1 then
+      redis.call('ZADD', KEYED, now + KEY_CHECK_MS, g)
+    else
+      redis.call('ZREM', KEYED, g)
+    end
+  end
+end

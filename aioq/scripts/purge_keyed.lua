@@ -1,0 +1,28 @@
+-- Delete the jobs waiting for a place on their key (keyed.lua), up to ARGV[1] of them, and
+-- their records; their waiters are woken and find the job gone. Jobs that ended while they
+-- waited (cancelled) leave the lists without being deleted. KEYS: the queue's (queue.lua).
+-- Returns {list entries scanned, jobs deleted}; 0 entries: done. `aioq purge` runs it before
+-- purging the streams, so no waiting job takes a place the purge frees.
+if redis.replicate_commands then redis.replicate_commands() end
+--#include keyed
+local budget = tonumber(ARGV[1])
+local scanned, jobs = 0, 0
+for _, g in ipairs(redis.call('ZRANGE', KEYED, 0, budget - 1)) do
+  if budget <= 0 then break end
+  local wait = KEYWAITP .. g
+  local ids = redis.call('LPOP', wait, budget)
+  if ids then
+    for _, jid in ipairs(ids) do
+      local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'wait')
+      if not v.err and v[1] == 'queued' and v[2] == 'key limit' then
+        redis.call('DEL', JOBP .. jid)
+        redis.call('PUBLISH', DONEP .. jid, 'purged')
+        jobs = jobs + 1
+      end
+    end
+    scanned = scanned + #ids
+    budget = budget - #ids
+  end
+  if redis.call('EXISTS', wait) == 0 then redis.call('ZREM', KEYED, g) end
+end
+return {scanned, jobs}
