@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import pack
 from .errors import JobCancelled, JobNotFound, TaskFailed
+from .keys import key_group
 from .message import history_field
 from .results import subscribe_confirmed
 
@@ -46,8 +47,9 @@ class JobStatus(StrEnum):
 _FINISHED = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
 )
-KEY_LIMIT = b"key limit"
-"""The ``wait`` of a queued job waiting for a place on its key (``scripts/keyed.lua``)."""
+KEY_LIMIT = "key limit"
+"""The ``wait_reason`` of a queued job waiting for a place on its concurrency key (it is in
+its key's list, ``scripts/keyed.lua``, and holds no place there)."""
 _STATE_FIELDS = ("status", "result", "error", "exc_type", "traceback")
 _PROGRESS_RECHECK = 5.0  # seconds without a message before progress() re-reads the record
 
@@ -145,7 +147,13 @@ class Job(Generic[R]):
             raw, due = await pipe.execute()
         if not raw:
             raise JobNotFound(self.id, [keys.queue])
-        return _info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()}, due)
+        info = _info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()}, due)
+        if info.status is JobStatus.QUEUED and info.concurrency_key is not None:
+            # queued with a key: on its stream if it holds a place, else waiting for one
+            group = key_group(info.task, info.concurrency_key)
+            if await self._app.redis.zscore(keys.keyrun(group), self.id) is None:
+                info = replace(info, wait_reason=KEY_LIMIT)
+        return info
 
     async def cancel(self) -> bool:
         """Cancel the job; ``False`` when it had already finished (nothing changes then).
@@ -366,7 +374,6 @@ def _info(job_id: str, queue: str, raw: dict[str, bytes], due: float | None = No
     except ValueError:
         status = JobStatus.FAILED
     waiting = status is JobStatus.SCHEDULED  # a stale score or reason means nothing then
-    keyed = status is JobStatus.QUEUED and raw.get("wait") == KEY_LIMIT
     return JobInfo(
         id=job_id,
         task=_text(raw.get("task")) or "",
@@ -388,7 +395,7 @@ def _info(job_id: str, queue: str, raw: dict[str, bytes], due: float | None = No
         priority=_int(raw.get("priority")),
         history=history_field(raw.get("history")),
         due_at=datetime.fromtimestamp(due / 1000, tz=UTC) if waiting and due else None,
-        wait_reason=_text(raw.get("wait")) if waiting or keyed else None,
+        wait_reason=_text(raw.get("wait")) if waiting else None,
         workflow=(_text(raw.get("flow")) or " ").partition(" ")[2] or None,
         concurrency_key=_text(raw.get("ckey")),
     )

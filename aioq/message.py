@@ -19,8 +19,9 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
                  failed for good: a failure that is retried moves to ``history``)
     wait         why a scheduled job waits: "delay" (enqueued with delay/eta), "retry" (a
                  retry's backoff), "rate limit" (its task's limit turned it away) or "key rate
-                 limit" (its key's); its due time is its score in the queue's scheduled set.
-                 "key limit" on a queued job: it waits for a place on its key (keyed.lua)
+                 limit" (its key's); its due time is its score in the queue's scheduled set
+                 (a queued job waiting for a place on its key has none: it is in its key's
+                 list, keyed.lua)
     ckey, klimit a keyed job's concurrency key, and its task's limits for it: "<concurrency>
                  <rate n> <rate period ms>", 0 for none (``Task.key_limits``)
     history      JSON list of earlier attempts' failures, oldest first, the last 10:

@@ -307,10 +307,7 @@ def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
         history=[
             {k: x for k, x in h.items() if k != "traceback"} for h in history_field(v["history"])
         ],
-        wait_reason=text_field(v["wait"])
-        if status == JobStatus.SCHEDULED.value
-        or (status == JobStatus.QUEUED.value and v["wait"] == KEY_LIMIT)
-        else None,
+        wait_reason=text_field(v["wait"]) if status == JobStatus.SCHEDULED.value else None,
         concurrency_key=text_field(v["ckey"]),
     )
 
@@ -388,17 +385,19 @@ async def _indexed_jobs(
     # a task filter may skip most of a page: read more per round trip then
     page = limit if task is None else max(limit, 100)
     levels = await _level_groups(app, keys) if statuses - {JobStatus.SCHEDULED.value} else []
-    sources: list[AsyncGenerator[list[str]]] = []
+    # each source with the wait_reason of the queued jobs it finds (those waiting for a place
+    # on their key are only known as such by the list they wait in: keyed.lua)
+    sources: list[tuple[AsyncGenerator[list[str]], str | None]] = []
     if JobStatus.RUNNING.value in statuses:
-        sources.append(_running_ids(app, levels, page))
+        sources.append((_running_ids(app, levels, page), None))
     if JobStatus.QUEUED.value in statuses:
-        sources.append(_queued_ids(app, levels, page))
-        sources.append(_key_waiting_ids(app, keys, page))
+        sources.append((_queued_ids(app, levels, page), None))
+        sources.append((_key_waiting_ids(app, keys, page), KEY_LIMIT))
     if JobStatus.SCHEDULED.value in statuses:
-        sources.append(_scheduled_ids(app, keys, page))
+        sources.append((_scheduled_ids(app, keys, page), None))
     rows: list[JobSummary] = []
     seen: set[str] = set()  # a job moving between indexes meanwhile may be read twice
-    for source in sources:
+    for source, reason in sources:
         async with aclosing(source) as pages:
             found = 0
             async for ids in pages:
@@ -409,6 +408,8 @@ async def _indexed_jobs(
                         and (task is None or row.task == task)
                     ):
                         seen.add(row.id)
+                        if reason is not None and row.status == JobStatus.QUEUED.value:
+                            row = replace(row, wait_reason=reason)
                         rows.append(row)
                         found += 1
                 if found >= limit:

@@ -68,7 +68,7 @@ for i = 7, #ARGV, 8 do
         redis.call('ZADD', SCHEDULED, now + delay, jid)
         if g then key_release(jid, g, rec[9], now) end
       elseif g then
-        if not key_enter(jid, LEVEL, g, rec[9], now) then redis.call('HSET', key, 'wait', 'key limit') end
+        key_enter(jid, LEVEL, g, rec[9], now)              -- or it waits for a place
       else
         redis.call('XADD', STREAM, '*', 'id', jid)
       end

@@ -41,11 +41,11 @@ local function enqueue_job(key, a)
   end
   local level = level_of(ARGV[a + 12])
   local stream = STREAMS[level]                          -- the stream of the job's priority
-  local ckey, klimit, waits = ARGV[a + 17], ARGV[a + 18], false
+  local ckey, klimit = ARGV[a + 17], ARGV[a + 18]
   if ckey ~= '' and klimit == '' then klimit = key_declared(ARGV[a + 6]) end
   if not stamp and ckey ~= '' then                       -- keyed, due now: a place, or wait
     stamp = time_ms()
-    waits = not key_enter(jid, level, key_group(ARGV[a + 6], ckey), klimit, stamp, true)
+    key_enter(jid, level, key_group(ARGV[a + 6], ckey), klimit, stamp, true)
   end
   if not stamp then                                      -- due now (held jobs have a stamp)
     stamp = tonumber(string.match(redis.call('XADD', stream, '*', 'id', jid), '^%d+'))
@@ -68,6 +68,5 @@ local function enqueue_job(key, a)
   if ARGV[a + 15] ~= '' then redis.call('HSET', key, 'flow', ARGV[a + 15]) end
   if status == 'scheduled' and hold == '' then redis.call('HSET', key, 'wait', 'delay') end
   if ckey ~= '' then redis.call('HSET', key, 'ckey', ckey, 'klimit', klimit) end
-  if waits then redis.call('HSET', key, 'wait', 'key limit') end
   return 1
 end

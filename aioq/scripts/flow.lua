@@ -36,8 +36,8 @@ local function start_held(jid, key, v, input)
     local g = key_group(v[8], v[9])
     if not g then
       redis.call('XADD', STREAMS[level], '*', 'id', jid)
-    elseif not key_enter(jid, level, g, v[10], now) then
-      redis.call('HSET', key, 'wait', 'key limit')          -- a keyed step waits for a place
+    else
+      key_enter(jid, level, g, v[10], now)                 -- or it waits for a place
     end
   end
 end

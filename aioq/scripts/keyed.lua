@@ -2,7 +2,8 @@
 -- holds `ckey` (its concurrency key) and `klimit` ("<concurrency> <rate n> <rate period ms>",
 -- 0 for none) belongs to the group g = key_group(task, ckey). A group has `cap` places: its
 -- concurrency, or for a group limited by rate only, its rate's n. A job of the group is on its
--- stream only while it holds a place (keyrun:<g>); the others wait in keywait:<g>, in no
+-- stream only while it holds a place (keyrun:<g>); the others wait in keywait:<g> (their
+-- records say "queued", nothing more: a place costs no write to them), in no
 -- stream, so they hold no worker slot, spend no attempt, and cost a fetch nothing. A place is
 -- held from the job's entry going onto its stream until the job ends (finish.lua), or waits
 -- for a retry's backoff (complete.lua); in a group without a concurrency limit, only until it
@@ -46,21 +47,23 @@ local function key_cap(spec)
 end
 
 -- Whether a job of group g that has a place (keyrun) still holds it, by its record: queued on a
--- stream, running (also on a dead worker, until it is reclaimed and ends), or sent back for a
--- moment by a rate limit.
+-- stream (a job with a place is never in the waiting list too: key_enter), running (also on a
+-- dead worker, until it is reclaimed and ends), or sent back for a moment by a rate limit.
 local function key_holds(jid, g)
   local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'wait', 'task', 'ckey')
   if v.err or key_group(v[3], v[4]) ~= g then return false end
-  if v[1] == 'running' then return true end
-  if v[1] == 'queued' then return v[2] ~= 'key limit' end
+  if v[1] == 'running' or v[1] == 'queued' then return true end
   return v[1] == 'scheduled' and (v[2] == 'rate limit' or v[2] == 'key rate limit')
 end
 
 -- Check the places of g that are due for it against their records, dropping those no job
--- holds (each place is checked at most once per KEY_CHECK_MS); returns how many are held.
-local function key_check(g, now)
+-- holds (each place is checked at most once per KEY_CHECK_MS); returns how many are held
+-- (`held`: as many as before the check, when the caller knows).
+local function key_check(g, now, held)
   local run = KEYRUNP .. g
-  for _, jid in ipairs(redis.call('ZRANGEBYSCORE', run, '-inf', now, 'LIMIT', 0, 100)) do
+  local due = redis.call('ZRANGEBYSCORE', run, '-inf', now, 'LIMIT', 0, 100)
+  if held and #due == 0 then return held end                   -- the usual case
+  for _, jid in ipairs(due) do
     if key_holds(jid, g) then
       redis.call('ZADD', run, now + KEY_CHECK_MS, jid)
     else
@@ -77,8 +80,9 @@ local function key_admit(jid, level, g, now)
 end
 
 -- Give g's free places to its waiting jobs, oldest first (`held`: the places held, when the
--- caller knows). Jobs that ended while they waited (cancelled, purged) are skipped: they leave
--- the list here, not when they end, since finding them in a long list would cost more.
+-- caller knows). Jobs that ended while they waited (cancelled, or records gone) are skipped:
+-- they leave the list here, not when they end, since finding them in a long list would cost
+-- more.
 local function key_fill(g, spec, now, held)
   local room = key_cap(spec) - (held or redis.call('ZCARD', KEYRUNP .. g))
   local wait = KEYWAITP .. g
@@ -88,20 +92,18 @@ local function key_fill(g, spec, now, held)
       redis.call('ZREM', KEYED, g)
       return
     end
-    local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'wait', 'priority')
-    if not v.err and v[1] == 'queued' and v[2] == 'key limit' then
-      redis.call('HDEL', JOBP .. jid, 'wait')
-      key_admit(jid, level_of(v[3]), g, now)
+    local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'priority')
+    if not v.err and v[1] == 'queued' then
+      key_admit(jid, level_of(v[2]), g, now)
       room = room - 1
     end
   end
 end
 
 -- A job of g that may run now (enqueued, promoted, retried, requeued, a workflow step
--- started): onto its stream if it holds a place or one is free, else it waits. Returns true
--- when it went onto its stream; false when it waits (the caller records wait "key limit", in
--- the same write as the rest: a new job's record is written after this). `fresh`: a job just
--- enqueued, which holds no place.
+-- started): onto its stream if it holds a place or one is free, else it waits in its key's
+-- list. Returns true when it went onto its stream, false when it waits. `fresh`: a job just
+-- enqueued, which holds no place (and has no record yet: it is written after this).
 local function key_enter(jid, level, g, spec, now, fresh)
   if not fresh and redis.call('ZSCORE', KEYRUNP .. g, jid) then
     redis.call('XADD', STREAMS[level], '*', 'id', jid)
@@ -110,7 +112,7 @@ local function key_enter(jid, level, g, spec, now, fresh)
   local cap = key_cap(spec)
   local held = redis.call('ZCARD', KEYRUNP .. g)
   if held >= cap then
-    held = key_check(g, now)
+    held = key_check(g, now, held)
     -- a place the check freed goes to the jobs that waited for it first (a key with a free
     -- place and jobs waiting happens only then: every other path fills what it frees)
     if held < cap then

@@ -21,13 +21,13 @@ for _, jid in ipairs(ids) do
       finish(jid, 'expired', now, 'error', 'not started before it expired')
     else
       redis.call('HSET', key, 'status', 'queued')
+      redis.call('HDEL', key, 'wait')                    -- it waits no more
       local g = key_group(rec[4], rec[5])
-      if g and not key_enter(jid, level_of(rec[3]), g, rec[6], now) then
-        redis.call('HSET', key, 'wait', 'key limit')      -- its key has no place: it waits
-      else
-        redis.call('HDEL', key, 'wait')                  -- it waits no more
-        if not g then redis.call('XADD', STREAMS[level_of(rec[3])], '*', 'id', jid) end
+      if not g then
+        redis.call('XADD', STREAMS[level_of(rec[3])], '*', 'id', jid)
         moved = moved + 1
+      elseif key_enter(jid, level_of(rec[3]), g, rec[6], now) then
+        moved = moved + 1                                -- else its key has no place: it waits
       end
     end
   end

@@ -13,8 +13,7 @@ for _, g in ipairs(redis.call('ZRANGE', KEYED, 0, budget - 1)) do
   local ids = redis.call('LPOP', wait, budget)
   if ids then
     for _, jid in ipairs(ids) do
-      local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'wait')
-      if not v.err and v[1] == 'queued' and v[2] == 'key limit' then
+      if redis.pcall('HGET', JOBP .. jid, 'status') == 'queued' then
         redis.call('DEL', JOBP .. jid)
         redis.call('PUBLISH', DONEP .. jid, 'purged')
         jobs = jobs + 1

@@ -26,7 +26,7 @@ local function requeue(jid)
   local g = key_group(r[2], r[3])
   if not g then
     redis.call('XADD', STREAMS[level_of(r[1])], '*', 'id', jid)
-  elseif not key_enter(jid, level_of(r[1]), g, r[4], now_ms()) then
-    redis.call('HSET', key, 'wait', 'key limit')          -- a keyed job waits for a place
+  else
+    key_enter(jid, level_of(r[1]), g, r[4], now_ms())      -- or it waits for a place
   end
 end
