@@ -253,18 +253,34 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
         f"{info['loadavg']}",
         "",
     ]
+
+    def row(label: str, value: str) -> str:
+        return f"  {label:<38}{value}"
+
+    def met(rs: list[float], target: float) -> str:
+        m = med(rs)
+        return "met" if m is not None and m >= target else "NOT met"
+
+    def c(scenario: str, variant: str | None, key: str, f: str) -> str:
+        return cell(vals(scenario, variant, key), f)
+
     if "keys" in args.scenarios:
         r = ratios("keys", "keyed", "plain")
+        plain_us, keyed_us = (
+            c("keys", "plain", "script_us", ".1f"),
+            c("keys", "keyed", "script_us", ".1f"),
+        )
+        plain_enq, keyed_enq = (
+            c("keys", "plain", "enqueue", ",.0f"),
+            c("keys", "keyed", "enqueue", ",.0f"),
+        )
         L += [
             f"keys: drain of {args.n:,} no-op jobs, default `aioq worker --burst` (jobs/s)",
-            f"  without keys                          {cell(vals('keys', 'plain', 'rate'), ',.0f')}",
-            f"  {KEYS:,} keys, key_concurrency=2         {cell(vals('keys', 'keyed', 'rate'), ',.0f')}",
-            f"  Redis time in scripts per job: plain {cell(vals('keys', 'plain', 'script_us'), '.1f')}"
-            f" us, keyed {cell(vals('keys', 'keyed', 'script_us'), '.1f')} us",
-            f"  enqueue_many: plain {cell(vals('keys', 'plain', 'enqueue'), ',.0f')}/s, keyed "
-            f"{cell(vals('keys', 'keyed', 'enqueue'), ',.0f')}/s",
-            f"  ratio keyed / plain, per repeat       {cell(r, '.2f')}   target >= 0.70: "
-            f"{'met' if r and med(r) >= 0.7 else 'NOT met'}",  # type: ignore[operator]
+            row("without keys", c("keys", "plain", "rate", ",.0f")),
+            row(f"{KEYS:,} keys, key_concurrency=2", c("keys", "keyed", "rate", ",.0f")),
+            row("ratio keyed / plain, per repeat", f"{cell(r, '.2f')}   >= 0.70: {met(r, 0.7)}"),
+            row("Redis time in scripts per job", f"plain {plain_us} us, keyed {keyed_us} us"),
+            row("enqueue_many", f"plain {plain_enq}/s, keyed {keyed_enq}/s"),
             "",
         ]  # fmt: skip
     if "mix" in args.scenarios:
@@ -272,23 +288,22 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
         L += [
             f"mix: {args.n:,} unlimited no-op jobs (jobs/s), beside {args.w:,} key-limited "
             f"jobs of {HELD_KEYS} keys",
-            f"  alone                                 {cell(vals('mix', 'alone', 'rate'), ',.0f')}",
-            f"  +waiting (key_concurrency=1, 10 run)  {cell(vals('mix', '+waiting', 'rate'), ',.0f')}"
-            f"   ratio {cell(rw, '.2f')}",
-            f"  +rate (key_rate_limit=1/h)            {cell(vals('mix', '+rate', 'rate'), ',.0f')}"
-            f"   ratio {cell(rr, '.2f')}",
-            f"  target >= 0.90: +waiting {'met' if rw and med(rw) >= 0.9 else 'NOT met'}, "  # type: ignore[operator]
-            f"+rate {'met' if rr and med(rr) >= 0.9 else 'NOT met'}",  # type: ignore[operator]
+            row("alone", c("mix", "alone", "rate", ",.0f")),
+            row("+waiting (key_concurrency=1, 10 run)",
+                f"{c('mix', '+waiting', 'rate', ',.0f')}   ratio {cell(rw, '.2f')}"),
+            row("+rate (key_rate_limit=1/h)",
+                f"{c('mix', '+rate', 'rate', ',.0f')}   ratio {cell(rr, '.2f')}"),
+            row("target >= 0.90", f"+waiting {met(rw, 0.9)}, +rate {met(rr, 0.9)}"),
             "",
         ]  # fmt: skip
     if "memory" in args.scenarios:
         L += [
             f"memory: {args.w:,} key-limited jobs enqueued ({args.w - HELD_KEYS:,} waiting), "
             "INFO used_memory delta / jobs",
-            f"  per waiting key-limited job           {cell(vals('memory', None, 'per_job'), ',.0f')} B",
-            f"  per plain queued job (reference)      {cell(vals('memory', None, 'plain'), ',.0f')} B",
-            f"  of which: one waiting job's record    {cell(vals('memory', None, 'record'), ',.0f')} B"
-            f", its key's list {cell(vals('memory', None, 'list_member'), ',.1f')} B/member",
+            row("per waiting key-limited job", f"{c('memory', None, 'per_job', ',.0f')} B"),
+            row("per plain queued job (reference)", f"{c('memory', None, 'plain', ',.0f')} B"),
+            row("of which one waiting job's record", f"{c('memory', None, 'record', ',.0f')} B, "
+                f"its key's list {c('memory', None, 'list_member', ',.1f')} B/member"),
         ]  # fmt: skip
     return "\n".join(L)
 

@@ -112,7 +112,7 @@ async def test_info_counts_each_queue_and_prints_json(redis_url: str) -> None:
     queues = {q["queue"]: q for q in json.loads(r.stdout)["queues"]}
     assert queues["default"] == {
         "queue": "default", "queued": 3, "running": 0, "scheduled": 0, "failed": 0,
-        "dead": 0, "paused": False, "by_priority": {"0": 2, "5": 1},
+        "dead": 0, "paused": False, "by_priority": {"0": 2, "5": 1}, "keys_waiting": 0,
     }  # fmt: skip
     assert queues["emails"]["scheduled"] == 1
     table = aioq(
