@@ -80,24 +80,26 @@ local function key_admit(jid, level, g, now)
 end
 
 -- Give g's free places to its waiting jobs, oldest first (`held`: the places held, when the
--- caller knows). Jobs that ended while they waited (cancelled, or records gone) are skipped:
+-- caller knows); returns how many it gave. Jobs that ended while they waited (cancelled, or
+-- records gone) are skipped:
 -- they leave the list here, not when they end, since finding them in a long list would cost
 -- more.
 local function key_fill(g, spec, now, held)
   local room = key_cap(spec) - (held or redis.call('ZCARD', KEYRUNP .. g))
-  local wait = KEYWAITP .. g
-  while room > 0 do
+  local wait, given = KEYWAITP .. g, 0
+  while given < room do
     local jid = redis.call('LPOP', wait)
     if not jid then
       redis.call('ZREM', KEYED, g)
-      return
+      break
     end
     local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'priority')
     if not v.err and v[1] == 'queued' then
       key_admit(jid, level_of(v[2]), g, now)
-      room = room - 1
+      given = given + 1
     end
   end
+  return given
 end
 
 -- A job of g that may run now (enqueued, promoted, retried, requeued, a workflow step
@@ -152,8 +154,10 @@ end
 
 -- Sweep up to `limit` keys with jobs waiting whose sweep is due: check their places against
 -- the records and fill what that frees (see the top). Their limits are read from a job that
--- waits (or holds a place): every job of a group carries them.
+-- waits (or holds a place): every job of a group carries them. Returns how many jobs it put
+-- on their streams.
 local function key_sweep(now, limit)
+  local given = 0
   for _, g in ipairs(redis.call('ZRANGEBYSCORE', KEYED, '-inf', now, 'LIMIT', 0, limit)) do
     local wait = KEYWAITP .. g
     local spec = nil
@@ -162,11 +166,12 @@ local function key_sweep(now, limit)
       local s = jid and redis.pcall('HGET', JOBP .. jid, 'klimit')
       if not spec and type(s) == 'string' then spec = s end
     end
-    key_fill(g, spec, now, key_check(g, now))
+    given = given + key_fill(g, spec, now, key_check(g, now))
     if redis.call('EXISTS', wait) == 1 then
       redis.call('ZADD', KEYED, now + KEY_CHECK_MS, g)
     else
       redis.call('ZREM', KEYED, g)
     end
   end
+  return given
 end

@@ -32,6 +32,6 @@ for _, jid in ipairs(ids) do
     end
   end
 end
-key_sweep(now, 20)
+moved = moved + key_sweep(now, 20)
 local nxt = redis.call('ZRANGE', SCHEDULED, 0, 0, 'WITHSCORES')
 return noted({moved, tonumber(nxt[2]) or -1, now})
