@@ -29,7 +29,9 @@ Every repeat runs each variant once, order rotated:
                         and end at once, 10 wait out the hour in the scheduled set, 9,980 wait
                         in the lists; no slot is held
              unlimited jobs/s = N / (first no-op start .. last no-op finish), both recorded in
-             the worker; ratios +waiting / alone and +rate / alone (target >= 0.9).
+             the worker; ratios +waiting / alone and +rate / alone (target >= 0.9); and
+             Redis' time in scripts per no-op job (commandstats, as above; the start-up's
+             and the key-limited jobs' scripts included).
   memory   W key-limited jobs enqueued (10 keys, key_concurrency=1: 9,990 waiting): INFO
            used_memory after - before, / W, next to W plain jobs queued (stream entry and
            record) as the reference; and MEMORY USAGE of one waiting job's record and of one
@@ -150,6 +152,7 @@ class Bench:
             task = t.held if variant == "+waiting" else t.metered
             await self.enqueue([task.call(f"h{i % HELD_KEYS}") for i in range(w)])
         await self.enqueue([t.noop.call() for _ in range(n)])
+        await self.r.config_resetstat()
         p = await self.spawn(f"mix.{variant}.r{rep}", burst=False)
         try:
             deadline = time.monotonic() + 300
@@ -158,6 +161,8 @@ class Bench:
                     raise RuntimeError(f"mix {variant}: the worker ended or took too long")
                 await asyncio.sleep(0.01)
             rate = await self.measured(n)
+            stats = await self.r.info("commandstats")
+            script_us = stats.get("cmdstat_evalsha", {}).get("usec", 0) / n
             waiting = 0
             if variant != "alone":
                 keys = t.app.keys()
@@ -168,9 +173,12 @@ class Bench:
             p.send_signal(signal.SIGKILL)  # the held jobs sleep for an hour
             await p.wait()
         self.runs.append({"scenario": "mix", "variant": variant, "rep": rep, "rate": rate,
-                          "waiting": waiting})  # fmt: skip
+                          "waiting": waiting, "script_us": script_us})  # fmt: skip
         extra = f", {waiting:,} still waiting on their keys" if variant != "alone" else ""
-        log(f"rep {rep} mix {variant:>8}: {rate:>8,.0f} unlimited jobs/s{extra}")
+        log(
+            f"rep {rep} mix {variant:>8}: {rate:>8,.0f} unlimited jobs/s, {script_us:.1f} us/job "
+            f"in scripts{extra}"
+        )
 
     # -- memory ---------------------------------------------------------------------------
 
@@ -294,6 +302,10 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
             row("+rate (key_rate_limit=1/h)",
                 f"{c('mix', '+rate', 'rate', ',.0f')}   ratio {cell(rr, '.2f')}"),
             row("target >= 0.90", f"+waiting {met(rw, 0.9)}, +rate {met(rr, 0.9)}"),
+            row("Redis time in scripts per no-op job",
+                f"alone {c('mix', 'alone', 'script_us', '.1f')} us, +waiting "
+                f"{c('mix', '+waiting', 'script_us', '.1f')}, +rate "
+                f"{c('mix', '+rate', 'script_us', '.1f')}"),
             "",
         ]  # fmt: skip
     if "memory" in args.scenarios:
