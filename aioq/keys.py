@@ -61,9 +61,9 @@ task), written ``<g>`` below::
                                         entry is on a stream, they run, or a rate limit sent
                                         them back for a moment) -> epoch ms the place is next
                                         checked against the job's record.
-    aioq:{shop:default}:keywait:<g>     list: the group's jobs waiting for a place, oldest
-                                        first (their record says status "queued", wait
-                                        "key limit").
+    aioq:{shop:default}:keywait:<g>     list: "<priority>:<job id>" of the group's jobs
+                                        waiting for a place, oldest first (their records say
+                                        "queued"; one cancelled meanwhile leaves at its turn).
     aioq:{shop:default}:keyrate:<g>     sorted set: the group's starts in the current window
                                         of its ``key_rate_limit``.
     aioq:{shop:default}:keyratewait:<g> sorted set: job id -> due, the group's jobs turned

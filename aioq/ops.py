@@ -112,7 +112,9 @@ async def purge_queue(app: App, queue: str) -> tuple[int, int]:
     on their concurrency key (counted as entries too; those enqueued meanwhile as well)."""
     entries = jobs = 0
     while True:  # first: no waiting job may take the place of one purged below
-        scanned, deleted = await app.scripts.purge_keyed(app.keys(queue), PURGE_BATCH)
+        scanned, deleted = await app.scripts.purge_keyed(
+            app.keys(queue), PURGE_BATCH, app.result_ttl
+        )
         if not scanned:
             break
         entries += scanned

@@ -475,7 +475,7 @@ async def _key_waiting_ids(app: App, keys: QueueKeys, page: int) -> AsyncGenerat
             ids: list[bytes] = await app.redis.lrange(keys.keywait(group), start, start + page - 1)  # type: ignore[assignment]
             if not ids:
                 break
-            yield [jid.decode(errors="replace") for jid in ids]
+            yield [m[2:].decode(errors="replace") for m in ids]  # "<priority>:<job id>"
             if len(ids) < page:
                 break
             start += page
@@ -837,7 +837,8 @@ async def key_stats(app: App, queues: list[str] | None = None, limit: int = 20) 
         heads: list[bytes | None] = await pipe.execute()
     async with redis.pipeline(transaction=False) as pipe:
         for (q, _, _, _), head in zip(rows, heads, strict=True):
-            pipe.hget(app.keys(q).job(head.decode(errors="replace") if head else ""), "klimit")
+            # a waiting job is "<priority>:<job id>" in its key's list
+            pipe.hget(app.keys(q).job(head[2:].decode(errors="replace") if head else ""), "klimit")
         specs: list[bytes | None] = await pipe.execute(raise_on_error=False)
     out = []
     for (q, g, waiting, held), spec in zip(rows, specs, strict=True):

@@ -375,10 +375,10 @@ class Scripts:
         scanned, jobs = await self._call(self._purge, [keys.stream], [GROUP, until, count])
         return int(scanned), int(jobs)
 
-    async def purge_keyed(self, keys: QueueKeys, count: int) -> tuple[int, int]:
+    async def purge_keyed(self, keys: QueueKeys, count: int, result_ttl: int) -> tuple[int, int]:
         """Delete up to ``count`` jobs waiting for a place on their key, and their records:
         (list entries scanned, jobs deleted)."""
-        scanned, jobs = await self._call(self._purge_keyed, keys.declared, [count])
+        scanned, jobs = await self._call(self._purge_keyed, keys.declared, [count, result_ttl])
         return int(scanned), int(jobs)
 
     async def heartbeat(

@@ -2,9 +2,10 @@
 -- holds `ckey` (its concurrency key) and `klimit` ("<concurrency> <rate n> <rate period ms>",
 -- 0 for none) belongs to the group g = key_group(task, ckey). A group has `cap` places: its
 -- concurrency, or for a group limited by rate only, its rate's n. A job of the group is on its
--- stream only while it holds a place (keyrun:<g>); the others wait in keywait:<g> (their
--- records say "queued", nothing more: a place costs no write to them), in no
--- stream, so they hold no worker slot, spend no attempt, and cost a fetch nothing. A place is
+-- stream only while it holds a place (keyrun:<g>); the others wait in keywait:<g>, in no
+-- stream, so they hold no worker slot, spend no attempt, and cost a fetch nothing. A waiting
+-- job is "<priority>:<job id>" there (the stream its place sends it to) and its record says
+-- "queued", nothing more, so giving it a place reads and writes nothing of its record. A place is
 -- held from the job's entry going onto its stream until the job ends (finish.lua), or waits
 -- for a retry's backoff (complete.lua); in a group without a concurrency limit, only until it
 -- starts. A rate limit that sends a job back for a moment (start.lua) leaves it its place.
@@ -48,7 +49,9 @@ end
 
 -- Whether a job of group g that has a place (keyrun) still holds it, by its record: queued on a
 -- stream (a job with a place is never in the waiting list too: key_enter), running (also on a
--- dead worker, until it is reclaimed and ends), or sent back for a moment by a rate limit.
+-- dead worker, until it is reclaimed and ends), or sent back for a moment by a rate limit. (A
+-- job cancelled while it waited and given a place since does not: the start script, dropping
+-- its entry, would give the place back too, and finds it given back already.)
 local function key_holds(jid, g)
   local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'wait', 'task', 'ckey')
   if v.err or key_group(v[3], v[4]) ~= g then return false end
@@ -80,24 +83,21 @@ local function key_admit(jid, level, g, now)
 end
 
 -- Give g's free places to its waiting jobs, oldest first (`held`: the places held, when the
--- caller knows); returns how many it gave. Jobs that ended while they waited (cancelled, or
--- records gone) are skipped:
--- they leave the list here, not when they end, since finding them in a long list would cost
--- more.
+-- caller knows); returns how many it gave. A job cancelled while it waited is not looked for
+-- in its list (that would cost a scan of it): it gets its place like the others, and the start
+-- script drops its entry and passes the place on (start.lua); CANCEL keeps its record until
+-- then (cancel.lua).
 local function key_fill(g, spec, now, held)
   local room = key_cap(spec) - (held or redis.call('ZCARD', KEYRUNP .. g))
   local wait, given = KEYWAITP .. g, 0
   while given < room do
-    local jid = redis.call('LPOP', wait)
-    if not jid then
+    local m = redis.call('LPOP', wait)
+    if not m then
       redis.call('ZREM', KEYED, g)
       break
     end
-    local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'priority')
-    if not v.err and v[1] == 'queued' then
-      key_admit(jid, level_of(v[2]), g, now)
-      given = given + 1
-    end
+    key_admit(string.sub(m, 3), tonumber(string.sub(m, 1, 1)) or 0, g, now)
+    given = given + 1
   end
   return given
 end
@@ -126,7 +126,7 @@ local function key_enter(jid, level, g, spec, now, fresh)
     key_admit(jid, level, g, now)
     return true
   end
-  if redis.call('RPUSH', KEYWAITP .. g, jid) == 1 then
+  if redis.call('RPUSH', KEYWAITP .. g, level .. ':' .. jid) == 1 then
     redis.call('ZADD', KEYED, 'NX', now + KEY_CHECK_MS, g)
   end
   return false
@@ -161,8 +161,9 @@ local function key_sweep(now, limit)
   for _, g in ipairs(redis.call('ZRANGEBYSCORE', KEYED, '-inf', now, 'LIMIT', 0, limit)) do
     local wait = KEYWAITP .. g
     local spec = nil
-    for _, jid in ipairs({redis.call('LINDEX', wait, 0),
-                          redis.call('ZRANGE', KEYRUNP .. g, 0, 0)[1]}) do
+    local head = redis.call('LINDEX', wait, 0)
+    local holder = redis.call('ZRANGE', KEYRUNP .. g, 0, 0)[1]
+    for _, jid in ipairs({head and string.sub(head, 3), holder}) do
       local s = jid and redis.pcall('HGET', JOBP .. jid, 'klimit')
       if not spec and type(s) == 'string' then spec = s end
     end

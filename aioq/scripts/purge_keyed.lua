@@ -1,6 +1,7 @@
 -- Delete the jobs waiting for a place on their key (keyed.lua), up to ARGV[1] of them, and
--- their records; their waiters are woken and find the job gone. Jobs that ended while they
--- waited (cancelled) leave the lists without being deleted. KEYS: the queue's (queue.lua).
+-- their records; their waiters are woken and find the job gone. Jobs cancelled while they
+-- waited leave the lists, their records expiring after ARGV[2] s (the result ttl) as any
+-- finished job's. KEYS: the queue's (queue.lua).
 -- Returns {list entries scanned, jobs deleted}; 0 entries: done. `aioq purge` runs it before
 -- purging the streams, so no waiting job takes a place the purge frees.
 if redis.replicate_commands then redis.replicate_commands() end
@@ -12,11 +13,15 @@ for _, g in ipairs(redis.call('ZRANGE', KEYED, 0, budget - 1)) do
   local wait = KEYWAITP .. g
   local ids = redis.call('LPOP', wait, budget)
   if ids then
-    for _, jid in ipairs(ids) do
-      if redis.pcall('HGET', JOBP .. jid, 'status') == 'queued' then
+    for _, m in ipairs(ids) do
+      local jid = string.sub(m, 3)                         -- "<priority>:<job id>"
+      local status = redis.pcall('HGET', JOBP .. jid, 'status')
+      if status == 'queued' then
         redis.call('DEL', JOBP .. jid)
         redis.call('PUBLISH', DONEP .. jid, 'purged')
         jobs = jobs + 1
+      elseif status == 'cancelled' and tonumber(ARGV[2]) > 0 then
+        redis.call('EXPIRE', JOBP .. jid, ARGV[2])
       end
     end
     scanned = scanned + #ids

@@ -149,6 +149,13 @@ local function start(entries, now, out)
         drop(eid)
       elseif TERMINAL[status] or status == 'scheduled' then
         drop(eid)                                           -- cancelled while queued, or stale
+        local g = TERMINAL[status] and key_group(v[5], v[14])
+        if g then
+          -- a keyed job cancelled while it waited for a place, and given one since: the place
+          -- goes on, and its record, kept until now (cancel.lua), expires as any finished one
+          key_release(jid, g, v[15], now)
+          if TTL > 0 then redis.call('EXPIRE', JOBP .. jid, TTL) end
+        end
       elseif v[2] then
         finish(jid, 'cancelled', now)                       -- cancelled while its worker died
         drop(eid)
