@@ -148,7 +148,7 @@ def test_backoff_doubles_up_to_its_ceiling() -> None:
         (["--processes", "0"], "--processes must be at least 1, got 0"),
         (["--max-jobs-per-process", "0"], "--max-jobs-per-process must be at least 1, got 0"),
         (["--max-memory-per-process", "0"], "--max-memory-per-process must be above 0 (MB)"),
-        (["--processes", "3", "--metrics-port", "65534"], "--metrics-port must be 0-65535"),
+        (["--processes", "3", "--metrics-port", "65534"], "up to 65536, above 65535"),
     ],
 )
 def test_bad_process_options_exit_2_naming_the_option(

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..embedded import EmbeddedRedis, RedisServerNotFound
 from ..errors import RedisUnavailable
-from ..metrics import MissingMetricsExtra
+from ..metrics import MissingMetricsExtra, require_prometheus
 from ..supervisor import RECYCLE, Supervisor, stop_with_supervisor, supervised
 from ..worker import Worker
 from .target import CliError, known_queues, load_app
@@ -68,26 +68,17 @@ def run(
     child = supervised()
     if child is not None:  # a process of a supervisor: it stops when the supervisor dies
         stop_with_supervisor(child)
-    if concurrency < 1:
-        raise CliError(f"--concurrency must be at least 1, got {concurrency}")
-    if processes is not None and processes < 1:
-        raise CliError(f"--processes must be at least 1, got {processes}")
-    if max_jobs_per_process is not None and max_jobs_per_process < 1:
-        raise CliError(f"--max-jobs-per-process must be at least 1, got {max_jobs_per_process}")
-    if max_memory_per_process is not None and not max_memory_per_process > 0:
-        raise CliError(
-            f"--max-memory-per-process must be above 0 (MB), got {max_memory_per_process:g}"
-        )
-    if metrics_port is not None:
-        # process k of a supervisor serves on --metrics-port + k - 1
-        last = metrics_port + (processes or 1) - 1 if metrics_port else 0
-        if not 0 <= metrics_port <= 65535 or last > 65535:
-            raise CliError(f"--metrics-port must be 0-65535, got {metrics_port}")
+    _check(concurrency, metrics_port, processes, max_jobs_per_process, max_memory_per_process)
     app = load_app(target)
     if queues:
         known_queues(app, queues)
     recycling = max_jobs_per_process is not None or max_memory_per_process is not None
     if child is None and ((processes or 1) > 1 or recycling):
+        if metrics_port is not None:
+            try:
+                require_prometheus()  # said once here, not by every process restarted
+            except MissingMetricsExtra as exc:
+                raise CliError(str(exc)) from None
         options = {
             "target": target, "concurrency": concurrency, "queues": queues, "burst": burst,
             "log_level": log_level, "log_format": log_format,
@@ -119,6 +110,30 @@ def run(
                 f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}"
             ) from None
     return RECYCLE if w.recycled else 0
+
+
+def _check(
+    concurrency: int,
+    metrics_port: int | None,
+    processes: int | None,
+    max_jobs: int | None,
+    max_memory: float | None,
+) -> None:
+    if concurrency < 1:
+        raise CliError(f"--concurrency must be at least 1, got {concurrency}")
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        raise CliError(f"--metrics-port must be 0-65535, got {metrics_port}")
+    if processes is not None and processes < 1:
+        raise CliError(f"--processes must be at least 1, got {processes}")
+    if metrics_port and processes and metrics_port + processes - 1 > 65535:
+        raise CliError(
+            f"--metrics-port {metrics_port} with --processes {processes}: process k serves on "
+            f"port {metrics_port} + k - 1, up to {metrics_port + processes - 1}, above 65535"
+        )
+    if max_jobs is not None and max_jobs < 1:
+        raise CliError(f"--max-jobs-per-process must be at least 1, got {max_jobs}")
+    if max_memory is not None and not max_memory > 0:
+        raise CliError(f"--max-memory-per-process must be above 0 (MB), got {max_memory:g}")
 
 
 def _embedded(stack: contextlib.ExitStack) -> str:
