@@ -3,8 +3,10 @@
 import logging
 
 from .app import App
+from .canvas import Chain, Chord, Group, chain, chord, group
 from .context import JobContext, current_job
 from .errors import AioqError, JobCancelled, JobNotFound, RedisUnavailable, Retry, TaskFailed
+from .group_job import GroupJob
 from .job import Job, JobInfo, JobStatus
 from .task import Call, Task, TaskOptions
 from .worker import Worker
@@ -17,6 +19,10 @@ __all__ = [
     "AioqError",
     "App",
     "Call",
+    "Chain",
+    "Chord",
+    "Group",
+    "GroupJob",
     "Job",
     "JobCancelled",
     "JobContext",
@@ -29,5 +35,8 @@ __all__ = [
     "TaskFailed",
     "TaskOptions",
     "Worker",
+    "chain",
+    "chord",
     "current_job",
+    "group",
 ]

@@ -164,7 +164,8 @@ def test_each_process_gets_the_options_but_the_supervisors_own() -> None:
     argv = [TARGET, "-c", "7", "-q", "a", "-q", "b", "--burst", "--log-level", "debug",
             "--shutdown-timeout", "2.5", "--embedded-redis", "--metrics-port", "9100",
             "--metrics-host", "0.0.0.0", "--log-format", "json", "--processes", "3",
-            "--max-jobs-per-process", "9", "--max-memory-per-process", "300.5"]  # fmt: skip
+            "--max-jobs-per-process", "9", "--max-memory-per-process", "300.5",
+            "--loop", "auto"]  # fmt: skip
     given = vars(cli_worker.parser().parse_args(argv))
     own = {"processes": None, "embedded_redis": False}
     for number in (1, 3):

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..embedded import EmbeddedRedis, RedisServerNotFound
 from ..errors import RedisUnavailable
+from ..loops import MissingUvloop, loop_factory
 from ..metrics import MissingMetricsExtra, require_prometheus
 from ..supervisor import RECYCLE, Supervisor, stop_with_supervisor, supervised
 from ..worker import Worker
@@ -57,6 +58,7 @@ def run(
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
     log_format: str = "text",
+    loop: str = "asyncio",
     processes: int | None = None,
     max_jobs_per_process: int | None = None,
     max_memory_per_process: float | None = None,
@@ -68,6 +70,10 @@ def run(
     child = supervised()
     if child is not None:  # a process of a supervisor: it stops when the supervisor dies
         stop_with_supervisor(child)
+    try:
+        factory = loop_factory(loop)
+    except (ValueError, MissingUvloop) as exc:
+        raise CliError(str(exc)) from None
     _check(concurrency, metrics_port, processes, max_jobs_per_process, max_memory_per_process)
     app = load_app(target)
     if queues:
@@ -83,15 +89,16 @@ def run(
             "target": target, "concurrency": concurrency, "queues": queues, "burst": burst,
             "log_level": log_level, "log_format": log_format,
             "shutdown_timeout": shutdown_timeout, "metrics_port": metrics_port,
-            "metrics_host": metrics_host, "max_jobs_per_process": max_jobs_per_process,
+            "metrics_host": metrics_host, "loop": loop,
+            "max_jobs_per_process": max_jobs_per_process,
             "max_memory_per_process": max_memory_per_process,
         }  # fmt: skip
         return _supervise(processes or 1, embedded_redis, options)
     with contextlib.ExitStack() as stack:
         if embedded_redis:
-            app.redis_url = _embedded(stack)
+            app.rebind(redis_url=_embedded(stack))
         elif child is not None and os.environ.get(EMBEDDED_URL_ENV):
-            app.redis_url = os.environ[EMBEDDED_URL_ENV]
+            app.rebind(redis_url=os.environ[EMBEDDED_URL_ENV])
         try:
             w = Worker(app, concurrency=concurrency, queues=queues or None, burst=burst,
                        shutdown_timeout=shutdown_timeout, metrics_port=metrics_port,
@@ -100,7 +107,8 @@ def run(
         except MissingMetricsExtra as exc:  # --metrics-port without aioq[metrics]
             raise CliError(str(exc)) from None
         try:
-            asyncio.run(_serve(w))
+            with asyncio.Runner(loop_factory=factory) as runner:
+                runner.run(_serve(w))
         except RedisUnavailable as exc:
             raise CliError(str(exc)) from None
         except OSError as exc:
@@ -161,7 +169,7 @@ def child_argv(options: dict[str, Any], number: int) -> list[str]:
         argv += ["--queue", q]
     if o["burst"]:
         argv.append("--burst")
-    argv += ["--log-level", o["log_level"], "--log-format", o["log_format"]]
+    argv += ["--log-level", o["log_level"], "--log-format", o["log_format"], "--loop", o["loop"]]
     argv += ["--shutdown-timeout", repr(o["shutdown_timeout"])]
     if o["metrics_port"] is not None:
         port = o["metrics_port"] and o["metrics_port"] + number - 1
@@ -285,6 +293,13 @@ def parser() -> argparse.ArgumentParser:
         help="text, or json: one object per line (default text)",
     )
     p.add_argument(
+        "--loop",
+        default="asyncio",
+        metavar="LOOP",
+        help="asyncio (default), uvloop (the aioq-redis[uvloop] extra), or auto: uvloop "
+        "when it is installed, else asyncio",
+    )
+    p.add_argument(
         "--processes",
         type=int,
         default=None,
@@ -297,7 +312,7 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="M",
-        help="replace a worker process after it has finished M jobs (implies a supervisor)",
+        help="replace a worker process after it has taken M jobs (implies a supervisor)",
     )
     p.add_argument(
         "--max-memory-per-process",
