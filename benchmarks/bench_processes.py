@@ -138,7 +138,7 @@ class Bench:
         os.environ["AIOQ_REDIS_URL"] = url
         import bench_tasks
 
-        bench_tasks.app.redis_url = url
+        bench_tasks.app.rebind(redis_url=url)
         self.bt = bench_tasks
         self.env = as_installed.child_env(
             {**os.environ, "AIOQ_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
