@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aioq import App, views
+from aioq import App, Worker, views
 from aioq.cli import worker as cli_worker
 from aioq.supervisor import BACKOFF_MAX, backoff
 from aioq.views import WorkerInfo
@@ -156,6 +156,13 @@ def test_bad_process_options_exit_2_naming_the_option(
 ) -> None:
     assert cli_worker.main([TARGET, *args]) == 2
     assert message in capsys.readouterr().err
+
+
+async def test_worker_limits_are_checked(app: App) -> None:
+    with pytest.raises(ValueError, match="max_jobs must be >= 1, got 0"):
+        Worker(app, max_jobs=0)
+    with pytest.raises(ValueError, match="max_memory must be > 0 MB, got -1"):
+        Worker(app, max_memory=-1)
 
 
 def test_each_process_gets_the_options_but_the_supervisors_own() -> None:
