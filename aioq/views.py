@@ -121,7 +121,8 @@ class WorkerInfo:
     """A live worker as its last heartbeat described it (``worker/heartbeat.py``).
 
     ``uptime`` and ``last_beat`` are seconds as of the read; ``started_at`` is the worker's
-    own clock (epoch seconds).
+    own clock (epoch seconds). A worker process of ``aioq worker --processes N`` has the pid
+    of its ``supervisor`` and its ``process`` number (1..N); other workers have None.
     """
 
     consumer: str
@@ -134,15 +135,17 @@ class WorkerInfo:
     started_at: float
     uptime: float
     last_beat: float
+    supervisor: int | None = None
+    process: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 async def worker_stats(app: App) -> list[WorkerInfo]:
-    """The app's live workers, by consumer name. Entries whose worker has not beaten for
-    ``STALE_AFTER`` seconds (it died without a clean stop) are left out (``ops.prune_workers``
-    deletes them)."""
+    """The app's live workers, by host, then pid (the processes of one supervisor together,
+    in their order). Entries whose worker has not beaten for ``STALE_AFTER`` seconds (it died
+    without a clean stop) are left out (``ops.prune_workers`` deletes them)."""
     live, _ = await _heartbeats(app)
     return live
 
@@ -179,6 +182,8 @@ async def _heartbeats(app: App) -> tuple[list[WorkerInfo], list[bytes]]:
                 started_at=float(s.get("started_at", 0.0)),
                 uptime=float(s.get("uptime", 0.0)) + ago,
                 last_beat=ago,
+                supervisor=_int_or_none(s.get("supervisor")),
+                process=_int_or_none(s.get("process")),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             stale.append(consumer)  # not a heartbeat: nothing will ever refresh it
@@ -187,7 +192,12 @@ async def _heartbeats(app: App) -> tuple[list[WorkerInfo], list[bytes]]:
             stale.append(consumer)
         else:
             live.append(info)
-    return sorted(live, key=lambda w: w.consumer), stale
+    # the processes of one supervisor side by side, in their order
+    return sorted(live, key=lambda w: (w.host, w.supervisor or w.pid, w.process or 0)), stale
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 async def throughput(app: App) -> list[dict[str, float]]:

@@ -67,6 +67,16 @@ async def sleep() -> None:
 
 
 @app.task
+async def spin(us: int) -> None:
+    """Hold the CPU for ``us`` microseconds (a job whose cost is Python, bench_processes.py)."""
+    rec.started()
+    end = time.perf_counter() + us / 1e6
+    while time.perf_counter() < end:
+        pass
+    rec.done()
+
+
+@app.task
 async def rpc() -> None:
     """The round trip's no-op (bench_worker.py): nothing recorded, the caller times it."""
 

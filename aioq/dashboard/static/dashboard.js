@@ -99,12 +99,14 @@ function renderWorkers(workers) {
     el("td", { class: "mono" }, w.consumer),
     el("td", {}, w.host),
     el("td", { class: "num" }, w.pid),
+    // a process of `aioq worker --processes N`: its number and its supervisor's pid
+    el("td", { class: "num muted" }, w.process ? "#" + w.process + " of " + w.supervisor : "-"),
     el("td", {}, ...w.queues.map((q) => el("span", { class: "badge q" }, q))),
     el("td", { class: "num" }, w.running + " / " + w.concurrency),
     el("td", { class: "num" }, w.done),
     el("td", { class: "num" }, duration(w.uptime)),
     el("td", { class: "num muted" }, w.last_beat.toFixed(1) + "s ago"))),
-  8, "No worker alive");
+  9, "No worker alive");
 }
 
 // a progress value as a fraction when it says one: a number in [0, 1], or a count and a
