@@ -7,7 +7,7 @@ import os
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import timedelta, tzinfo
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -15,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import CommandLane, MissingDatabase, NotRedis, check_url, make_client, redacted
 from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
+from .env import AppOptions, options_from_env
 from .errors import JobNotFound, RedisUnavailable
 from .group_job import GroupJob
 from .job import Job
@@ -22,7 +23,7 @@ from .keys import QueueKeys, validate_name
 from .ratelimit import RateLimit, parse_rate
 from .results import ResultListener
 from .scripts import Scripts
-from .task import Backoff, Call, Options, Task
+from .task import AutoRetry, Backoff, Call, Options, Task
 from .tracing import publish
 
 P = ParamSpec("P")
@@ -71,15 +72,15 @@ class App:
         max_connections: int = 200,
         workflow_ttl: int = 7 * 86_400,
     ) -> None:
-        self.name = validate_name("app", name)
+        self._name = validate_name("app", name)
         env_url = os.environ.get("AIOQ_REDIS_URL")
         source = "redis_url" if redis_url else "AIOQ_REDIS_URL" if env_url else "redis_url"
-        self.redis_url = check_url(redis_url or env_url or DEFAULT_REDIS_URL, source)
+        self._redis_url = check_url(redis_url or env_url or DEFAULT_REDIS_URL, source)
         if visibility_timeout <= 0:
             raise ValueError(f"visibility_timeout must be > 0 seconds, got {visibility_timeout!r}")
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries!r}")
-        self.visibility_timeout = float(visibility_timeout)
+        self._visibility_timeout = float(visibility_timeout)
         self.result_ttl = int(result_ttl)
         self.max_deliveries = int(max_deliveries)
         self.default_queue = validate_name("queue", default_queue)
@@ -95,6 +96,57 @@ class App:
         self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
             weakref.WeakKeyDictionary()
         )
+
+    @classmethod
+    def from_env(cls, **options: Unpack[AppOptions]) -> App:
+        """An app configured by ``AIOQ_*`` environment variables, one per option
+        (``AIOQ_NAME``, ``AIOQ_REDIS_URL``, ``AIOQ_VISIBILITY_TIMEOUT``, ...; see ``env.py``).
+
+        A keyword argument given here wins over its variable; an unset or empty variable
+        leaves the option's default. A value that does not parse or is out of range raises
+        ``ValueError`` naming the variable and the value; no name at all (neither ``name=``
+        nor ``AIOQ_NAME``) raises ``ValueError`` too.
+        """
+        return cls(**options_from_env(dict(options)))
+
+    @property
+    def name(self) -> str:
+        """The app's name, which namespaces every Redis key it uses (read-only: see
+        ``rebind``)."""
+        return self._name
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis this app uses (read-only: see ``rebind``)."""
+        return self._redis_url
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds a job's lease lasts without renewal before another worker takes it over."""
+        return self._visibility_timeout
+
+    def rebind(self, *, redis_url: str | None = None, name: str | None = None) -> None:
+        """Point this app, and so every task registered on it, at another Redis and/or name.
+
+        For set-up code that gets its Redis late (``aioq worker --embedded-redis``, a test's
+        private server; ``aioq.testing`` isolates each test this way): the tasks keep their
+        app, so code that enqueues through them follows. Only while no connection is open:
+        ``RuntimeError`` otherwise (``await app.aclose()`` first), since open connections
+        would go on using the old Redis. The queues learnt from enqueues are forgotten (they
+        named the old keys); those of the tasks stay.
+        """
+        new_name = self._name if name is None else validate_name("app", name)
+        new_url = self._redis_url if redis_url is None else check_url(redis_url, "redis_url")
+        for loop in list(self._connections):
+            if not loop.is_closed():
+                raise RuntimeError(
+                    f"app {self._name!r} has Redis connections open on an event loop: "
+                    "await app.aclose() in that loop before rebind()"
+                )
+            del self._connections[loop]  # its loop is gone: nothing can use them
+        self._name, self._redis_url = new_name, new_url
+        self._keys.clear()  # they spell the old name
+        self._queues = {self.default_queue, *(t.queue for t in self.tasks.values())}
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} redis={redacted(self.redis_url)!r}>"
@@ -118,6 +170,7 @@ class App:
         timeout: float | None = None,
         rate_limit: str | None = None,
         priority: int = 0,
+        autoretry_for: AutoRetry | None = None,
     ) -> _TaskDecorator: ...
 
     def task(
@@ -132,6 +185,7 @@ class App:
         timeout: float | None = None,
         rate_limit: str | None = None,
         priority: int = 0,
+        autoretry_for: AutoRetry | None = None,
     ) -> Task[Any, Any] | _TaskDecorator:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
@@ -139,10 +193,12 @@ class App:
         hour) caps the task's starts across every worker sharing the Redis; a limited job
         waits in the scheduled set, holding no concurrency slot and spending no retry.
         ``priority`` 0 (default, lowest) to 9: higher starts first within the queue, and lower
-        ones still get a share (see README).
+        ones still get a share (see README). ``autoretry_for=(ConnectionError, ...)`` retries
+        only failures with those exception types (subclasses included) and fails the job at
+        once on any other; without it every exception is retried while ``retries`` last.
         """
         decorator = _TaskDecorator(
-            self, name, queue, retries, backoff, timeout, rate_limit, priority
+            self, name, queue, retries, backoff, timeout, rate_limit, priority, autoretry_for
         )
         return decorator if fn is None else decorator(fn)
 
@@ -424,6 +480,7 @@ class _TaskDecorator:
         timeout: float | None,
         rate_limit: str | None = None,
         priority: int = 0,
+        autoretry_for: AutoRetry | None = None,
     ) -> None:
         self.app = app
         self.name = name
@@ -433,6 +490,7 @@ class _TaskDecorator:
         self.timeout = timeout
         self.rate_limit = rate_limit
         self.priority = priority
+        self.autoretry_for = autoretry_for
 
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
@@ -447,7 +505,7 @@ class _TaskDecorator:
         task: Task[Any, Any] = Task(
             self.app, fn, name=name, queue=queue, retries=self.retries,
             backoff=self.backoff, timeout=self.timeout, rate_limit=self.rate_limit,
-            priority=self.priority,
+            priority=self.priority, autoretry_for=self.autoretry_for,
         )  # fmt: skip
         self.app._register(task)
         return task
@@ -526,6 +584,14 @@ class _NamedOptions:
 
     def call(self, *args: Any, **kwargs: Any) -> Call[Any]:
         return Call(self._task, args, kwargs, self._options)
+
+    def s(self, *args: Any, **kwargs: Any) -> Call[Any]:
+        """A workflow step with these options (see ``Task.s``)."""
+        return Call(self._task, args, kwargs, self._options)
+
+    def si(self, *args: Any, **kwargs: Any) -> Call[Any]:
+        """An immutable workflow step with these options (see ``Task.si``)."""
+        return Call(self._task, args, kwargs, self._options, immutable=True)
 
 
 def _unknown(*args: Any, **kwargs: Any) -> Any:

@@ -123,7 +123,9 @@ class GroupJob:
             raise JobNotFound(self.id, [keys.queue])
         from .handover import cancel_workflow
 
-        return await cancel_workflow(self._app, flow.decode() if isinstance(flow, bytes) else flow) > 0
+        return (
+            await cancel_workflow(self._app, flow.decode() if isinstance(flow, bytes) else flow) > 0
+        )
 
 
 class _Failed:

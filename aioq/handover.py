@@ -73,11 +73,13 @@ def _actions(then: bytes, hid: bytes) -> list[dict[str, Any]]:
     return actions
 
 
-async def sweep(app: App, keys: QueueKeys, min_age: float = SWEEP_AFTER) -> int:
-    """Pass on what has waited in ``keys``' outbox for ``min_age`` seconds; how many."""
+async def sweep(app: App, keys: QueueKeys, min_age: float | None = None) -> int:
+    """Pass on what has waited in ``keys``' outbox for ``min_age`` seconds (default
+    ``SWEEP_AFTER``); how many."""
+    age = SWEEP_AFTER if min_age is None else min_age
     passed = 0
     while True:
-        rows = await app.scripts.sweep(keys, round(min_age * 1000), 200)
+        rows = await app.scripts.sweep(keys, round(age * 1000), 200)
         if not rows:
             return passed
         passed += await hand_over(app, [(keys, r) for r in rows])

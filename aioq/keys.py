@@ -36,7 +36,7 @@ single cluster slot and two apps (or two queues) never collide::
                                         array of them (succeeded, failed, cancelled, expired),
                                         capped near 100 entries: the recently finished jobs
                                         (``views.recent_jobs``), one XADD per batch, not job.
-    aioq:{shop:default}:flows           sorted set: the hand-over outbox of workflows (``handover.py``):
+    aioq:{shop:default}:flows           sorted set: workflows' hand-over outbox (``handover.py``):
                                         id of a finished job (or fired join) whose successors are
                                         not yet told -> epoch ms it was added or last swept.
                                         Written in the same script that finishes the job;
@@ -228,8 +228,9 @@ class QueueKeys:
     def declared(self) -> tuple[str, ...]:
         """The KEYS of every script of the queue: each priority's stream (0 first), then the
         scheduled set, the dead-letter stream, the failed index, the recent stream, the rate
-        limits and the hand-over outbox (``queue.lua`` names them). Keys named by data (a job's record, a task's rate
-        log) share their hash tag, so every script stays in one cluster slot."""
+        limits and the hand-over outbox (``queue.lua`` names them). Keys named by data (a
+        job's record, a task's rate log) share their hash tag, so every script stays in one
+        cluster slot."""
         return self.levels[0]._declared
 
     def progress(self, job_id: str) -> str:

@@ -25,6 +25,9 @@ R = TypeVar("R")
 Backoff = float | Callable[[int], float]
 """Base seconds of exponential backoff with jitter, or a function attempt -> seconds."""
 
+AutoRetry = type[BaseException] | tuple[type[BaseException], ...]
+"""``autoretry_for``: the exception types whose failures are retried (subclasses too)."""
+
 MAX_JOB_ID = 256
 
 
@@ -145,6 +148,7 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         rate_limit: str | None = None,
         priority: int = 0,
+        autoretry_for: AutoRetry | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@app.task needs a function, got {fn!r}")
@@ -163,6 +167,10 @@ class Task(Generic[P, R]):
         self.backoff = backoff
         self.timeout = timeout
         self.rate_limit: RateLimit | None = None if rate_limit is None else parse_rate(rate_limit)
+        #: None: a failure of any exception is retried (while retries are left)
+        self.autoretry_for = (
+            None if autoretry_for is None else _exception_types(name, autoretry_for)
+        )
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
         params = self._signature.parameters.values()
@@ -254,6 +262,11 @@ class Task(Generic[P, R]):
         except TypeError as exc:
             raise TypeError(f"task {self.name!r} called with bad arguments: {exc}") from None
 
+    def retries_on(self, exc: BaseException) -> bool:
+        """Whether a failure with ``exc`` may be retried: any exception, unless
+        ``autoretry_for`` names the types that may (``raise Retry`` always retries)."""
+        return self.autoretry_for is None or isinstance(exc, self.autoretry_for)
+
     def backoff_delay(self, attempt: int) -> float:
         """Seconds to wait before the attempt after ``attempt`` failed: exponential, jittered."""
         if callable(self.backoff):
@@ -339,6 +352,21 @@ def _options(
         Options(), job_id=job_id, queue=queue, retries=retries, timeout=timeout,
         delay=seconds, eta=eta, expires=expires_in, expires_at=expires_at, priority=priority,
     )  # fmt: skip
+
+
+def _exception_types(task: str, types: object) -> tuple[type[BaseException], ...]:
+    """``autoretry_for`` as a tuple of exception classes; a ``TypeError`` naming the task and
+    the first thing in it that is not one."""
+    items = (types,) if isinstance(types, type) else types
+    if not isinstance(items, tuple | list | set | frozenset):
+        raise TypeError(
+            f"task {task!r}: autoretry_for must be an exception class or a tuple of them, "
+            f"got {types!r}"
+        )
+    for t in items:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"task {task!r}: autoretry_for must hold exception classes, got {t!r}")
+    return tuple(items)
 
 
 def check_priority(owner: str, priority: object) -> int:

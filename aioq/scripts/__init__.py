@@ -304,9 +304,7 @@ class Scripts:
 
     async def sweep(self, keys: QueueKeys, min_age_ms: int, limit: int) -> list[list[bytes]]:
         """The hand-overs left in the queue's outbox for ``min_age_ms`` (see SWEEP)."""
-        rows: list[list[bytes]] = await self._call(
-            self._sweep, keys.declared, [min_age_ms, limit]
-        )
+        rows: list[list[bytes]] = await self._call(self._sweep, keys.declared, [min_age_ms, limit])
         return rows
 
     async def handed_over(self, done: dict[QueueKeys, list[bytes]]) -> None:
@@ -340,7 +338,9 @@ class Scripts:
         )
         return n
 
-    async def cancel_many(self, jobs: Sequence[tuple[QueueKeys, str]], result_ttl: int) -> list[int]:
+    async def cancel_many(
+        self, jobs: Sequence[tuple[QueueKeys, str]], result_ttl: int
+    ) -> list[int]:
         """``cancel`` of many jobs in one round trip; their outcomes in order."""
         commands = [
             self._cancel.command([*keys.declared, keys.job(jid)], [jid, result_ttl])

@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..app import App
 from ..keys import QueueKeys
+from ..loops import loop_name
 from ..metrics import (
     JobObserver,
     JobSummary,
@@ -195,8 +196,9 @@ class Worker:
         self.started_at = time.time()
         self._ready.set()
         log.info(
-            "worker %s started: app %r, queues %s, concurrency %d",
+            "worker %s started: app %r, queues %s, concurrency %d, loop %s",
             self.consumer, self.app.name, [k.queue for k in self.queue_keys], self.concurrency,
+            loop_name(loop),
         )  # fmt: skip
 
     async def _open_metrics(self) -> None:
