@@ -94,7 +94,7 @@ class Bench:
         os.environ["AIOQ_REDIS_URL"] = url
         import bench_tasks
 
-        bench_tasks.app.redis_url = url
+        bench_tasks.app.rebind(redis_url=url)
         self.bt = bench_tasks
         self.app = bench_tasks.app
         self.env = as_installed.child_env(
