@@ -38,10 +38,18 @@ HandOver = tuple[QueueKeys, Sequence[bytes]]
 """A hand-over (``handover.lua``: id, status, then, payload) and the queue it comes from."""
 
 
-async def hand_over(app: App, pending: Sequence[HandOver]) -> int:
-    """Pass hand-overs on until nothing follows; how many were passed on."""
+async def hand_over(
+    app: App, pending: Sequence[HandOver], left: list[HandOver] | None = None
+) -> int:
+    """Pass hand-overs on until nothing follows; how many were passed on.
+
+    ``left``, when given, holds what is not passed on yet at every moment (the round under
+    way), so a caller interrupted by an error or a cancellation can pass that on later
+    instead of leaving what followed to the sweep."""
     passed = 0
     while pending:
+        if left is not None:
+            left[:] = pending
         records: dict[QueueKeys, list[Any]] = {}
         done: dict[QueueKeys, list[bytes]] = {}
         for source, (hid, status, then, payload) in pending:
@@ -56,6 +64,8 @@ async def hand_over(app: App, pending: Sequence[HandOver]) -> int:
         await app.scripts.handed_over(done)
         passed += len(pending)
         pending = following
+    if left is not None:
+        left.clear()
     return passed
 
 

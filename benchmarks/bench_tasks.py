@@ -88,3 +88,17 @@ async def lat(i: int) -> None:
         rec.lat(i, f" {t0!r} {t1!r}")
     else:
         rec.lat(i)
+
+
+@app.task
+async def relay(x: int = 0) -> int:
+    """A chain's step (bench_workflows.py): records its start, returns the previous step's
+    result plus one."""
+    rec.lat(x)
+    return x + 1
+
+
+@app.task
+async def collect(values: list[Any]) -> int:
+    """A chord's callback (bench_workflows.py): how many member results it got."""
+    return len(values)

@@ -10,7 +10,10 @@
 --   join   the member's outcome is kept under its index once (HSETNX), counted once; the
 --          join fires once: at the last member, or the first failure unless in "collect" mode.
 -- Whatever this finishes that has successors of its own goes into this queue's outbox in the
--- same call, and is returned as hand-overs for the caller to pass on.
+-- same call, and is returned as hand-overs for the caller to pass on. A step or join told again
+-- after it was finished so returns its hand-over again while it is still in the outbox: a
+-- caller interrupted between telling and passing on (a worker stopping) loses nothing by
+-- telling again.
 if redis.replicate_commands then redis.replicate_commands() end
 local TTL = tonumber(ARGV[1])
 --#include finish
@@ -61,7 +64,9 @@ for i = 2, #ARGV, 8 do
     local key = JOBP .. id
     local v = redis.pcall('HMGET', key, 'status', 'wait', 'then', 'priority', 'hold_delay',
                           'hold_eta', 'hold_expires')
-    if not v.err and v[1] == 'scheduled' and v[2] == 'workflow' then
+    if not v.err and v[1] ~= 'scheduled' and redis.call('ZSCORE', FLOWS, id) then
+      out[#out + 1] = job_handover(id)              -- finished, not yet passed on: again
+    elseif not v.err and v[1] == 'scheduled' and v[2] == 'workflow' then
       if (on == 'ok' and st == 'succeeded') or (on == 'fail' and st == 'failed') then
         local input = nil
         if pass == 'value' then input = payload elseif pass == 'id' then input = cjson.encode(src) end
@@ -88,7 +93,9 @@ for i = 2, #ARGV, 8 do
       else
         done = tonumber(redis.call('HGET', key, 'done')) or 0
       end
-      if not g[2] then
+      if g[2] and g[4] and redis.call('ZSCORE', FLOWS, id) then
+        out[#out + 1] = join_handover(id)           -- fired, not yet passed on: again
+      elseif not g[2] then
         local fire = nil
         if st ~= 'succeeded' and g[3] ~= 'collect' then
           fire = 'cancelled'
