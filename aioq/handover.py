@@ -1,7 +1,10 @@
 """Passing a workflow on: each finished step tells its successors, exactly once.
 
-A step's successors may live on other queues (other cluster slots), so no one script can
-finish a job and start the next. Instead (``canvas.py`` has the data):
+Successors on the finished job's own queue are told in the very script that finishes it
+(``complete.lua`` with ``tell.lua``: one slot, one atomic step; a chain on one queue, or a
+group's members beside their join, never leave Redis). Successors on other queues (other
+cluster slots) cannot be: no one script may touch two slots. For those (``canvas.py`` has the
+data):
 
 1. the script that finishes a job with successors also puts it into its queue's outbox
    (``keys.flows``): finishing and remembering to tell are one atomic step;
