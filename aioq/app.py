@@ -21,6 +21,7 @@ from .keys import QueueKeys, validate_name
 from .ratelimit import RateLimit, parse_rate
 from .results import ResultListener
 from .scripts import Scripts
+from .signing import Signer, signing_keys
 from .task import Backoff, Call, Options, Task
 from .tracing import publish
 
@@ -53,6 +54,11 @@ class App:
     worker takes it over; ``result_ttl`` how long finished job records are kept (seconds);
     ``max_deliveries`` how often one attempt may be delivered without finishing before the
     job is poison and goes to the dead-letter stream.
+
+    ``signing_key`` (bytes, or a list of bytes keys: the first signs, every one verifies)
+    puts an HMAC-SHA256 on every job this app enqueues, and makes its workers run signed jobs
+    only: an unsigned or tampered job fails with "bad signature" and goes to the dead-letter
+    stream (``signing.py``).
     """
 
     def __init__(
@@ -66,8 +72,10 @@ class App:
         default_queue: str = "default",
         dead_letter_max: int = 100_000,
         max_connections: int = 200,
+        signing_key: bytes | Sequence[bytes] | None = None,
     ) -> None:
         self.name = validate_name("app", name)
+        self._signer = None if signing_key is None else Signer(signing_keys(signing_key))
         env_url = os.environ.get("AIOQ_REDIS_URL")
         source = "redis_url" if redis_url else "AIOQ_REDIS_URL" if env_url else "redis_url"
         self.redis_url = check_url(redis_url or env_url or DEFAULT_REDIS_URL, source)

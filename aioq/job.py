@@ -46,7 +46,7 @@ class JobStatus(StrEnum):
 _FINISHED = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
 )
-_STATE_FIELDS = ("status", "result", "error", "exc_type", "traceback")
+STATE_FIELDS = ("status", "result", "error", "exc_type", "traceback")
 _PROGRESS_RECHECK = 5.0  # seconds without a message before progress() re-reads the record
 
 
@@ -137,7 +137,7 @@ class Job(Generic[R]):
             raw, due = await pipe.execute()
         if not raw:
             raise JobNotFound(self.id, [keys.queue])
-        return _info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()}, due)
+        return record_info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()}, due)
 
     async def cancel(self) -> bool:
         """Cancel the job; ``False`` when it had already finished (nothing changes then).
@@ -163,7 +163,7 @@ class Job(Generic[R]):
         keys = await self._resolve()
         deadline = None if timeout is None else time.monotonic() + timeout
         conn = self._app._connection()
-        read = pack("HMGET", keys.job(self.id), *_STATE_FIELDS)
+        read = pack("HMGET", keys.job(self.id), *STATE_FIELDS)
         # over RESP3 the subscription reads the state itself, right behind the SUBSCRIBE
         async with conn.results.watch(keys.done(self.id), read) as w:
             state, w.state = w.state, None
@@ -252,35 +252,44 @@ class Job(Generic[R]):
                 await pubsub.aclose()
 
     def _pushed(self, message: bytes) -> tuple[Any] | None:
-        """``(value,)`` (or the raised outcome) from a ``done`` message, None when it does not
-        carry the whole outcome or cannot be read: then the record is read instead."""
-        state = _pushed_state(message)
-        if state is None:
-            return None
-        try:
-            return (self._outcome(JobStatus(state[0].decode()), state),)  # type: ignore[union-attr]
-        except orjson.JSONDecodeError:
-            return None
+        return pushed_outcome(self.id, message)
 
     def _outcome(self, status: JobStatus, state: list[bytes | None]) -> Any:
-        _, result, error, exc_type, tb = state
-        if status is JobStatus.SUCCEEDED:
-            return orjson.loads(result) if result is not None else None
-        if status is JobStatus.CANCELLED:
-            raise JobCancelled(self.id)
-        message = error.decode(errors="replace") if error else status.value
-        if status is JobStatus.EXPIRED:
-            raise TaskFailed(self.id, "JobExpired", message)
-        raise TaskFailed(
-            self.id,
-            exc_type.decode(errors="replace") if exc_type else "Error",
-            message,
-            tb.decode(errors="replace") if tb else "",
-        )
+        return outcome(self.id, status, state)
+
+
+def pushed_outcome(job_id: str, message: bytes) -> tuple[Any] | None:
+    """``(value,)`` (or the raised outcome) from a ``done`` message, None when it does not
+    carry the whole outcome or cannot be read: then the record is read instead."""
+    state = _pushed_state(message)
+    if state is None:
+        return None
+    try:
+        return (outcome(job_id, JobStatus(state[0].decode()), state),)  # type: ignore[union-attr]
+    except orjson.JSONDecodeError:
+        return None
+
+
+def outcome(job_id: str, status: JobStatus, state: list[bytes | None]) -> Any:
+    """A finished job's value from its ``STATE_FIELDS``, or the exception it ended with."""
+    _, result, error, exc_type, tb = state
+    if status is JobStatus.SUCCEEDED:
+        return orjson.loads(result) if result is not None else None
+    if status is JobStatus.CANCELLED:
+        raise JobCancelled(job_id)
+    message = error.decode(errors="replace") if error else status.value
+    if status is JobStatus.EXPIRED:
+        raise TaskFailed(job_id, "JobExpired", message)
+    raise TaskFailed(
+        job_id,
+        exc_type.decode(errors="replace") if exc_type else "Error",
+        message,
+        tb.decode(errors="replace") if tb else "",
+    )
 
 
 def _pushed_state(message: bytes) -> list[bytes | None] | None:
-    """The ``_STATE_FIELDS`` of a final outcome carried by a ``done`` message ("<status>
+    """The ``STATE_FIELDS`` of a final outcome carried by a ``done`` message ("<status>
     <payload>", see ``finish`` in scripts/worker.py), or None when the message does not carry
     it all (a bare status, an outcome too large to carry, another program's message): the
     caller reads the record then."""
@@ -339,7 +348,9 @@ def _json(value: bytes | None, default: Any = None) -> Any:
         return value.decode(errors="replace")
 
 
-def _info(job_id: str, queue: str, raw: dict[str, bytes], due: float | None = None) -> JobInfo:
+def record_info(
+    job_id: str, queue: str, raw: dict[str, bytes], due: float | None = None
+) -> JobInfo:
     try:
         status = JobStatus(raw.get("status", b"").decode())
     except ValueError:

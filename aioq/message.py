@@ -26,6 +26,8 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
     progress_seq how many values it has set (published with each, see ``job.progress()``)
     trace        JSON object of the enqueuer's trace context (W3C ``traceparent``, ...), written
                  only when there was one to carry (``tracing.py``)
+    sig          hex HMAC-SHA256 of the job's identity, call and options, written only by an
+                 app with a ``signing_key`` (``signing.py``)
 
 Everything is JSON through orjson; nothing is pickled.
 """
@@ -120,14 +122,19 @@ def job_fields(
     retries: int,
     timeout: float | None,
     priority: int = 0,
+    sig: bytes = b"",
     trace: bytes = b"",
 ) -> list[Any]:
     """The values the enqueue script (``scripts/enqueue.py``) writes, in its order: task, queue,
-    args, kwargs, retries, timeout, priority, trace (it adds status, attempts and the
-    enqueue time itself). ``trace`` stays empty (nothing written) unless ``tracing.publish``
-    fills it in, as the last value."""
-    t = "" if timeout is None else repr(float(timeout))
-    return [task, queue, args, kwargs, retries, t, priority, trace]
+    args, kwargs, retries, timeout, priority, sig, trace (it adds status, attempts and the
+    enqueue time itself). ``sig`` (``signing.py``) and ``trace`` stay empty (nothing written)
+    unless the app signs and ``tracing.publish`` fills the trace in, as the last value."""
+    return [task, queue, args, kwargs, int(retries), timeout_text(timeout), priority, sig, trace]
+
+
+def timeout_text(timeout: float | None) -> str:
+    """The ``timeout`` field as written ("" = no limit): what a job's signature covers."""
+    return "" if timeout is None else repr(float(timeout))
 
 
 class Delivery:
@@ -135,7 +142,16 @@ class Delivery:
     validated."""
 
     __slots__ = (
-        "args", "attempt", "entry_id", "job_id", "kwargs", "retries", "task", "timeout", "trace",
+        "args",
+        "attempt",
+        "entry_id",
+        "job_id",
+        "kwargs",
+        "retries",
+        "sig",
+        "task",
+        "timeout",
+        "trace",
     )  # fmt: skip
 
     entry_id: bytes
@@ -147,6 +163,7 @@ class Delivery:
     timeout: float | None
     retries: int
     trace: bytes | None  # the raw ``trace`` field: decoded only by a worker that traces
+    sig: bytes | None  # the raw ``sig`` field: checked by a worker with a signing key
 
 
 def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
@@ -165,6 +182,7 @@ def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
     d.timeout = None
     d.retries = 0
     d.trace = row[9]
+    d.sig = row[10]
     task, args, kwargs, timeout, retries = row[3:8]
     if "\ufffd" in d.job_id and d.job_id.encode() != row[1]:
         # the decoded id would name another record: the caller must use the raw id (row[1])

@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .keys import PRIORITIES, validate_name
-from .message import encode_call, job_fields
+from .message import encode_call, job_fields, timeout_text
 from .ratelimit import RateLimit, parse_rate
+from .signing import sign_job
 
 if TYPE_CHECKING:
     from .app import App
@@ -69,7 +70,14 @@ class Call(Generic[R]):
         eta_ms = 0 if opts.eta is None else _epoch_ms(opts.eta)
         expires_in = 0 if opts.expires is None else max(1, round(opts.expires * 1000))
         expires_at = 0 if opts.expires_at is None else _epoch_ms(opts.expires_at)
-        fields = job_fields(task.name, queue, args, kwargs, retries, timeout, priority)
+        signer = task.app._signer
+        sig = b""
+        if signer is not None:  # every job is encoded here, so every job is signed here
+            t = timeout_text(timeout)
+            sig = sign_job(
+                signer, task.app.name, queue, job_id, task.name, args, kwargs, int(retries), t
+            )
+        fields = job_fields(task.name, queue, args, kwargs, retries, timeout, priority, sig)
         delay = round(opts.delay * 1000)
         return queue, [job_id, delay, eta_ms, expires_in, expires_at, *fields]
 

@@ -1,7 +1,8 @@
 -- Writing one job, shared by ENQUEUE and CRON. KEYS: the queue's (queue.lua). ARGV from `a`: job id, delay ms, eta epoch ms
 -- (0: none), expires in ms (0: never), expires at epoch ms (0: never), task, queue, args, kwargs,
--- retries, timeout, priority (0-9: the stream it goes to; recorded when not 0), trace (JSON of
--- the trace context, tracing.py; recorded when not ""). Returns 1 when written, 0 when the id
+-- retries, timeout, priority (0-9: the stream it goes to; recorded when not 0), sig (the job's
+-- signature, signing.py; recorded when not ""), trace (JSON of the trace context, tracing.py;
+-- recorded when not ""). Returns 1 when written, 0 when the id
 -- existed (then nothing is written: a retried enqueue cannot duplicate a job). A job due now is
 -- stamped with the time of its stream entry id (Redis' clock), so it costs no TIME call; the
 -- worker creates the consumer group if the stream is new (NOGROUP), at id 0, so nothing
@@ -40,7 +41,8 @@ local function enqueue_job(key, a)
              'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
   if expires_at > 0 then redis.call('HSET', key, 'expires_at', expires_at) end
   if level > 0 then redis.call('HSET', key, 'priority', ARGV[a + 12]) end
-  if ARGV[a + 13] ~= '' then redis.call('HSET', key, 'trace', ARGV[a + 13]) end
+  if ARGV[a + 13] ~= '' then redis.call('HSET', key, 'sig', ARGV[a + 13]) end
+  if ARGV[a + 14] ~= '' then redis.call('HSET', key, 'trace', ARGV[a + 14]) end
   if status == 'scheduled' then redis.call('HSET', key, 'wait', 'delay') end  -- why it waits
   return 1
 end

@@ -85,7 +85,8 @@ end
 
 -- Mark delivered entries (of STREAM) as started jobs, appended to `out`; bury what is not a
 -- job or is poison. Each started job: entry id, job id, attempt, task, args, kwargs, timeout,
--- retries, priority, trace (the trace-context carrier, nil when the job has none).
+-- retries, priority, trace (the trace-context carrier, nil when the job has none), sig (its
+-- signature, nil when unsigned: the worker checks it, signing.py).
 local function start(entries, now, out)
   out = out or {}
   for _, e in ipairs(entries) do
@@ -113,7 +114,7 @@ local function start(entries, now, out)
       if jid then
         v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
                         'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at', 'worker',
-                        'trace')
+                        'trace', 'sig')
         if v.err then
           problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
           v = false
@@ -157,7 +158,7 @@ local function start(entries, now, out)
       else
         redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
                    'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
-        out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12]}
+        out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12], v[13]}
       end
     end
   end
@@ -169,9 +170,9 @@ end
 -- (and the row is ignored) or lost the reply that started it, and runs it now (RECOVER).
 local function held_row(eid, jid)
   local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'worker', 'attempts', 'task', 'args',
-                        'kwargs', 'timeout', 'retries', 'trace')
+                        'kwargs', 'timeout', 'retries', 'trace', 'sig')
   if v.err or v[1] ~= 'running' or v[2] ~= CONSUMER then return nil end
-  return {eid, jid, tonumber(v[3]) or 0, v[4], v[5], v[6], v[7], v[8], LEVEL, v[9]}
+  return {eid, jid, tonumber(v[3]) or 0, v[4], v[5], v[6], v[7], v[8], LEVEL, v[9], v[10]}
 end
 
 -- Call fn(entry id, entry or nil, job id or nil) for each entry of STREAM pending for this
