@@ -6,6 +6,7 @@ from .app import App
 from .context import JobContext, current_job
 from .errors import AioqError, JobCancelled, JobNotFound, RedisUnavailable, Retry, TaskFailed
 from .job import Job, JobInfo, JobStatus
+from .sync import SyncJob
 from .task import Call, Task, TaskOptions
 from .worker import Worker
 
@@ -25,6 +26,7 @@ __all__ = [
     "JobStatus",
     "RedisUnavailable",
     "Retry",
+    "SyncJob",
     "Task",
     "TaskFailed",
     "TaskOptions",

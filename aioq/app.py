@@ -22,6 +22,7 @@ from .ratelimit import RateLimit, parse_rate
 from .results import ResultListener
 from .scripts import Scripts
 from .signing import Signer, signing_keys
+from .sync import ClientHolder, SyncClient, SyncJob, enqueue_call
 from .task import Backoff, Call, Options, Task
 from .tracing import publish
 
@@ -29,6 +30,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, NotRedis, MissingDatabase)
+"""The errors that mean Redis could not be talked to (``App._unavailable`` names the URL)."""
 
 
 class _Connection:
@@ -96,6 +100,7 @@ class App:
         self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
             weakref.WeakKeyDictionary()
         )
+        self._sync_client = ClientHolder()  # the blocking client of enqueue_sync (sync.py)
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} redis={redacted(self.redis_url)!r}>"
@@ -239,8 +244,8 @@ class App:
         """
         queue = queue or self.default_queue
         keys = self._keys.get(queue)
-        if keys is None:
-            keys = self._keys[queue] = QueueKeys(self.name, validate_name("queue", queue))
+        if keys is None:  # setdefault: producer threads (enqueue_sync) agree on one object
+            keys = self._keys.setdefault(queue, QueueKeys(self.name, validate_name("queue", queue)))
         return keys
 
     # -- connections ----------------------------------------------------------------------
@@ -270,6 +275,15 @@ class App:
         if conn is not None:
             await conn.aclose()
 
+    def _sync(self) -> SyncClient:
+        """The app's blocking client (``enqueue_sync``, ``SyncJob``), shared by every thread."""
+        return self._sync_client.get(self.redis_url, self.max_connections)
+
+    def close(self) -> None:
+        """Close the blocking client's connections (``enqueue_sync``; they reopen on next
+        use); ``await app.aclose()`` closes an event loop's."""
+        self._sync_client.close()
+
     async def __aenter__(self) -> App:
         return self
 
@@ -283,19 +297,25 @@ class App:
     async def _call(self, awaitable: Awaitable[R]) -> R:
         try:
             return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError, NotRedis, MissingDatabase) as exc:
-            url = redacted(self.redis_url)
-            cause: BaseException | None = exc
-            seen: set[int] = set()
-            while cause is not None and not isinstance(cause, MissingDatabase):
-                if id(cause) in seen:  # a cycle of contexts
-                    cause = None
-                    break
-                seen.add(id(cause))
-                cause = cause.__cause__ or cause.__context__  # redis-py may wrap it
-            if cause is not None:
-                raise DatabaseMissing(f"redis_url {url!r}: {cause}") from exc
-            raise RedisUnavailable(f"cannot reach Redis at {url}: {exc}") from exc
+        except UNREACHABLE as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> RedisUnavailable:
+        """What a connection failure to this app's Redis raises: ``RedisUnavailable`` naming
+        the URL (password hidden), or ``DatabaseMissing`` when the URL's database is not
+        there (the async and the blocking client both raise it, ``sync.py``)."""
+        url = redacted(self.redis_url)
+        cause: BaseException | None = exc
+        seen: set[int] = set()
+        while cause is not None and not isinstance(cause, MissingDatabase):
+            if id(cause) in seen:  # a cycle of contexts
+                cause = None
+                break
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__  # redis-py may wrap it
+        if cause is not None:
+            return DatabaseMissing(f"redis_url {url!r}: {cause}")
+        return RedisUnavailable(f"cannot reach Redis at {url}: {exc}")
 
     # -- producing ------------------------------------------------------------------------
 
@@ -308,6 +328,11 @@ class App:
         that does not know it fails the job with a message naming it.
         """
         return await self._enqueue_call(self._named_call(name, args, kwargs, Options()))
+
+    def enqueue_sync(self, name: str, /, *args: Any, **kwargs: Any) -> SyncJob[Any]:
+        """``enqueue`` by name for code without an event loop: blocks for the one round trip
+        and returns a ``SyncJob`` (``sync.py``)."""
+        return enqueue_call(self, self._named_call(name, args, kwargs, Options()))
 
     def options(self, name: str, /, **options: Any) -> _NamedOptions:
         """Per-enqueue options for a task known only by name: ``app.options("x", queue=...)``."""
@@ -336,6 +361,10 @@ class App:
     def job(self, job_id: str, queue: str | None = None) -> Job[Any]:
         """A handle to an existing job id (no I/O); ``queue`` when it is not a known one."""
         return Job(self, job_id, queue)
+
+    def job_sync(self, job_id: str, queue: str | None = None) -> SyncJob[Any]:
+        """``job`` for code without an event loop: a ``SyncJob`` whose methods block."""
+        return SyncJob(self, job_id, queue)
 
     async def _enqueue_call(self, call: Call[R]) -> Job[R]:
         queue, job = call.prepare()
@@ -501,6 +530,9 @@ class _NamedOptions:
     async def enqueue(self, *args: Any, **kwargs: Any) -> Job[Any]:
         call = Call(self._task, args, kwargs, self._options)
         return await self._app._enqueue_call(call)
+
+    def enqueue_sync(self, *args: Any, **kwargs: Any) -> SyncJob[Any]:
+        return enqueue_call(self._app, Call(self._task, args, kwargs, self._options))
 
     def call(self, *args: Any, **kwargs: Any) -> Call[Any]:
         return Call(self._task, args, kwargs, self._options)

@@ -18,6 +18,7 @@ from .signing import sign_job
 if TYPE_CHECKING:
     from .app import App
     from .job import Job
+    from .sync import SyncJob
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -161,6 +162,14 @@ class Task(Generic[P, R]):
         """Send one call to the task's queue; returns its ``Job`` (one round trip)."""
         return await self.app._enqueue_call(Call(self, args, kwargs, self._defaults))
 
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> SyncJob[R]:
+        """``enqueue`` for code without an event loop (Django, Flask, scripts): blocks for
+        the one round trip and returns a ``SyncJob[R]`` whose methods block (``sync.py``).
+        ``RuntimeError`` from a thread that runs an event loop: it would block it."""
+        from .sync import enqueue_call
+
+        return enqueue_call(self.app, Call(self, args, kwargs, self._defaults))
+
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
         """A call to enqueue later, e.g. many at once with ``app.enqueue_many``."""
         return Call(self, args, kwargs, self._defaults)
@@ -199,6 +208,11 @@ class TaskOptions(Generic[P, R]):
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         return await self.task.app._enqueue_call(Call(self.task, args, kwargs, self._options))
+
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> SyncJob[R]:
+        from .sync import enqueue_call
+
+        return enqueue_call(self.task.app, Call(self.task, args, kwargs, self._options))
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
         return Call(self.task, args, kwargs, self._options)
