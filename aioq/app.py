@@ -13,7 +13,15 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import CommandLane, MissingDatabase, NotRedis, check_url, make_client, redacted
+from .connection import (
+    CommandLane,
+    MissingDatabase,
+    NotRedis,
+    check_url,
+    make_client,
+    redacted,
+    tls_hint,
+)
 from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
 from .errors import JobNotFound, RedisUnavailable
 from .job import Job
@@ -315,7 +323,8 @@ class App:
             cause = cause.__cause__ or cause.__context__  # redis-py may wrap it
         if cause is not None:
             return DatabaseMissing(f"redis_url {url!r}: {cause}")
-        return RedisUnavailable(f"cannot reach Redis at {url}: {exc}")
+        hint = tls_hint(self.redis_url, str(exc))
+        return RedisUnavailable(f"cannot reach Redis at {url}: {exc}{hint}")
 
     # -- producing ------------------------------------------------------------------------
 
