@@ -4,7 +4,15 @@ import logging
 
 from .app import App
 from .context import JobContext, current_job
-from .errors import AioqError, JobCancelled, JobNotFound, RedisUnavailable, Retry, TaskFailed
+from .errors import (
+    AioqError,
+    JobCancelled,
+    JobNotFound,
+    PermissionDenied,
+    RedisUnavailable,
+    Retry,
+    TaskFailed,
+)
 from .job import Job, JobInfo, JobStatus
 from .sync import SyncJob
 from .task import Call, Task, TaskOptions
@@ -24,6 +32,7 @@ __all__ = [
     "JobInfo",
     "JobNotFound",
     "JobStatus",
+    "PermissionDenied",
     "RedisUnavailable",
     "Retry",
     "SyncJob",

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .acl import explained
 from .connection import (
     CommandLane,
     MissingDatabase,
@@ -412,10 +413,12 @@ class App:
 
     async def _find_job(self, job_id: str) -> QueueKeys:
         queues = self.queues
+        action = f"find job {job_id!r} (EXISTS {self.keys(queues[0]).job(job_id)}, ...)"
         async with self.redis.pipeline(transaction=False) as pipe:
             for q in queues:
                 pipe.exists(self.keys(q).job(job_id))
-            found = await self._call(pipe.execute())
+            with explained(self.redis_url, action):
+                found = await self._call(pipe.execute())
         for q, hit in zip(queues, found, strict=True):
             if hit:
                 return self.keys(q)

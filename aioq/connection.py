@@ -258,6 +258,7 @@ class CommandLane:
 
     def __init__(self, redis: Redis, size: int, retries: int = 6) -> None:
         self._pool = redis.connection_pool
+        self.user: str | None = self._pool.connection_kwargs.get("username")
         self._idle: list[AbstractConnection] = []
         self._open = 0
         self._size = max(1, size)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -14,6 +15,7 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .acl import explained
 from .connection import pack
 from .errors import JobCancelled, JobNotFound, TaskFailed
 from .message import history_field
@@ -117,7 +119,9 @@ class Job(Generic[R]):
     async def status(self) -> JobStatus:
         """The job's current status; raises ``JobNotFound`` when there is no such job."""
         keys = await self._resolve()
-        raw: bytes | None = await self._app.redis.hget(keys.job(self.id), "status")  # type: ignore[assignment]
+        key = keys.job(self.id)
+        with explained(self._app.redis_url, f"read job {self.id!r} (HGET {key})"):
+            raw: bytes | None = await self._app.redis.hget(key, "status")  # type: ignore[assignment]
         if raw is None:
             raise JobNotFound(self.id, [keys.queue])
         return JobStatus(raw.decode())
@@ -131,10 +135,12 @@ class Job(Generic[R]):
     async def info(self) -> JobInfo:
         """Everything recorded about the job."""
         keys = await self._resolve()
+        action = f"read job {self.id!r} (HGETALL {keys.job(self.id)}, ZSCORE {keys.scheduled})"
         async with self._app.redis.pipeline(transaction=False) as pipe:  # one round trip
             pipe.hgetall(keys.job(self.id))
             pipe.zscore(keys.scheduled, self.id)
-            raw, due = await pipe.execute()
+            with explained(self._app.redis_url, action):
+                raw, due = await pipe.execute()
         if not raw:
             raise JobNotFound(self.id, [keys.queue])
         return record_info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()}, due)
@@ -161,6 +167,11 @@ class Job(Generic[R]):
         subscription, never polled.
         """
         keys = await self._resolve()
+        action = f"wait for job {self.id!r} (SUBSCRIBE {keys.done(self.id)}, HMGET its record)"
+        with explained(self._app.redis_url, action):
+            return await self._wait(keys, timeout)
+
+    async def _wait(self, keys: QueueKeys, timeout: float | None) -> R:
         deadline = None if timeout is None else time.monotonic() + timeout
         conn = self._app._connection()
         read = pack("HMGET", keys.job(self.id), *STATE_FIELDS)
@@ -168,6 +179,8 @@ class Job(Generic[R]):
         async with conn.results.watch(keys.done(self.id), read) as w:
             state, w.state = w.state, None
             while True:
+                if w.error is not None:  # a resubscription (after a reconnection) refused
+                    raise w.error
                 w.event.clear()
                 pushed, w.message = w.message, None
                 if pushed is not None:  # the outcome, when the message carries it all
@@ -212,6 +225,13 @@ class Job(Generic[R]):
         iterator in ``contextlib.aclosing`` to unsubscribe at once.
         """
         keys = await self._resolve()
+        action = f"follow job {self.id!r} (SUBSCRIBE {keys.progress(self.id)}, HMGET its record)"
+        with explained(self._app.redis_url, action):
+            async with contextlib.aclosing(self._progress(keys)) as values:  # closed with us
+                async for value in values:
+                    yield value
+
+    async def _progress(self, keys: QueueKeys) -> AsyncGenerator[Any]:
         key, redis = keys.job(self.id), self._app.redis
         channels = (keys.progress(self.id).encode(), keys.done(self.id).encode())
         seen, delay = 0, 0.05

@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from .acl import explained
 from .connection import CONNECT_TIMEOUT
 from .errors import JobNotFound
 from .job import STATE_FIELDS, JobInfo, JobStatus, outcome, pushed_outcome, record_info
@@ -105,12 +106,14 @@ def no_event_loop(what: str) -> None:
     )
 
 
-def call(app: App, fn: Callable[[], T]) -> T:
-    """Run ``fn`` (blocking Redis calls); connection failures raise as ``App._call`` does."""
+def call(app: App, fn: Callable[[], T], action: str) -> T:
+    """Run ``fn`` (blocking Redis calls); connection failures raise as ``App._call`` does, a
+    NOPERM reply as ``PermissionDenied`` naming ``action``."""
     from .app import UNREACHABLE
 
     try:
-        return fn()
+        with explained(app.redis_url, action):
+            return fn()
     except UNREACHABLE as exc:
         raise app._unavailable(exc) from exc
 
@@ -127,11 +130,12 @@ def enqueue_call(app: App, c: Call[R]) -> SyncJob[R]:
     def send() -> None:
         client.enqueue(keys=[*keys.declared, keys.job(job[0])], args=job)
 
+    action = f"run aioq's ENQUEUE script (EVALSHA) on the keys {keys.tag}*"
     if spans is None:
-        call(app, send)
+        call(app, send, action)
     else:
         with spans:
-            call(app, send)
+            call(app, send, action)
     return SyncJob(app, job[0], queue)
 
 
@@ -172,7 +176,7 @@ class SyncJob(Generic[R]):
             with r.pipeline(transaction=False) as pipe:
                 for q in queues:
                     pipe.exists(self._app.keys(q).job(self.id))
-                found = call(self._app, pipe.execute)
+                found = call(self._app, pipe.execute, f"find job {self.id!r} (EXISTS)")
             for q, hit in zip(queues, found, strict=True):
                 if hit:
                     self._keys = self._app.keys(q)
@@ -184,7 +188,8 @@ class SyncJob(Generic[R]):
     def status(self) -> JobStatus:
         """The job's current status; raises ``JobNotFound`` when there is no such job."""
         keys, r = self._resolve("status")
-        raw: Any = call(self._app, lambda: r.hget(keys.job(self.id), "status"))
+        key = keys.job(self.id)
+        raw: Any = call(self._app, lambda: r.hget(key, "status"), f"read job (HGET {key})")
         if raw is None:
             raise JobNotFound(self.id, [keys.queue])
         return JobStatus(raw.decode())
@@ -199,7 +204,7 @@ class SyncJob(Generic[R]):
         with r.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.job(self.id))
             pipe.zscore(keys.scheduled, self.id)
-            raw, due = call(self._app, pipe.execute)
+            raw, due = call(self._app, pipe.execute, f"read job (HGETALL {keys.job(self.id)})")
         if not raw:
             raise JobNotFound(self.id, [keys.queue])
         return record_info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()}, due)
@@ -213,6 +218,7 @@ class SyncJob(Generic[R]):
             lambda: script(
                 keys=[*keys.declared, keys.job(self.id)], args=[self.id, self._app.result_ttl]
             ),
+            f"run aioq's CANCEL script (EVALSHA) on the keys {keys.tag}*",
         )
         if int(done) < 0:
             raise JobNotFound(self.id, [keys.queue])
@@ -223,6 +229,11 @@ class SyncJob(Generic[R]):
         ``JobCancelled`` or the builtin ``TimeoutError`` as ``Job.result()`` does. Pushed over
         a subscription to the job's ``done`` channel, never polled."""
         keys, r = self._resolve("result")
+        action = f"wait for job {self.id!r} (SUBSCRIBE {keys.done(self.id)}, HMGET its record)"
+        with explained(self._app.redis_url, action):
+            return self._wait(keys, r, timeout)
+
+    def _wait(self, keys: QueueKeys, r: redis.Redis, timeout: float | None) -> R:
         deadline = None if timeout is None else time.monotonic() + timeout
         key, channel = keys.job(self.id), keys.done(self.id)
         delay = 0.05

@@ -1,6 +1,6 @@
 """What a user's worker does: the default ``aioq worker`` command beside the same command with
-logging off and the worker started through the API, and an awaited job's round trip against
-its floor, all in one run.
+logging off, with signed jobs, and the worker started through the API, an awaited job's round
+trip against its floor, and the enqueue rates with and without signing, all in one run.
 
     .venv/bin/python benchmarks/bench_worker.py          # 20,000 jobs, 1,000 round trips, 3 reps
     .venv/bin/python benchmarks/bench_worker.py --quick  # 5,000 jobs, 300 round trips
@@ -15,6 +15,8 @@ running one, which is FLUSHALL'd). Every repeat runs each variant once, order ro
                cli-quiet  the same with ``--log-level warning`` (logging off)
                api        ``python api_worker.py --burst``: ``Worker(app, burst=True)`` in a
                           script that configures no logging (warnings only)
+               signed     cli-quiet with ``App(signing_key=...)`` (BENCH_SIGNING_KEY): the
+                          jobs were enqueued signed, the worker verifies each one
              jobs/s = N / (first job start .. process exit), i.e. excluding start-up (the
              first start is recorded in the worker, the exit seen by this process), and
              N / (spawn .. exit) including it.
@@ -25,6 +27,10 @@ running one, which is FLUSHALL'd). Every repeat runs each variant once, order ro
                           acknowledges the entry and PUBLISHes its id in one pipelined write;
                           one subscriber here, subscribed once, waits for that id
              ratio = the variant's p50 / the floor's p50 of the same repeat.
+
+  enqueue    from this process, no worker: M sequential ``await noop.enqueue()``, N in
+             ``enqueue_many`` batches of 10,000, and M sequential ``noop.enqueue_sync()`` (the
+             blocking client, in a thread), each by an unsigned and a signed app (jobs/s).
 
 Prints versions and a table of medians (min-max) over the repeats. ``--json PATH`` writes
 every single run.
@@ -55,10 +61,13 @@ from bench_core import med, pct, redis_server, versions  # noqa: E402
 K_FIRST_START = "bench:first_start"
 RPC_STREAM, RPC_DONE = "raw:rpc", "raw:done"
 VARIANTS = ("cli", "cli-quiet", "api")
+DRAIN_VARIANTS = (*VARIANTS, "signed")
+SIGNING_KEY = b"bench-signing-key"
 LABELS = {
     "cli": "aioq worker (defaults: --log-level info)",
     "cli-quiet": "aioq worker --log-level warning",
     "api": "Worker(app) through the API",
+    "signed": "aioq worker --log-level warning, signed jobs",
     "floor": "floor: raw XADD / XREADGROUP+XACK+PUBLISH",
 }
 
@@ -82,6 +91,10 @@ class Bench:
         self.env = as_installed.child_env(
             {**os.environ, "AIOQ_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
         )
+        self.signed_env = {**self.env, "BENCH_SIGNING_KEY": SIGNING_KEY.decode()}
+        from aioq import App
+
+        self.signed = App("bench", redis_url=url, signing_key=SIGNING_KEY)  # noop by name
         self.logdir = Path(tempfile.mkdtemp(prefix="aioq-bench-worker-"))
         self.runs: list[dict[str, Any]] = []
 
@@ -89,7 +102,7 @@ class Bench:
         b = ["--burst"] if burst else []
         if variant == "cli":
             return [sys.executable, "-m", "aioq", "worker", "bench_tasks:app", *b]
-        if variant == "cli-quiet":
+        if variant in ("cli-quiet", "signed"):
             return [sys.executable, "-m", "aioq", "worker", "bench_tasks:app", *b,
                     "--log-level", "warning"]  # fmt: skip
         if variant == "api":
@@ -98,8 +111,9 @@ class Bench:
 
     async def spawn(self, variant: str, burst: bool, tag: str) -> asyncio.subprocess.Process:
         with open(self.logdir / f"{tag}.log", "ab") as out:  # noqa: ASYNC230 - before timing
+            env = self.signed_env if variant == "signed" else self.env
             return await asyncio.create_subprocess_exec(
-                *self.cmd(variant, burst), cwd=HERE, env=self.env, stdout=out, stderr=out
+                *self.cmd(variant, burst), cwd=HERE, env=env, stdout=out, stderr=out
             )
 
     async def stop(self, p: asyncio.subprocess.Process) -> None:
@@ -117,8 +131,9 @@ class Bench:
         n = self.args.n
         await self.r.flushall()
         app, noop = self.bt.app, self.bt.noop
+        call = self.signed.options("noop").call if variant == "signed" else noop.call
         for i in range(0, n, 10_000):
-            await app.enqueue_many([noop.call() for _ in range(min(10_000, n - i))])
+            await app.enqueue_many([call() for _ in range(min(10_000, n - i))])
         t_spawn = time.time()
         p = await self.spawn(variant, True, f"drain.{variant}.r{rep}")
         try:
@@ -128,8 +143,9 @@ class Bench:
         t_exit = time.time()
         first = float(await self.r.get(K_FIRST_START) or "nan")
         left = await self.r.xlen(app.keys().stream)
-        if rc != 0 or left:
-            raise RuntimeError(f"{variant} drain: exit code {rc}, {left} entries left")
+        dead = await self.r.xlen(app.keys().dead)
+        if rc != 0 or left or dead:
+            raise RuntimeError(f"{variant} drain: exit {rc}, {left} entries left, {dead} dead")
         rec = {
             "variant": variant, "scenario": "drain", "rep": rep,
             "steady": n / (t_exit - first), "total": n / (t_exit - t_spawn),
@@ -172,6 +188,42 @@ class Bench:
             f"p99 {rec['p99']:.3f}"
         )
 
+    # -- enqueue ----------------------------------------------------------------------------
+
+    async def enqueue(self, rep: int) -> None:
+        m, n = self.args.m, self.args.n
+        for label, app in (("unsigned", self.bt.app), ("signed", self.signed)):
+            noop = app.options("noop") if app is self.signed else self.bt.noop
+            for _ in range(20):  # warm: the app's connections open outside the timing
+                await noop.enqueue()
+            await self.r.flushall()
+            t0 = time.perf_counter()
+            for _ in range(m):
+                await noop.enqueue()
+            seq = m / (time.perf_counter() - t0)
+            await self.r.flushall()
+            t0 = time.perf_counter()
+            for i in range(0, n, 10_000):
+                await app.enqueue_many([noop.call() for _ in range(min(10_000, n - i))])
+            bulk = n / (time.perf_counter() - t0)
+            await self.r.flushall()
+
+            def blocking(noop: Any = noop) -> float:
+                noop.enqueue_sync()  # the pool's first connection, outside the timing
+                t0 = time.perf_counter()
+                for _ in range(m):
+                    noop.enqueue_sync()
+                return m / (time.perf_counter() - t0)
+
+            sync = await asyncio.to_thread(blocking)
+            rec = {"variant": label, "scenario": "enqueue", "rep": rep,
+                   "sequential": seq, "bulk": bulk, "sync": sync}  # fmt: skip
+            self.runs.append(rec)
+            log(f"rep {rep} enqueue {label:>8}: {seq:,.0f}/s awaited, {bulk:,.0f}/s bulk, "
+                f"{sync:,.0f}/s enqueue_sync")  # fmt: skip
+        self.signed.close()
+        self.bt.app.close()
+
     async def _floor(self, m: int, warm: int) -> list[float]:
         r = self.r
         pubsub: Any = r.pubsub()
@@ -202,14 +254,18 @@ class Bench:
         for rep in range(1, self.args.repeats + 1):
             k = (rep - 1) % len(VARIANTS)
             order = VARIANTS[k:] + VARIANTS[:k]
+            j = (rep - 1) % len(DRAIN_VARIANTS)
             if "drain" in sc:
-                for v in order:
+                for v in DRAIN_VARIANTS[j:] + DRAIN_VARIANTS[:j]:
                     await self.drain(v, rep)
+            if "enqueue" in sc:
+                await self.enqueue(rep)
             if "roundtrip" in sc:
                 for v in ("floor", *order):
                     await self.roundtrip(v, rep)
         await self.r.flushall()
         await self.bt.app.aclose()
+        await self.signed.aclose()
         await self.r.aclose()
 
 
@@ -233,11 +289,32 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
         L.append(f"drain of {args.n:,} no-op jobs, --burst, concurrency 100 (jobs/s)")
         quiet = med(vals("cli-quiet", "drain", "steady"))
         rows = [("worker", "excl. start-up", "incl. start-up", "start-up s", "vs logging off")]
-        for v in VARIANTS:
+        for v in DRAIN_VARIANTS:
             steady = vals(v, "drain", "steady")
             ratio = f"{med(steady) / quiet:.2f}" if steady and quiet else "-"  # type: ignore[operator]
             rows.append((LABELS[v], cell(steady, ",.0f"), cell(vals(v, "drain", "total"), ",.0f"),
                          cell(vals(v, "drain", "startup"), ".3f"), ratio))  # fmt: skip
+        L.extend(_table(rows))
+        signed = [
+            s / u
+            for s, u in zip(vals("signed", "drain", "steady"), vals("cli-quiet", "drain", "steady"),
+                            strict=True)
+        ]  # fmt: skip
+        L.append(f"signed / logging off, per repeat: {cell(signed, '.2f')}")
+        L.append("")
+    if "enqueue" in args.scenarios:
+        L.append(f"enqueue from one process, no worker (jobs/s): {args.m} awaited, {args.n:,} "
+                 f"bulk, {args.m} enqueue_sync")  # fmt: skip
+        rows = [("app", "await enqueue()", "enqueue_many", "enqueue_sync()")]
+        for v in ("unsigned", "signed"):
+            rows.append((v, *(cell(vals(v, "enqueue", k), ",.0f")
+                              for k in ("sequential", "bulk", "sync"))))  # fmt: skip
+        ratios = [
+            cell([s / u for s, u in zip(vals("signed", "enqueue", k),
+                                        vals("unsigned", "enqueue", k), strict=True)], ".2f")
+            for k in ("sequential", "bulk", "sync")
+        ]  # fmt: skip
+        rows.append(("signed / unsigned", *ratios))
         L.extend(_table(rows))
         L.append("")
     if "roundtrip" in args.scenarios:
@@ -276,7 +353,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n", type=int, help="jobs per drain (20,000; quick 5,000)")
     ap.add_argument("--m", type=int, help="round trips per variant (1,000; quick 300)")
-    ap.add_argument("--scenarios", default="drain,roundtrip", help="drain, roundtrip or both")
+    ap.add_argument(
+        "--scenarios", default="drain,roundtrip,enqueue", help="drain, roundtrip, enqueue"
+    )
     ap.add_argument("--json", help="write every run (and versions) to this file")
     args = ap.parse_args()
     args.n = args.n or (5_000 if args.quick else 20_000)

@@ -17,7 +17,7 @@ import signal
 import sys
 
 from ..embedded import EmbeddedRedis, RedisServerNotFound
-from ..errors import RedisUnavailable
+from ..errors import PermissionDenied, RedisUnavailable
 from ..metrics import MissingMetricsExtra
 from ..worker import Worker
 from .target import CliError, known_queues, load_app
@@ -81,7 +81,7 @@ def run(
             raise CliError(str(exc)) from None
         try:
             asyncio.run(_serve(w))
-        except RedisUnavailable as exc:
+        except (RedisUnavailable, PermissionDenied) as exc:
             raise CliError(str(exc)) from None
         except OSError as exc:
             if w.metrics_port is None or w.metrics_address is not None:

@@ -10,7 +10,10 @@ import os
 from aioq import App, current_job
 
 
-def make_app(name: str, redis_url: str | None = None, signing_key: bytes | None = None) -> App:
+def make_app(
+    name: str, redis_url: str | None = None, signing_key: bytes | None = None, cron: bool = False
+) -> App:
+    """``cron``: also a schedule firing every second (``tick``)."""
     app = App(name, redis_url=redis_url, visibility_timeout=5.0, signing_key=signing_key)
 
     @app.task
@@ -27,6 +30,23 @@ def make_app(name: str, redis_url: str | None = None, signing_key: bytes | None 
         if to.startswith("retry") and current_job().attempt == 1:  # a retry, through Redis
             raise ConnectionError("smtp hiccup")
         return f"sent to {to}"
+
+    @app.task
+    async def steps(n: int) -> int:
+        for i in range(1, n + 1):
+            await current_job().set_progress(i)
+            await asyncio.sleep(0.02)
+        return n
+
+    @app.task(rate_limit="5/s")
+    async def limited(i: int) -> int:
+        return i
+
+    if cron:
+
+        @app.cron(every=1)
+        async def tick() -> None:
+            return None
 
     return app
 
