@@ -53,6 +53,8 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "xdel", "xlen", "xgroup|delconsumer",
     # job records, scheduled set, rate-limit logs, cron state, pause flag, heartbeats
     "hdel", "hincrby", "pexpire", "persist", "zrange", "zrangebyscore", "zcard", "get", "set",
+    # at start, the maxmemory-policy (a Redis that evicts loses jobs: the worker warns)
+    "info|memory",
 )  # fmt: skip
 """Commands an app's worker runs (a worker also enqueues: cron ticks, follow-up jobs)."""
 

@@ -232,3 +232,36 @@ async def test_another_apps_users_cannot_read_or_change_this_apps_jobs(
     for x in (owner, intruder, other_worker, producer_worker):
         x.close()
         await x.aclose()
+
+
+async def test_a_refused_subscription_fails_its_own_waiter_only(
+    server: RedisProcess, admin: redis.Redis
+) -> None:
+    """A user allowed some jobs' done channels only: result() of another job raises
+    PermissionDenied at once (a refused SUBSCRIBE used to end the shared subscription, and
+    every result() hung past its timeout), while waits on allowed channels, at the same time
+    and after, still get their results over the same subscription."""
+    name = unique_name()
+    user = f"{name}-narrow"
+    admin.execute_command("ACL", "SETUSER", user, "reset", "on", ">pw", "~*", "+@all",
+                          f"&aioq:{{{name}:default}}:done:ok-*")  # fmt: skip
+    app = make_app(name, server.url(user, "pw"))
+    worker_app = make_app(name, server.url())
+    async with Worker(worker_app):
+        add = app.tasks["add"]
+        refused = await add.options(job_id="no-1").enqueue(1, 1)
+        allowed = [await add.options(job_id=f"ok-{i}").enqueue(i, i) for i in range(3)]
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        outcomes = await asyncio.gather(
+            refused.result(timeout=10), *(j.result(timeout=10) for j in allowed),
+            return_exceptions=True,
+        )  # fmt: skip
+        assert loop.time() - t0 < 5
+        assert isinstance(outcomes[0], PermissionDenied)
+        assert "SUBSCRIBE aioq:" in str(outcomes[0])
+        assert outcomes[1:] == [0, 2, 4]
+        later = await add.options(job_id="ok-later").enqueue(5, 5)
+        assert await later.result(timeout=10) == 10
+    for a in (app, worker_app):
+        await a.aclose()

@@ -113,10 +113,11 @@ class Scripts:
 
     async def prepare(
         self, queues: Sequence[QueueKeys], rate_limits: dict[QueueKeys, dict[str, str | None]]
-    ) -> None:
+    ) -> str | None:
         """Create each queue's consumer group (at id 0, so nothing enqueued before is missed),
         record the rate limits the code declares (``None``: none) and load every script, in
-        one round trip."""
+        one round trip; returns the server's ``maxmemory-policy`` (None when the user may not
+        read INFO)."""
         commands = [c for keys in queues for c in _create_groups(keys)]
         for keys, limits in rate_limits.items():
             for task, wire in limits.items():
@@ -126,7 +127,9 @@ class Scripts:
                     commands.append(pack("HSET", keys.ratelimits, task, wire))
         scripts = [s for s in vars(self).values() if isinstance(s, _Script)]
         commands += [pack("SCRIPT", "LOAD", s.source) for s in scripts]
-        for reply in await self._lane.call(commands, len(commands)):
+        commands.append(pack("INFO", "memory"))  # last: its refusal (an ACL user) is no fault
+        *replies, memory = await self._lane.call(commands, len(commands))
+        for reply in replies:
             if isinstance(reply, NoPermissionError):
                 where = ", ".join(_keys_of(k.stream) for k in queues)
                 raise denied(
@@ -135,6 +138,12 @@ class Scripts:
                 ) from reply  # fmt: skip
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                 raise reply
+        if isinstance(memory, Exception):
+            return None
+        for line in memory.decode(errors="replace").splitlines():
+            if line.startswith("maxmemory_policy:"):
+                return str(line.partition(":")[2].strip())
+        return None
 
     async def _run(
         self, script: _Script, commands: list[bytes], idempotent: bool = True, where: str = ""
