@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 _VERSION = b"aioq-sig-1"
 _DIGEST = hashlib.sha256
@@ -76,19 +77,24 @@ def job_message(
 class Signer:
     """The keys of one app: ``sign`` with the first, ``verify`` against every one."""
 
-    __slots__ = ("_macs",)
+    __slots__ = ("_pads",)
 
     def __init__(self, keys: tuple[bytes, ...]) -> None:
-        # keyed once: copying a keyed HMAC costs about half of keying a new one per job
-        self._macs = tuple(hmac.new(k, digestmod=_DIGEST) for k in keys)
+        # HMAC (RFC 2104) from two SHA-256 states keyed once per key, copied per job: about a
+        # third of what keying ``hmac.new`` per job costs, half of copying a keyed ``hmac``
+        # object (its Python wrapper); tests/test_signing.py checks it against ``hmac``.
+        self._pads = tuple(_keyed(k) for k in keys)
 
-    def _mac(self, base: hmac.HMAC, message: bytes) -> bytes:
-        h = base.copy()
-        h.update(message)
-        return h.hexdigest().encode()
+    @staticmethod
+    def _mac(pads: tuple[Any, Any], message: bytes) -> bytes:
+        inner, outer = pads[0].copy(), pads[1].copy()
+        inner.update(message)
+        outer.update(inner.digest())
+        mac: bytes = outer.hexdigest().encode()
+        return mac
 
     def sign(self, message: bytes) -> bytes:
-        return self._mac(self._macs[0], message)
+        return self._mac(self._pads[0], message)
 
     def verify(self, message: bytes, signature: bytes | None) -> str | None:
         """``None`` when a key made ``signature``; otherwise why the job must not run."""
@@ -97,13 +103,24 @@ class Signer:
                 "bad signature: the job is unsigned (no 'sig' field) and this worker's app "
                 "has a signing_key, so it runs signed jobs only"
             )
-        for base in self._macs:
-            if hmac.compare_digest(self._mac(base, message), signature):
+        for pads in self._pads:
+            if hmac.compare_digest(self._mac(pads, message), signature):
                 return None
         return (
             "bad signature: the job's id, queue, task, arguments, retries or timeout were "
             "changed after it was signed, or it was signed with a key this worker lacks"
         )
+
+
+def _keyed(key: bytes) -> tuple[Any, Any]:
+    """The inner and outer SHA-256 states of HMAC-SHA256 with ``key``."""
+    block = _DIGEST().block_size
+    if len(key) > block:
+        key = _DIGEST(key).digest()
+    key = key.ljust(block, b"\0")
+    inner = _DIGEST(bytes(b ^ 0x36 for b in key))
+    outer = _DIGEST(bytes(b ^ 0x5C for b in key))
+    return inner, outer
 
 
 def sign_job(

@@ -188,3 +188,17 @@ async def test_worker_without_a_key_runs_signed_jobs(redis_url: str) -> None:
     assert await job.result(timeout=5) == 5
     await producer.aclose()
     await worker_app.aclose()
+
+
+@pytest.mark.parametrize("key", [b"k", b"x" * 64, b"long key " * 20, bytes(range(256))])
+def test_the_signature_is_hmac_sha256(key: bytes) -> None:
+    """Signer's HMAC (two keyed SHA-256 states, copied per job) is the stdlib's HMAC-SHA256,
+    for keys shorter than, as long as and longer than SHA-256's block."""
+    import hmac
+
+    from aioq.signing import Signer, job_message
+
+    message = job_message("shop", "default", b"id-1", b"charge", b'["ann",5]', b"{}", b"0", b"")
+    want = hmac.new(key, message, "sha256").hexdigest().encode()
+    assert Signer((key,)).sign(message) == want
+    assert Signer((b"other", key)).verify(message, want) is None
