@@ -3,6 +3,7 @@
 import logging
 
 from .app import App
+from .canvas import Chain, Chord, Group, chain, chord, group
 from .context import JobContext, current_job
 from .errors import (
     AioqError,
@@ -13,6 +14,7 @@ from .errors import (
     Retry,
     TaskFailed,
 )
+from .group_job import GroupJob
 from .job import Job, JobInfo, JobStatus
 from .sync import SyncJob
 from .task import Call, Task, TaskOptions
@@ -26,6 +28,10 @@ __all__ = [
     "AioqError",
     "App",
     "Call",
+    "Chain",
+    "Chord",
+    "Group",
+    "GroupJob",
     "Job",
     "JobCancelled",
     "JobContext",
@@ -40,5 +46,8 @@ __all__ = [
     "TaskFailed",
     "TaskOptions",
     "Worker",
+    "chain",
+    "chord",
     "current_job",
+    "group",
 ]

@@ -7,7 +7,7 @@ import os
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import timedelta, tzinfo
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,7 +24,9 @@ from .connection import (
     tls_hint,
 )
 from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
+from .env import AppOptions, options_from_env
 from .errors import JobNotFound, RedisUnavailable
+from .group_job import GroupJob
 from .job import Job
 from .keys import QueueKeys, validate_name
 from .ratelimit import RateLimit, parse_rate
@@ -32,7 +34,7 @@ from .results import ResultListener
 from .scripts import Scripts
 from .signing import Signer, signing_keys
 from .sync import ClientHolder, SyncClient, SyncJob, enqueue_call
-from .task import Backoff, Call, Options, Task
+from .task import AutoRetry, Backoff, Call, Options, Task
 from .tracing import publish
 
 P = ParamSpec("P")
@@ -66,7 +68,9 @@ class App:
     ``visibility_timeout`` is how long a job's lease lasts without renewal before another
     worker takes it over; ``result_ttl`` how long finished job records are kept (seconds);
     ``max_deliveries`` how often one attempt may be delivered without finishing before the
-    job is poison and goes to the dead-letter stream.
+    job is poison and goes to the dead-letter stream. ``workflow_ttl`` is how long a workflow
+    step may wait for its predecessors (seconds, from the workflow's enqueue): a held step or
+    group record not reached by then expires, so nothing a dead producer half-wrote stays.
 
     ``signing_key`` (bytes, or a list of bytes keys: the first signs, every one verifies)
     puts an HMAC-SHA256 on every job this app enqueues, and makes its workers run signed jobs
@@ -85,23 +89,27 @@ class App:
         default_queue: str = "default",
         dead_letter_max: int = 100_000,
         max_connections: int = 200,
+        workflow_ttl: int = 7 * 86_400,
         signing_key: bytes | Sequence[bytes] | None = None,
     ) -> None:
-        self.name = validate_name("app", name)
+        self._name = validate_name("app", name)
         self._signer = None if signing_key is None else Signer(signing_keys(signing_key))
         env_url = os.environ.get("AIOQ_REDIS_URL")
         source = "redis_url" if redis_url else "AIOQ_REDIS_URL" if env_url else "redis_url"
-        self.redis_url = check_url(redis_url or env_url or DEFAULT_REDIS_URL, source)
+        self._redis_url = check_url(redis_url or env_url or DEFAULT_REDIS_URL, source)
         if visibility_timeout <= 0:
             raise ValueError(f"visibility_timeout must be > 0 seconds, got {visibility_timeout!r}")
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries!r}")
-        self.visibility_timeout = float(visibility_timeout)
+        self._visibility_timeout = float(visibility_timeout)
         self.result_ttl = int(result_ttl)
         self.max_deliveries = int(max_deliveries)
         self.default_queue = validate_name("queue", default_queue)
         self.dead_letter_max = int(dead_letter_max)
         self.max_connections = max_connections
+        if workflow_ttl < 1:
+            raise ValueError(f"workflow_ttl must be >= 1 second, got {workflow_ttl!r}")
+        self.workflow_ttl = int(workflow_ttl)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.crons: list[CronSchedule] = []
         self._keys: dict[str, QueueKeys] = {}
@@ -110,6 +118,57 @@ class App:
             weakref.WeakKeyDictionary()
         )
         self._sync_client = ClientHolder()  # the blocking client of enqueue_sync (sync.py)
+
+    @classmethod
+    def from_env(cls, **options: Unpack[AppOptions]) -> App:
+        """An app configured by ``AIOQ_*`` environment variables, one per option
+        (``AIOQ_NAME``, ``AIOQ_REDIS_URL``, ``AIOQ_VISIBILITY_TIMEOUT``, ...; see ``env.py``).
+
+        A keyword argument given here wins over its variable; an unset or empty variable
+        leaves the option's default. A value that does not parse or is out of range raises
+        ``ValueError`` naming the variable and the value; no name at all (neither ``name=``
+        nor ``AIOQ_NAME``) raises ``ValueError`` too.
+        """
+        return cls(**options_from_env(dict(options)))
+
+    @property
+    def name(self) -> str:
+        """The app's name, which namespaces every Redis key it uses (read-only: see
+        ``rebind``)."""
+        return self._name
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis this app uses (read-only: see ``rebind``)."""
+        return self._redis_url
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds a job's lease lasts without renewal before another worker takes it over."""
+        return self._visibility_timeout
+
+    def rebind(self, *, redis_url: str | None = None, name: str | None = None) -> None:
+        """Point this app, and so every task registered on it, at another Redis and/or name.
+
+        For set-up code that gets its Redis late (``aioq worker --embedded-redis``, a test's
+        private server; ``aioq.testing`` isolates each test this way): the tasks keep their
+        app, so code that enqueues through them follows. Only while no connection is open:
+        ``RuntimeError`` otherwise (``await app.aclose()`` first), since open connections
+        would go on using the old Redis. The queues learnt from enqueues are forgotten (they
+        named the old keys); those of the tasks stay.
+        """
+        new_name = self._name if name is None else validate_name("app", name)
+        new_url = self._redis_url if redis_url is None else check_url(redis_url, "redis_url")
+        for loop in list(self._connections):
+            if not loop.is_closed():
+                raise RuntimeError(
+                    f"app {self._name!r} has Redis connections open on an event loop: "
+                    "await app.aclose() in that loop before rebind()"
+                )
+            del self._connections[loop]  # its loop is gone: nothing can use them
+        self._name, self._redis_url = new_name, new_url
+        self._keys.clear()  # they spell the old name
+        self._queues = {self.default_queue, *(t.queue for t in self.tasks.values())}
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} redis={redacted(self.redis_url)!r}>"
@@ -133,6 +192,7 @@ class App:
         timeout: float | None = None,
         rate_limit: str | None = None,
         priority: int = 0,
+        autoretry_for: AutoRetry | None = None,
     ) -> _TaskDecorator: ...
 
     def task(
@@ -147,6 +207,7 @@ class App:
         timeout: float | None = None,
         rate_limit: str | None = None,
         priority: int = 0,
+        autoretry_for: AutoRetry | None = None,
     ) -> Task[Any, Any] | _TaskDecorator:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
@@ -154,10 +215,12 @@ class App:
         hour) caps the task's starts across every worker sharing the Redis; a limited job
         waits in the scheduled set, holding no concurrency slot and spending no retry.
         ``priority`` 0 (default, lowest) to 9: higher starts first within the queue, and lower
-        ones still get a share (see README).
+        ones still get a share (see README). ``autoretry_for=(ConnectionError, ...)`` retries
+        only failures with those exception types (subclasses included) and fails the job at
+        once on any other; without it every exception is retried while ``retries`` last.
         """
         decorator = _TaskDecorator(
-            self, name, queue, retries, backoff, timeout, rate_limit, priority
+            self, name, queue, retries, backoff, timeout, rate_limit, priority, autoretry_for
         )
         return decorator if fn is None else decorator(fn)
 
@@ -376,7 +439,25 @@ class App:
         """``job`` for code without an event loop: a ``SyncJob`` whose methods block."""
         return SyncJob(self, job_id, queue)
 
+    def s(self, name: str, /, *args: Any, **kwargs: Any) -> Call[Any]:
+        """A workflow step of a task known by name (``task.s()`` for producers that do not
+        import the tasks); checked like ``app.enqueue``."""
+        return self._named_call(name, args, kwargs, Options())
+
+    def si(self, name: str, /, *args: Any, **kwargs: Any) -> Call[Any]:
+        """An immutable workflow step of a task known by name (see ``task.si()``)."""
+        return Call(self._named_task(name), args, kwargs, Options(), immutable=True)
+
+    def group_job(self, group_id: str, queue: str | None = None) -> GroupJob:
+        """A handle to an enqueued group by its id (``GroupJob.id``), e.g. in another process
+        (no I/O; without ``queue`` the first call finds it in the app's known queues)."""
+        return GroupJob(self, group_id, queue)
+
     async def _enqueue_call(self, call: Call[R]) -> Job[R]:
+        if call.options.on_success is not None or call.options.on_failure is not None:
+            from .canvas import enqueue_call_with_callbacks
+
+            return await enqueue_call_with_callbacks(self, call)
         queue, job = call.prepare()
         keys = self.keys(queue)
         self._queues.add(queue)  # one of `queues` from now on
@@ -401,22 +482,27 @@ class App:
         return [Job(self, job[0], queue) for queue, job in prepared]
 
     async def _send(
-        self, batches: list[tuple[QueueKeys, list[Any]]], prepared: Sequence[tuple[str, list[Any]]]
+        self,
+        batches: list[tuple[QueueKeys, list[Any]]],
+        prepared: Sequence[tuple[str, list[Any]]],
+        before: Sequence[bytes] = (),
     ) -> None:
-        """Enqueue prepared jobs, with the caller's trace context in each (``tracing.py``)."""
+        """Enqueue prepared jobs, with the caller's trace context in each (``tracing.py``);
+        ``before``: packed commands sent first in the same write (a workflow's records)."""
         spans = publish(prepared)  # None when no span was made (tracing is off)
         if spans is None:
-            await self._call(self.scripts.enqueue(batches))
+            await self._call(self.scripts.enqueue(batches, before))
         else:
             with spans:
-                await self._call(self.scripts.enqueue(batches))
+                await self._call(self.scripts.enqueue(batches, before))
 
-    async def _find_job(self, job_id: str) -> QueueKeys:
+    async def _find_job(self, job_id: str, group: bool = False) -> QueueKeys:
         queues = self.queues
         action = f"find job {job_id!r} (EXISTS {self.keys(queues[0]).job(job_id)}, ...)"
         async with self.redis.pipeline(transaction=False) as pipe:
             for q in queues:
-                pipe.exists(self.keys(q).job(job_id))
+                keys = self.keys(q)
+                pipe.exists(keys.flow(job_id) if group else keys.job(job_id))
             with explained(self.redis_url, action):
                 found = await self._call(pipe.execute())
         for q, hit in zip(queues, found, strict=True):
@@ -443,6 +529,7 @@ class _TaskDecorator:
         timeout: float | None,
         rate_limit: str | None = None,
         priority: int = 0,
+        autoretry_for: AutoRetry | None = None,
     ) -> None:
         self.app = app
         self.name = name
@@ -452,6 +539,7 @@ class _TaskDecorator:
         self.timeout = timeout
         self.rate_limit = rate_limit
         self.priority = priority
+        self.autoretry_for = autoretry_for
 
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
@@ -466,7 +554,7 @@ class _TaskDecorator:
         task: Task[Any, Any] = Task(
             self.app, fn, name=name, queue=queue, retries=self.retries,
             backoff=self.backoff, timeout=self.timeout, rate_limit=self.rate_limit,
-            priority=self.priority,
+            priority=self.priority, autoretry_for=self.autoretry_for,
         )  # fmt: skip
         self.app._register(task)
         return task
@@ -548,6 +636,14 @@ class _NamedOptions:
 
     def call(self, *args: Any, **kwargs: Any) -> Call[Any]:
         return Call(self._task, args, kwargs, self._options)
+
+    def s(self, *args: Any, **kwargs: Any) -> Call[Any]:
+        """A workflow step with these options (see ``Task.s``)."""
+        return Call(self._task, args, kwargs, self._options)
+
+    def si(self, *args: Any, **kwargs: Any) -> Call[Any]:
+        """An immutable workflow step with these options (see ``Task.si``)."""
+        return Call(self._task, args, kwargs, self._options, immutable=True)
 
 
 def _unknown(*args: Any, **kwargs: Any) -> Any:

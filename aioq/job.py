@@ -81,6 +81,9 @@ class JobInfo:
     #: "retry" (backoff) or "rate limit"; both ``None`` unless the job is scheduled
     due_at: datetime | None = None
     wait_reason: str | None = None
+    #: the workflow (chain, group, chord) the job is a step of: its id, ``None`` for a job
+    #: enqueued alone; ``aioq job`` lists the workflow's steps
+    workflow: str | None = None
 
 
 class Job(Generic[R]):
@@ -150,12 +153,18 @@ class Job(Generic[R]):
 
         A queued or scheduled job never starts. A running job's coroutine is cancelled by its
         worker, signalled over Redis; its status becomes ``cancelled`` and ``result()``
-        raises ``JobCancelled``.
+        raises ``JobCancelled``. A step of a workflow (chain, group, chord) cancels every
+        step of the workflow that has not finished.
         """
         keys = await self._resolve()
+        flow = await self._app.redis.hget(keys.job(self.id), "flow")
         outcome = await self._app.scripts.cancel(keys, self.id, self._app.result_ttl)
         if outcome < 0:
             raise JobNotFound(self.id, [keys.queue])
+        if flow:
+            from .handover import cancel_workflow
+
+            await cancel_workflow(self._app, flow.decode() if isinstance(flow, bytes) else flow)
         return outcome > 0
 
     async def result(self, timeout: float | None = None) -> R:
@@ -296,6 +305,13 @@ def outcome(job_id: str, status: JobStatus, state: list[bytes | None]) -> Any:
     if status is JobStatus.SUCCEEDED:
         return orjson.loads(result) if result is not None else None
     if status is JobStatus.CANCELLED:
+        if error:  # a workflow step cancelled because an earlier step failed
+            raise TaskFailed(
+                job_id,
+                exc_type.decode(errors="replace") if exc_type else "Error",
+                error.decode(errors="replace"),
+                tb.decode(errors="replace") if tb else "",
+            )
         raise JobCancelled(job_id)
     message = error.decode(errors="replace") if error else status.value
     if status is JobStatus.EXPIRED:
@@ -314,13 +330,13 @@ def _pushed_state(message: bytes) -> list[bytes | None] | None:
     it all (a bare status, an outcome too large to carry, another program's message): the
     caller reads the record then."""
     head, _, payload = message.partition(b" ")
-    if head == b"cancelled":
+    if head == b"cancelled" and not payload:
         return [head, None, None, None, None]
     if not payload:
         return None
     if head == b"succeeded":
         return [head, payload, None, None, None]
-    if head in (b"failed", b"expired"):
+    if head in (b"failed", b"expired", b"cancelled"):
         try:
             o = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -398,4 +414,5 @@ def record_info(
         history=history_field(raw.get("history")),
         due_at=datetime.fromtimestamp(due / 1000, tz=UTC) if waiting and due else None,
         wait_reason=_text(raw.get("wait")) if waiting else None,
+        workflow=(_text(raw.get("flow")) or " ").partition(" ")[2] or None,
     )

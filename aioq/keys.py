@@ -36,6 +36,16 @@ single cluster slot and two apps (or two queues) never collide::
                                         array of them (succeeded, failed, cancelled, expired),
                                         capped near 100 entries: the recently finished jobs
                                         (``views.recent_jobs``), one XADD per batch, not job.
+    aioq:{shop:default}:flows           sorted set: workflows' hand-over outbox (``handover.py``):
+                                        id of a finished job (or fired join) whose successors are
+                                        not yet told -> epoch ms it was added or last swept.
+                                        Written in the same script that finishes the job;
+                                        removed once every successor was told.
+    aioq:{shop:default}:flow:<id>       hash: a workflow's record (``canvas.py``: its steps, the
+                                        node whose outcome is the workflow's) or a join of a group
+                                        (total, done, fired, mode, then, r:<i> each member's
+                                        outcome); lives in the slot of the queue of the step it
+                                        hands over to (a chord's callback), expires like the jobs.
 
 The Lua never spells a key: the suffixes below are rendered into it (``LUA``), every script of
 a queue gets the queue's keys in its KEYS (``QueueKeys.declared``, in the order
@@ -43,11 +53,20 @@ a queue gets the queue's keys in its KEYS (``QueueKeys.declared``, in the order
 built on the hash tag of a declared key (``tag_of`` in ``scripts/helpers.lua``), the one way
 the Lua derives it.
 
-One key is per app rather than per queue (hash tag ``{<app>}``)::
+Two keys are per app rather than per queue (hash tag ``{<app>}``, so the heartbeat script
+writes both in one slot)::
 
     aioq:{shop}:workers                 hash: worker consumer name -> JSON of its stats and the
                                         Redis time of its last heartbeat (every 2 s); removed on
                                         a clean stop, pruned by ``aioq info`` when stale.
+    aioq:{shop}:throughput              hash: bucket start (epoch s by Redis' clock, a multiple
+                                        of ``THROUGHPUT_BUCKET``) -> jobs the app's workers
+                                        finished in it, added by each heartbeat (0 too, so idle
+                                        time reads as zero); a bucket that began
+                                        ``THROUGHPUT_WINDOW`` s or more before the current one
+                                        is pruned (60 are kept), and the hash expires a bucket
+                                        after the window once no worker beats
+                                        (``views.throughput``, the dashboard's chart).
 
 Job ids are unique per queue: a job's record lives beside its stream, so one script can write
 both atomically.
@@ -80,19 +99,29 @@ RATEWAIT = "ratewait:"
 CRON = "cron:"
 CRON_RAN = "cronran:"
 PROGRESS = "progress:"
+FLOWS = "flows"
+FLOW = "flow:"
 
-QUEUE_KEYS = PRIORITIES + 5
+THROUGHPUT_BUCKET = 10
+"""Seconds per bucket of the throughput hash (one bar of the dashboard's chart)."""
+
+THROUGHPUT_WINDOW = 600
+"""Seconds of throughput buckets kept (the chart's 10 minutes)."""
+
+QUEUE_KEYS = PRIORITIES + 6
 """How many KEYS ``QueueKeys.declared`` gives a script: the queue's keys it may touch."""
 
 LUA: dict[str, str] = {
     "PRIORITIES": str(PRIORITIES),
     "QUEUE_KEYS": str(QUEUE_KEYS),
+    "THROUGHPUT_BUCKET": str(THROUGHPUT_BUCKET),
+    "THROUGHPUT_WINDOW": str(THROUGHPUT_WINDOW),
     **{
         f"KEY_{name}": value
         for name, value in dict(
             STREAM=STREAM, SCHEDULED=SCHEDULED, DEAD=DEAD, FAILED=FAILED, RECENT=RECENT,
             RATELIMITS=RATELIMITS, CANCEL=CANCEL, JOB=JOB, DONE=DONE, RATE=RATE,
-            RATEWAIT=RATEWAIT,
+            RATEWAIT=RATEWAIT, FLOW=FLOW,
         ).items()
     },
 }  # fmt: skip
@@ -122,6 +151,7 @@ class QueueKeys:
             declared = (
                 *(level.stream for level in levels),
                 self.scheduled, self.dead, self.failed, self.recent, self.ratelimits,
+                self.flows,
             )  # fmt: skip
             object.__setattr__(self, "_declared", declared)
 
@@ -188,11 +218,19 @@ class QueueKeys:
         return self.tag + RECENT
 
     @property
+    def flows(self) -> str:
+        return self.tag + FLOWS
+
+    def flow(self, flow_id: str) -> str:
+        return self.tag + FLOW + flow_id
+
+    @property
     def declared(self) -> tuple[str, ...]:
         """The KEYS of every script of the queue: each priority's stream (0 first), then the
-        scheduled set, the dead-letter stream, the failed index, the recent stream and the rate
-        limits (``queue.lua`` names them). Keys named by data (a job's record, a task's rate
-        log) share their hash tag, so every script stays in one cluster slot."""
+        scheduled set, the dead-letter stream, the failed index, the recent stream, the rate
+        limits and the hand-over outbox (``queue.lua`` names them). Keys named by data (a
+        job's record, a task's rate log) share their hash tag, so every script stays in one
+        cluster slot."""
         return self.levels[0]._declared
 
     def progress(self, job_id: str) -> str:
@@ -208,6 +246,11 @@ class QueueKeys:
 def workers_key(app: str) -> str:
     """The app's hash of live workers' heartbeats (see the module docstring)."""
     return f"aioq:{{{app}}}:workers"
+
+
+def throughput_key(app: str) -> str:
+    """The app's hash of finished jobs per time bucket (see the module docstring)."""
+    return f"aioq:{{{app}}}:throughput"
 
 
 def validate_name(kind: str, name: str) -> str:

@@ -26,6 +26,13 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
     progress_seq how many values it has set (published with each, see ``job.progress()``)
     trace        JSON object of the enqueuer's trace context (W3C ``traceparent``, ...), written
                  only when there was one to carry (``tracing.py``)
+    then         JSON list of the workflow steps to tell when the job finishes (``canvas.py``)
+    flow         "<queue> <id>" of the workflow the job is a step of (its record: ``keys.flow``)
+    input        JSON value the step gets as its first argument from its predecessor (its
+                 result, a chord's list of results, or a failed job's id for ``on_failure``)
+    cause        JSON of the failure upstream that cancelled a step (``handover.lua``)
+    hold_delay, hold_eta, hold_expires     a held step's delay, eta and expiry, applied when
+                 it starts (``flow.lua``); wait is "workflow" while it is held
     sig          hex HMAC-SHA256 of the job's identity, call and options, written only by an
                  app with a ``signing_key`` (``signing.py``)
 
@@ -122,14 +129,14 @@ def job_fields(
     retries: int,
     timeout: float | None,
     priority: int = 0,
-    sig: bytes = b"",
     trace: bytes = b"",
 ) -> list[Any]:
     """The values the enqueue script (``scripts/enqueue.py``) writes, in its order: task, queue,
-    args, kwargs, retries, timeout, priority, sig, trace (it adds status, attempts and the
-    enqueue time itself). ``sig`` (``signing.py``) and ``trace`` stay empty (nothing written)
-    unless the app signs and ``tracing.publish`` fills the trace in, as the last value."""
-    return [task, queue, args, kwargs, int(retries), timeout_text(timeout), priority, sig, trace]
+    args, kwargs, retries, timeout, priority, trace (it adds status, attempts and the
+    enqueue time itself). ``trace`` stays empty (nothing written) unless ``tracing.publish``
+    fills it in (at ``tracing.TRACE``). ``Call.prepare`` puts the workflow's values and the
+    signature (``signing.py``) after them."""
+    return [task, queue, args, kwargs, int(retries), timeout_text(timeout), priority, trace]
 
 
 def timeout_text(timeout: float | None) -> str:
@@ -182,8 +189,9 @@ def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
     d.timeout = None
     d.retries = 0
     d.trace = row[9]
-    d.sig = row[10]
     task, args, kwargs, timeout, retries = row[3:8]
+    piped = row[10] if len(row) > 10 else None
+    d.sig = row[11] if len(row) > 11 else None
     if "\ufffd" in d.job_id and d.job_id.encode() != row[1]:
         # the decoded id would name another record: the caller must use the raw id (row[1])
         return d, f"job id {row[1]!r} is not UTF-8"
@@ -202,6 +210,11 @@ def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
         return d, f"job 'args' must be a JSON array, got {type(a).__name__}"
     if not isinstance(k, dict):
         return d, f"job 'kwargs' must be a JSON object, got {type(k).__name__}"
+    if piped is not None:  # a workflow step: its predecessor's value comes first
+        try:
+            a = [orjson.loads(piped), *a]
+        except orjson.JSONDecodeError as exc:
+            return d, f"job record of task {d.task!r} holds an input that is not JSON: {exc}"
     d.args, d.kwargs = a, k
     try:
         d.timeout = float(timeout) if timeout else None

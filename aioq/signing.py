@@ -62,15 +62,18 @@ def job_message(
     kwargs: bytes | None,
     retries: bytes | None,
     timeout: bytes | None,
+    piped: bool = False,
 ) -> bytes:
     """The bytes a job's signature covers; the same on the enqueue side and the worker's (a
-    field the record lacks counts as empty, so a removed field does not verify either)."""
+    field the record lacks counts as empty, so a removed field does not verify either).
+    ``piped``: a workflow step that gets its predecessor's value as first argument (an
+    ``input`` field); signed, so an ``input`` added to any other job does not verify."""
     a, q = app.encode(), queue.encode()
     t, ar, kw, r, to = task or b"", args or b"", kwargs or b"", retries or b"", timeout or b""
     # one format, not a loop: this runs for every job enqueued and every job started
-    return b"%s %d:%s%d:%s%d:%s%d:%s%d:%s%d:%s%d:%s%d:%s" % (
-        _VERSION, len(a), a, len(q), q, len(job_id), job_id, len(t), t,
-        len(ar), ar, len(kw), kw, len(r), r, len(to), to,
+    return b"%s%s %d:%s%d:%s%d:%s%d:%s%d:%s%d:%s%d:%s%d:%s" % (
+        _VERSION, b" piped" if piped else b"", len(a), a, len(q), q, len(job_id), job_id,
+        len(t), t, len(ar), ar, len(kw), kw, len(r), r, len(to), to,
     )  # fmt: skip
 
 
@@ -133,22 +136,25 @@ def sign_job(
     kwargs: bytes,
     retries: int,
     timeout: str,
+    piped: bool = False,
 ) -> bytes:
     """The ``sig`` of a job about to be enqueued (the encode side, ``Call.prepare``)."""
     message = job_message(
-        app, queue, job_id.encode(), task.encode(), args, kwargs, b"%d" % retries, timeout.encode()
-    )
+        app, queue, job_id.encode(), task.encode(), args, kwargs, b"%d" % retries,
+        timeout.encode(), piped,
+    )  # fmt: skip
     return signer.sign(message)
 
 
 def verify_row(signer: Signer, app: str, queue: str, row: list[object]) -> str | None:
     """Check a started-job row as the worker's scripts return it (``start.lua``: entry id,
-    job id, attempt, task, args, kwargs, timeout, retries, priority, trace, sig), raw bytes as
-    stored; ``None`` when it verifies, else why it must not run (the read side,
+    job id, attempt, task, args, kwargs, timeout, retries, priority, trace, input, sig), raw
+    bytes as stored; ``None`` when it verifies, else why it must not run (the read side,
     ``Runner.start``). ``queue`` is the queue whose keys hold the record, not the record's
     own say."""
     job_id, task, args, kwargs, timeout, retries = (
         row[1], row[3], row[4], row[5], row[6], row[7],
     )  # fmt: skip
-    message = job_message(app, queue, job_id, task, args, kwargs, retries, timeout)  # type: ignore[arg-type]
-    return signer.verify(message, row[10])  # type: ignore[arg-type]
+    piped = len(row) > 10 and row[10] is not None
+    message = job_message(app, queue, job_id, task, args, kwargs, retries, timeout, piped)  # type: ignore[arg-type]
+    return signer.verify(message, row[11] if len(row) > 11 else None)  # type: ignore[arg-type]

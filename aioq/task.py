@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from .keys import PRIORITIES, validate_name
 from .message import encode_call, job_fields, timeout_text
@@ -21,10 +21,14 @@ if TYPE_CHECKING:
     from .sync import SyncJob
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
 R = TypeVar("R")
 
 Backoff = float | Callable[[int], float]
 """Base seconds of exponential backoff with jitter, or a function attempt -> seconds."""
+
+AutoRetry = type[BaseException] | tuple[type[BaseException], ...]
+"""``autoretry_for``: the exception types whose failures are retried (subclasses too)."""
 
 MAX_JOB_ID = 256
 
@@ -42,32 +46,83 @@ class Options:
     expires: float | None = None  # seconds after the enqueue
     expires_at: datetime | None = None
     priority: int | None = None
+    on_success: Call[Any] | None = None  # enqueued with the result as first argument
+    on_failure: Call[Any] | None = None  # enqueued with the job's id once it failed for good
+
+
+class _Piped:
+    """Stands for the value a workflow step receives from its predecessor, when its
+    arguments are checked against the task's signature before anything is written."""
+
+    def __repr__(self) -> str:
+        return "<the previous step's result>"
+
+
+PIPED: Any = _Piped()
 
 
 class Call(Generic[R]):
-    """One call of a task, ready to be enqueued alone or in bulk by ``app.enqueue_many``."""
+    """One call of a task, ready to be enqueued alone or in bulk by ``app.enqueue_many``, or
+    as a step of a workflow (``task.s()``; ``task.si()`` makes an ``immutable`` one, which
+    never receives the previous step's result)."""
 
-    __slots__ = ("args", "kwargs", "options", "task")
+    __slots__ = ("args", "immutable", "kwargs", "options", "task")
 
     def __init__(
-        self, task: Task[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any], options: Options
+        self,
+        task: Task[Any, R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: Options,
+        immutable: bool = False,
     ) -> None:
         self.task = task
         self.args = args
         self.kwargs = kwargs
         self.options = options
+        self.immutable = immutable
 
-    def prepare(self) -> tuple[str, list[Any]]:
+    def __repr__(self) -> str:
+        shown = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{self.task.name}.{'si' if self.immutable else 's'}({', '.join(shown)})"
+
+    @property
+    def queue(self) -> str:
+        return self.options.queue or self.task.queue
+
+    def prepare(
+        self,
+        *,
+        job_id: str | None = None,
+        piped: bool = False,
+        then: bytes = b"",
+        flow: str = "",
+        hold: int | None = None,
+    ) -> tuple[str, list[Any]]:
         """Validate and encode: the queue, and the job's values for the enqueue script (job id,
-        delay ms, eta ms, expires-in ms, expires-at ms, then ``job_fields``). Writes nothing."""
+        delay ms, eta ms, expires-in ms, expires-at ms, ``job_fields``, then the workflow's:
+        ``then``, ``flow`` and ``hold``, and the signature, see ``enqueue_job.lua``). Writes
+        nothing.
+
+        ``piped``: the job receives its predecessor's result as its first positional argument
+        (a mutable step of a workflow), so the arguments are checked with it in front."""
         task, opts = self.task, self.options
-        task.check_arguments(self.args, self.kwargs)
+        if piped:
+            try:
+                task.check_arguments((PIPED, *self.args), self.kwargs)
+            except TypeError as exc:
+                raise TypeError(
+                    f"{self!r} receives the previous step's result as its first argument: "
+                    f"{exc} (use .si() for a step that takes no result)"
+                ) from None
+        else:
+            task.check_arguments(self.args, self.kwargs)
         args, kwargs = encode_call(task.name, self.args, self.kwargs)
         queue = opts.queue or task.queue
         retries = task.retries if opts.retries is None else opts.retries
         timeout = task.timeout if opts.timeout is None else opts.timeout
         priority = task.priority if opts.priority is None else opts.priority
-        job_id = opts.job_id or os.urandom(16).hex()
+        job_id = job_id or opts.job_id or os.urandom(16).hex()
         eta_ms = 0 if opts.eta is None else _epoch_ms(opts.eta)
         expires_in = 0 if opts.expires is None else max(1, round(opts.expires * 1000))
         expires_at = 0 if opts.expires_at is None else _epoch_ms(opts.expires_at)
@@ -76,11 +131,15 @@ class Call(Generic[R]):
         if signer is not None:  # every job is encoded here, so every job is signed here
             t = timeout_text(timeout)
             sig = sign_job(
-                signer, task.app.name, queue, job_id, task.name, args, kwargs, int(retries), t
-            )
-        fields = job_fields(task.name, queue, args, kwargs, retries, timeout, priority, sig)
+                signer, task.app.name, queue, job_id, task.name, args, kwargs, int(retries), t,
+                piped,
+            )  # fmt: skip
+        fields = job_fields(task.name, queue, args, kwargs, retries, timeout, priority)
         delay = round(opts.delay * 1000)
-        return queue, [job_id, delay, eta_ms, expires_in, expires_at, *fields]
+        held = "" if hold is None else max(1, hold)
+        return queue, [
+            job_id, delay, eta_ms, expires_in, expires_at, *fields, then, flow, held, sig,
+        ]  # fmt: skip
 
 
 class Task(Generic[P, R]):
@@ -102,6 +161,7 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         rate_limit: str | None = None,
         priority: int = 0,
+        autoretry_for: AutoRetry | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@app.task needs a function, got {fn!r}")
@@ -120,6 +180,10 @@ class Task(Generic[P, R]):
         self.backoff = backoff
         self.timeout = timeout
         self.rate_limit: RateLimit | None = None if rate_limit is None else parse_rate(rate_limit)
+        #: None: a failure of any exception is retried (while retries are left)
+        self.autoretry_for = (
+            None if autoretry_for is None else _exception_types(name, autoretry_for)
+        )
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
         params = self._signature.parameters.values()
@@ -147,15 +211,28 @@ class Task(Generic[P, R]):
         eta: datetime | None = None,
         expires: float | timedelta | datetime | None = None,
         priority: int | None = None,
+        on_success: Call[Any] | None = None,
+        on_failure: Call[Any] | None = None,
     ) -> TaskOptions[P, R]:
         """The same task with per-enqueue options.
 
         ``delay`` (seconds or timedelta) or ``eta`` (datetime; naive means UTC) keep the job
         scheduled until then; ``expires`` (seconds or timedelta after the enqueue, or a
         datetime) ends it ``expired`` if it has not started by then; ``priority`` 0-9 (higher
-        starts first within its queue) overrides the task's.
+        starts first within its queue) overrides the task's. ``on_success=notify.s()`` is
+        enqueued with the result as its first argument once the job succeeds;
+        ``on_failure=alert.s()`` with the job's id once it has failed for good (after its
+        retries), never on an attempt that is retried.
         """
         opts = _options(self.name, job_id, queue, retries, timeout, delay, eta, expires, priority)
+        for role, cb in (("on_success", on_success), ("on_failure", on_failure)):
+            if cb is not None and not isinstance(cb, Call):
+                raise TypeError(
+                    f"task {self.name!r}: {role} must be a task's call (task.s() or "
+                    f"task.si()), got {cb!r}"
+                )
+        if on_success is not None or on_failure is not None:
+            opts = replace(opts, on_success=on_success, on_failure=on_failure)
         return TaskOptions(self, opts)
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
@@ -174,6 +251,23 @@ class Task(Generic[P, R]):
         """A call to enqueue later, e.g. many at once with ``app.enqueue_many``."""
         return Call(self, args, kwargs, self._defaults)
 
+    # ``s()`` is typed twice: with every argument (a chain's first step, or a call enqueued
+    # alone), and with all but the first, which a later step gets from its predecessor.
+    @overload
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]: ...
+    @overload
+    def s(self: Task[Concatenate[Any, Q], R], *args: Q.args, **kwargs: Q.kwargs) -> Call[R]: ...
+
+    def s(self, *args: Any, **kwargs: Any) -> Call[R]:
+        """A step of a workflow (the same as ``call``): in a chain it receives the previous
+        step's result as its FIRST positional argument, ``add.s(10)`` being ``add(prev, 10)``;
+        a chord's callback receives the list of its members' results."""
+        return Call(self, args, kwargs, self._defaults)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
+        """An immutable step: called with exactly these arguments, never the previous result."""
+        return Call(self, args, kwargs, self._defaults, immutable=True)
+
     def job(self, job_id: str) -> Job[R]:
         """A typed handle to an existing job of this task (no I/O)."""
         from .job import Job
@@ -188,6 +282,11 @@ class Task(Generic[P, R]):
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"task {self.name!r} called with bad arguments: {exc}") from None
+
+    def retries_on(self, exc: BaseException) -> bool:
+        """Whether a failure with ``exc`` may be retried: any exception, unless
+        ``autoretry_for`` names the types that may (``raise Retry`` always retries)."""
+        return self.autoretry_for is None or isinstance(exc, self.autoretry_for)
 
     def backoff_delay(self, attempt: int) -> float:
         """Seconds to wait before the attempt after ``attempt`` failed: exponential, jittered."""
@@ -217,8 +316,24 @@ class TaskOptions(Generic[P, R]):
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
         return Call(self.task, args, kwargs, self._options)
 
+    @overload
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]: ...
+    @overload
+    def s(
+        self: TaskOptions[Concatenate[Any, Q], R], *args: Q.args, **kwargs: Q.kwargs
+    ) -> Call[R]: ...
+
+    def s(self, *args: Any, **kwargs: Any) -> Call[R]:
+        """A workflow step with these options (see ``Task.s``)."""
+        return Call(self.task, args, kwargs, self._options)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
+        """An immutable workflow step with these options (see ``Task.si``)."""
+        return Call(self.task, args, kwargs, self._options, immutable=True)
+
     def options(self, **changes: Any) -> TaskOptions[P, R]:
         merged = {k: getattr(self._options, k) for k in Options.__slots__}
+        merged["expires"] = merged.pop("expires_at") or merged["expires"]  # options() splits it
         merged.update(changes)
         return self.task.options(**merged)
 
@@ -263,6 +378,21 @@ def _options(
         Options(), job_id=job_id, queue=queue, retries=retries, timeout=timeout,
         delay=seconds, eta=eta, expires=expires_in, expires_at=expires_at, priority=priority,
     )  # fmt: skip
+
+
+def _exception_types(task: str, types: object) -> tuple[type[BaseException], ...]:
+    """``autoretry_for`` as a tuple of exception classes; a ``TypeError`` naming the task and
+    the first thing in it that is not one."""
+    items = (types,) if isinstance(types, type) else types
+    if not isinstance(items, tuple | list | set | frozenset):
+        raise TypeError(
+            f"task {task!r}: autoretry_for must be an exception class or a tuple of them, "
+            f"got {types!r}"
+        )
+    for t in items:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"task {task!r}: autoretry_for must hold exception classes, got {t!r}")
+    return tuple(items)
 
 
 def check_priority(owner: str, priority: object) -> int:

@@ -64,6 +64,7 @@ SYSTEM = "aioq"
 """The ``messaging.system`` of aioq's spans (and the name of its tracer)."""
 
 _OUTCOMES = {"ok": "succeeded", "fail": "failed", "retry": "retried", "cancelled": "cancelled"}
+TRACE = 12  # where the trace value sits in a prepared job (Call.prepare, ENQUEUE_ARGS order)
 
 # Set once the program has imported opentelemetry.trace (see _load).
 _global_provider: Callable[[], TracerProvider | None] | None = None
@@ -132,7 +133,8 @@ def publish(jobs: Sequence[tuple[str, list[Any]]], *, new_trace: bool = True) ->
     """Give each job about to be enqueued the trace context to carry, in place.
 
     ``jobs``: (queue, values) pairs as ``Call.prepare`` makes them: the job id first, the task
-    name sixth, the trace value last (left empty when there is nothing to carry). Returns the
+    name sixth, the trace value thirteenth (``TRACE``; left empty when there is nothing to
+    carry). Returns the
     publish spans to end around the round trip (``with``), or None when none were made:
     tracing is off, or ``new_trace`` is false and no span is active (cron ticks).
     """
@@ -145,7 +147,7 @@ def publish(jobs: Sequence[tuple[str, list[Any]]], *, new_trace: bool = True) ->
             propagate.inject(carrier)
             value = orjson.dumps(carrier) if carrier else b""
             for _, job in jobs:
-                job[-1] = value
+                job[TRACE] = value
         return None
     if not new_trace and not _span_active():
         return None
@@ -170,7 +172,7 @@ def publish(jobs: Sequence[tuple[str, list[Any]]], *, new_trace: bool = True) ->
         carrier = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         if carrier:
-            job[-1] = orjson.dumps(carrier)
+            job[TRACE] = orjson.dumps(carrier)
     return Publishing(spans)
 
 

@@ -24,7 +24,15 @@ from redis.exceptions import ResponseError
 
 from .app import App
 from .job import JobStatus
-from .keys import GROUP, PRIORITIES, QueueKeys, workers_key
+from .keys import (
+    GROUP,
+    PRIORITIES,
+    THROUGHPUT_BUCKET,
+    THROUGHPUT_WINDOW,
+    QueueKeys,
+    throughput_key,
+    workers_key,
+)
 from .message import flat_pairs, history_field, int_field, json_field, text_field, time_field
 
 
@@ -180,6 +188,46 @@ async def _heartbeats(app: App) -> tuple[list[WorkerInfo], list[bytes]]:
         else:
             live.append(info)
     return sorted(live, key=lambda w: w.consumer), stale
+
+
+async def throughput(app: App) -> list[dict[str, float]]:
+    """Jobs the app's workers finished, per ``THROUGHPUT_BUCKET`` (10 s) bucket of the last
+    ``THROUGHPUT_WINDOW`` (10 minutes), oldest first, from the hash their heartbeats write
+    (keys.py; buckets no beat wrote are zeros): ``t`` the bucket's start (epoch s, Redis'
+    clock), ``seconds`` how much of it has passed (all of it but for the current one),
+    ``jobs``, and ``rate`` in jobs/s. Jobs count in the bucket of the beat that reported
+    them, so the current bucket's rate is over at least a heartbeat interval: its first beats
+    report jobs finished up to 2 s before it began, which over its first 0.1 s would be a spike."""
+    from .worker.heartbeat import HEARTBEAT
+
+    async with app.redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        pipe.hgetall(throughput_key(app.name))
+        (secs, micros), raw = await pipe.execute()
+    counts: dict[int, int] = {}
+    for start, jobs in raw.items():
+        if start.isdigit() and jobs.lstrip(b"-").isdigit():
+            counts[int(start)] = int(jobs)
+    now, current = secs + micros / 1e6, secs - secs % THROUGHPUT_BUCKET
+    first = current - THROUGHPUT_WINDOW + THROUGHPUT_BUCKET  # the oldest bucket the Lua keeps
+    points: list[dict[str, float]] = []
+    for t in range(first, current + 1, THROUGHPUT_BUCKET):
+        seconds, jobs = min(float(THROUGHPUT_BUCKET), now - t), counts.get(t, 0)
+        points.append(
+            {"t": t, "seconds": seconds, "jobs": jobs, "rate": jobs / max(seconds, HEARTBEAT)}
+        )
+    return points
+
+
+def throughput_over(points: list[dict[str, float]], seconds: float = 60.0) -> dict[str, float]:
+    """The newest of ``points`` (``throughput``) that cover ``seconds`` (whole buckets: up to
+    a bucket more) summed: ``jobs``, the ``seconds`` they cover, and ``rate`` in jobs/s."""
+    jobs, covered = 0, 0.0
+    for p in reversed(points):
+        if covered >= seconds:
+            break
+        jobs, covered = jobs + int(p["jobs"]), covered + p["seconds"]
+    return {"jobs": jobs, "seconds": covered, "rate": jobs / covered if covered else 0.0}
 
 
 # -- jobs -------------------------------------------------------------------------------------

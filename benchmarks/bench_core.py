@@ -179,7 +179,7 @@ class Bench:
         os.environ["AIOQ_REDIS_URL"] = url
         import bench_tasks
 
-        bench_tasks.app.redis_url = url
+        bench_tasks.app.rebind(redis_url=url)
         self.bt = bench_tasks
         self.raw = aredis.from_url(url)  # the ceiling's producer client
         self.env = as_installed.child_env(

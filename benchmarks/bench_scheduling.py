@@ -191,7 +191,7 @@ class Bench:
 
         self.t = bench_sched_tasks
         self.app = bench_sched_tasks.app
-        self.app.redis_url = url
+        self.app.rebind(redis_url=url)
         self.r = aredis.from_url(url)
         self.env = as_installed.child_env({**os.environ, "PYTHONUNBUFFERED": "1"})
         self.logdir = Path(tempfile.mkdtemp(prefix="aioq-bench-sched-logs-"))

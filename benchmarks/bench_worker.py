@@ -4,6 +4,9 @@ trip against its floor, and the enqueue rates with and without signing, all in o
 
     .venv/bin/python benchmarks/bench_worker.py          # 20,000 jobs, 1,000 round trips, 3 reps
     .venv/bin/python benchmarks/bench_worker.py --quick  # 5,000 jobs, 300 round trips
+    .venv/bin/python benchmarks/bench_worker.py --variants cli,cli-uvloop   # uvloop or not
+    .venv/bin/python benchmarks/bench_worker.py --variants cli-quiet,signed \
+        --scenarios drain,enqueue                        # signed jobs or not, enqueue rates
 
 Starts its own redis-server (TCP loopback, as ``bench_core.py``; ``--redis-url`` to use a
 running one, which is FLUSHALL'd). Every repeat runs each variant once, order rotated:
@@ -13,6 +16,8 @@ running one, which is FLUSHALL'd). Every repeat runs each variant once, order ro
                cli        ``python -m aioq worker bench_tasks:app --burst``  (its defaults:
                           ``--log-level info``, text logs to stderr, here to a file)
                cli-quiet  the same with ``--log-level warning`` (logging off)
+               cli-uvloop the default command with ``--loop uvloop`` (only when asked for
+                          with ``--variants``; the producer here stays on asyncio's loop)
                api        ``python api_worker.py --burst``: ``Worker(app, burst=True)`` in a
                           script that configures no logging (warnings only)
                signed     cli-quiet with ``App(signing_key=...)`` (BENCH_SIGNING_KEY): the
@@ -60,12 +65,13 @@ from bench_core import med, pct, redis_server, versions  # noqa: E402
 
 K_FIRST_START = "bench:first_start"
 RPC_STREAM, RPC_DONE = "raw:rpc", "raw:done"
-VARIANTS = ("cli", "cli-quiet", "api")
-DRAIN_VARIANTS = (*VARIANTS, "signed")
+VARIANTS = ("cli", "cli-quiet", "api")  # the default --variants
+KNOWN = (*VARIANTS, "cli-uvloop", "signed")
 SIGNING_KEY = b"bench-signing-key"
 LABELS = {
     "cli": "aioq worker (defaults: --log-level info)",
     "cli-quiet": "aioq worker --log-level warning",
+    "cli-uvloop": "aioq worker --loop uvloop",
     "api": "Worker(app) through the API",
     "signed": "aioq worker --log-level warning, signed jobs",
     "floor": "floor: raw XADD / XREADGROUP+XACK+PUBLISH",
@@ -86,7 +92,7 @@ class Bench:
         os.environ["AIOQ_REDIS_URL"] = url
         import bench_tasks
 
-        bench_tasks.app.redis_url = url
+        bench_tasks.app.rebind(redis_url=url)
         self.bt = bench_tasks
         self.env = as_installed.child_env(
             {**os.environ, "AIOQ_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
@@ -100,7 +106,11 @@ class Bench:
         async def _noop() -> None:
             return None
 
-        self.signed_noop = _noop
+        @self.signed.task(name="rpc")
+        async def _rpc() -> None:
+            return None
+
+        self.signed_noop, self.signed_rpc = _noop, _rpc
         self.logdir = Path(tempfile.mkdtemp(prefix="aioq-bench-worker-"))
         self.runs: list[dict[str, Any]] = []
 
@@ -111,6 +121,9 @@ class Bench:
         if variant in ("cli-quiet", "signed"):
             return [sys.executable, "-m", "aioq", "worker", "bench_tasks:app", *b,
                     "--log-level", "warning"]  # fmt: skip
+        if variant == "cli-uvloop":
+            return [sys.executable, "-m", "aioq", "worker", "bench_tasks:app", *b,
+                    "--loop", "uvloop"]  # fmt: skip
         if variant == "api":
             return [sys.executable, str(HERE / "api_worker.py"), *b]
         return [sys.executable, str(HERE / "raw_worker.py"), "--rpc"]
@@ -173,7 +186,7 @@ class Bench:
             if variant == "floor":
                 times = await self._floor(m, warm)
             else:
-                rpc = self.bt.rpc
+                rpc = self.signed_rpc if variant == "signed" else self.bt.rpc
                 times = []
                 for i in range(warm + m):
                     t0 = time.perf_counter()
@@ -259,11 +272,11 @@ class Bench:
     async def run(self) -> None:
         sc = self.args.scenarios
         for rep in range(1, self.args.repeats + 1):
-            k = (rep - 1) % len(VARIANTS)
-            order = VARIANTS[k:] + VARIANTS[:k]
-            j = (rep - 1) % len(DRAIN_VARIANTS)
+            variants = self.args.variants
+            k = (rep - 1) % len(variants)
+            order = variants[k:] + variants[:k]
             if "drain" in sc:
-                for v in DRAIN_VARIANTS[j:] + DRAIN_VARIANTS[:j]:
+                for v in order:
                     await self.drain(v, rep)
             if "enqueue" in sc:
                 await self.enqueue(rep)
@@ -303,6 +316,11 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
     def vals(variant: str, scenario: str, key: str) -> list[float]:
         return [r[key] for r in runs if r["variant"] == variant and r["scenario"] == scenario]
 
+    def per_rep(variant: str, scenario: str, key: str) -> dict[int, float]:
+        return {
+            r["rep"]: r[key] for r in runs if r["variant"] == variant and r["scenario"] == scenario
+        }
+
     def cell(xs: list[float], f: str) -> str:
         return f"{med(xs):{f}} ({min(xs):{f}}-{max(xs):{f}})" if xs else "-"
 
@@ -317,20 +335,22 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
     ]
     if "drain" in args.scenarios:
         L.append(f"drain of {args.n:,} no-op jobs, --burst, concurrency 100 (jobs/s)")
-        quiet = med(vals("cli-quiet", "drain", "steady"))
-        rows = [("worker", "excl. start-up", "incl. start-up", "start-up s", "vs logging off")]
-        for v in DRAIN_VARIANTS:
+        base = "cli-quiet" if "cli-quiet" in args.variants else args.variants[0]
+        quiet = med(vals(base, "drain", "steady"))
+        rows = [("worker", "excl. start-up", "incl. start-up", "start-up s", f"vs {base}")]
+        for v in args.variants:
             steady = vals(v, "drain", "steady")
             ratio = f"{med(steady) / quiet:.2f}" if steady and quiet else "-"  # type: ignore[operator]
             rows.append((LABELS[v], cell(steady, ",.0f"), cell(vals(v, "drain", "total"), ",.0f"),
                          cell(vals(v, "drain", "startup"), ".3f"), ratio))  # fmt: skip
         L.extend(_table(rows))
-        signed = [
-            s / u
-            for s, u in zip(vals("signed", "drain", "steady"), vals("cli-quiet", "drain", "steady"),
-                            strict=True)
-        ]  # fmt: skip
-        L.append(f"signed / logging off, per repeat: {cell(signed, '.2f')}")
+        if "signed" in args.variants and "cli-quiet" in args.variants:
+            signed = [
+                s / u
+                for s, u in zip(vals("signed", "drain", "steady"),
+                                vals("cli-quiet", "drain", "steady"), strict=True)
+            ]  # fmt: skip
+            L.append(f"signed / logging off, per repeat: {cell(signed, '.2f')}")
         L.append("")
     if "enqueue" in args.scenarios:
         L.append(f"enqueue from one process, no worker (jobs/s): {args.m} awaited, {args.n:,} "
@@ -360,7 +380,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
         )
         floors = {r["rep"]: r["p50"] for r in runs if r["variant"] == "floor"}
         rows = [("worker", "p50", "p90", "p99", "ratio p50")]
-        for v in ("floor", *VARIANTS):
+        for v in ("floor", *args.variants):
             ratios = [
                 r["p50"] / floors[r["rep"]]
                 for r in runs
@@ -369,6 +389,15 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
             rt = [cell(vals(v, "roundtrip", k), ".3f") for k in ("p50", "p90", "p99")]
             rows.append((LABELS[v], *rt, cell(ratios, ".2f")))
         L.extend(_table(rows))
+    if {"cli", "cli-uvloop"} <= set(args.variants):
+        L.append("")
+        L.append("uvloop / asyncio (the default CLI worker), per repeat:")
+        for scenario, key, what in (("drain", "steady", "drain jobs/s (excl. start-up)"),
+                                    ("roundtrip", "p50", "round trip p50")):  # fmt: skip
+            uv, aio = per_rep("cli-uvloop", scenario, key), per_rep("cli", scenario, key)
+            ratios = [uv[rep] / aio[rep] for rep in uv if rep in aio]
+            if ratios:
+                L.append(f"  {what}: {cell(ratios, '.2f')}")
     return "\n".join(L)
 
 
@@ -390,13 +419,22 @@ def main() -> int:
     ap.add_argument("--n", type=int, help="jobs per drain (20,000; quick 5,000)")
     ap.add_argument("--m", type=int, help="round trips per variant (1,000; quick 300)")
     ap.add_argument(
-        "--scenarios", default="drain,roundtrip,enqueue", help="drain, roundtrip, enqueue"
+        "--scenarios", default="drain,roundtrip", help="drain, roundtrip, enqueue (any of them)"
+    )
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"workers to compare, of {', '.join(KNOWN)} (default {','.join(VARIANTS)})",
     )
     ap.add_argument("--json", help="write every run (and versions) to this file")
     args = ap.parse_args()
     args.n = args.n or (5_000 if args.quick else 20_000)
     args.m = args.m or (300 if args.quick else 1_000)
     args.scenarios = set(args.scenarios.split(","))
+    args.variants = tuple(dict.fromkeys(args.variants.split(",")))
+    unknown = [v for v in args.variants if v not in KNOWN]
+    if unknown or not args.variants:
+        ap.error(f"unknown --variants {', '.join(unknown)} (use {', '.join(KNOWN)})")
     with redis_server("tcp", args.redis_url) as url:
         info = versions(url)
         b = Bench(url, args)

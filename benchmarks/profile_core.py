@@ -85,7 +85,7 @@ async def ladder(url: str, n: int, repeats: int, cprof: Path | None) -> None:
 
     from aioq.scripts import ENQUEUE
 
-    bt.app.redis_url = url
+    bt.app.rebind(redis_url=url)
     plain = aredis.from_url(url)
     app, noop = bt.app, bt.noop
     await app.ping()
@@ -517,7 +517,7 @@ def main() -> int:
         async def go() -> None:
             import bench_tasks as bt
 
-            bt.app.redis_url = url
+            bt.app.rebind(redis_url=url)
             if not args.skip_ladder:
                 cp = Path(args.out) / "enqueue.cprofile" if args.cprofile else None
                 await ladder(url, args.n_ladder, args.repeats, cp)

@@ -195,7 +195,7 @@ async def run(url: str, n: int, batch: int, repeats: int) -> None:
 
     from aioq import scripts as S
 
-    bt.app.redis_url = url
+    bt.app.rebind(redis_url=url)
     app = bt.app
     r = aredis.from_url(url)
     keys = app.keys()

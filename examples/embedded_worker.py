@@ -64,7 +64,7 @@ def run() -> None:
                 server = stack.enter_context(EmbeddedRedis())
             except RedisServerNotFound as exc:
                 sys.exit(f"embedded_worker: {exc}")
-            app.redis_url = server.url  # safe before first use: connections open lazily
+            app.rebind(redis_url=server.url)  # before first use: connections open lazily
             print(f"(no AIOQ_REDIS_URL: started a private redis-server at {server.url})")
         asyncio.run(main())
 

@@ -18,8 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from aioq import App, JobCancelled, JobStatus, Worker, current_job
+from aioq import App, JobCancelled, JobStatus, Worker, current_job, views
 from aioq.dashboard import JOBS_LIMIT, dashboard
+from aioq.keys import THROUGHPUT_BUCKET, THROUGHPUT_WINDOW, throughput_key, workers_key
+from aioq.worker.heartbeat import HEARTBEAT
 
 from .apps.ops import fixed_key, make_app
 from .conftest import unique_name
@@ -34,6 +36,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 SCREENSHOT = Path("/tmp/dashboard.png")
 JOBS_SCREENSHOT = Path("/tmp/dashboard-jobs.png")
+TPUT_SCREENSHOT = Path("/tmp/tput.png")  # the first load, after workers finished 30 jobs
 
 
 @pytest.fixture
@@ -247,6 +250,74 @@ async def test_api_says_when_redis_does_not_answer(tmp_path: Path) -> None:
     assert "cannot reach Redis" in r.json()["error"]
 
 
+async def finish(app: App, n: int, workers: int = 2) -> None:
+    """Enqueue ``n`` jobs and let ``workers`` burst workers finish them together."""
+    await app.enqueue_many([app.tasks["add"].call(i, 1) for i in range(n)])
+    runs = [Worker(app, burst=True, concurrency=4).run() for _ in range(workers)]
+    await asyncio.wait_for(asyncio.gather(*runs), 20)
+
+
+async def test_api_throughput_is_what_the_workers_heartbeats_counted(ops: App) -> None:
+    """Jobs finished by two workers, read by a dashboard of a new App: every 10 s bucket of the
+    last 10 minutes, oldest first, zeros where nothing ran, the jobs summing to those finished
+    (the workers' last beats, after their last results, count the rest)."""
+    await finish(ops, 37)
+    fresh = make_app(ops.name, ops.redis_url)  # nothing in this process has seen a worker
+    transport = httpx.ASGITransport(app=dashboard(fresh))
+    before, _ = await ops.redis.time()
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        series = (await client.get("/api/overview")).json()["throughput"]
+    after, _ = await ops.redis.time()
+    await fresh.aclose()
+    assert len(series) == THROUGHPUT_WINDOW // THROUGHPUT_BUCKET
+    assert [p["t"] for p in series] == list(
+        range(series[0]["t"], series[0]["t"] + THROUGHPUT_WINDOW, THROUGHPUT_BUCKET)
+    )
+    assert before - before % THROUGHPUT_BUCKET <= series[-1]["t"] <= after  # the current one
+    assert sum(p["jobs"] for p in series) == 37
+    assert sum(p["rate"] > 0 for p in series) in (1, 2)  # this bucket, or also the one before
+    for p in series[:-1]:
+        assert (p["seconds"], p["rate"]) == (THROUGHPUT_BUCKET, p["jobs"] / THROUGHPUT_BUCKET)
+    # the current bucket: over the part of it that has passed (at least a heartbeat interval)
+    last = series[-1]
+    assert 0 <= last["seconds"] <= THROUGHPUT_BUCKET
+    assert last["rate"] == pytest.approx(last["jobs"] / max(last["seconds"], HEARTBEAT))
+
+
+async def test_throughput_buckets_older_than_the_window_are_pruned(ops: App) -> None:
+    """A beat drops the buckets that began a window or more before its own, and the view shows
+    no others; the hash expires a bucket after the window."""
+    key = throughput_key(ops.name)
+    secs, _ = await ops.redis.time()
+    now = secs - secs % THROUGHPUT_BUCKET
+    seeded = range(now - THROUGHPUT_WINDOW - 100, now, THROUGHPUT_BUCKET)  # 70 buckets, 1 job each
+    await ops.redis.hset(key, mapping={str(t): 1 for t in seeded})
+    keys = (workers_key(ops.name), key)
+    beat = await ops.scripts.heartbeat(keys, "w:1:a", b'{"done": 5}', 60, 5, 0) // 1000
+    bucket = beat - beat % THROUGHPUT_BUCKET
+    kept = {t for t in seeded if t > bucket - THROUGHPUT_WINDOW}
+    assert {int(t) for t in await ops.redis.hkeys(key)} == kept | {bucket}
+    assert len(kept | {bucket}) == THROUGHPUT_WINDOW // THROUGHPUT_BUCKET
+    assert 0 < await ops.redis.ttl(key) <= THROUGHPUT_WINDOW + THROUGHPUT_BUCKET
+    series = await views.throughput(ops)  # (a bucket later, should one have begun since)
+    first = series[0]["t"]
+    assert first > bucket - THROUGHPUT_WINDOW
+    assert sum(p["jobs"] for p in series) == sum(t >= first for t in kept) + 5
+
+
+async def test_a_heartbeat_sent_twice_counts_its_jobs_once(ops: App) -> None:
+    """The jobs since the previous beat come from the worker's entry in Redis: a beat resent
+    after its reply was lost (the worker still holds its old acknowledged total) adds nothing;
+    without an entry (the first beat) the worker's acknowledged total is the base."""
+    keys = (workers_key(ops.name), throughput_key(ops.name))
+    stats = b'{"done": 7}'
+    await ops.scripts.heartbeat(keys, "w:1:a", stats, 60, 7, 3)  # no entry: 7 - 3
+    await ops.scripts.heartbeat(keys, "w:1:a", stats, 60, 7, 3)  # resent: its entry says 7
+    await ops.scripts.heartbeat(keys, "w:1:a", b"", 60, 9, 3)  # the last beat: 9 - 7, removed
+    assert await ops.redis.hkeys(keys[0]) == []
+    assert sum(p["jobs"] for p in await views.throughput(ops)) == 4 + 2
+
+
 # -- the page in a real browser ----------------------------------------------------------------
 
 
@@ -254,16 +325,36 @@ async def test_api_says_when_redis_does_not_answer(tmp_path: Path) -> None:
     not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
 )
 async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
-    """Load the page, see an enqueued job counted, click Requeue on a dead letter, and see
-    the job succeed."""
-    from playwright.async_api import async_playwright, expect
+    """Load the page after workers finished jobs and see them in the throughput chart at
+    once, see an enqueued job counted, click Requeue on a dead letter, and see the job
+    succeed."""
+    from playwright.async_api import Route, async_playwright, expect
 
     await ops.set_rate_limit("send", "10/s")
+    await finish(ops, 30)
     async with serve(dashboard(ops)) as url, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1360, "height": 1100})
+            first_drawn, polls = asyncio.Event(), []
+
+            async def hold_later_polls(route: Route) -> None:
+                polls.append(route.request.url)
+                if len(polls) > 1:  # what is checked below is the first answer's drawing
+                    await first_drawn.wait()
+                await route.continue_()
+
+            await page.route("**/api/overview", hold_later_polls)
             await page.goto(url + "/")
+            bars = page.locator("#throughput svg rect")
+            await expect(bars).to_have_count(THROUGHPUT_WINDOW // THROUGHPUT_BUCKET)
+            titles = await bars.evaluate_all("rs => rs.map((r) => r.textContent)")
+            assert sum(int(t.split(" jobs")[0]) for t in titles) == 30  # e.g. "30 jobs, 3.0/s…"
+            heights = await bars.evaluate_all("rs => rs.map((r) => +r.getAttribute('height'))")
+            assert max(heights) > 1  # a bar of jobs (zeros are 1 px lines)
+            await page.screenshot(path=str(TPUT_SCREENSHOT), full_page=True)
+            first_drawn.set()
+            await page.unroute("**/api/overview")
             queued = page.locator('[data-queue="default"] [data-stat="queued"] .n')
             await expect(queued).to_have_text("0")
             await ops.enqueue("add", 1, 1)
@@ -292,7 +383,6 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
                 assert dead_y < 1100  # above the fold of the 1100 px viewport
                 await expect(page.locator("#workers tbody")).to_contain_text(worker.consumer)
                 await expect(queued).to_have_text("0")
-                await expect(page.locator("#throughput svg rect").first).to_be_visible()
                 recent = page.locator("#recent")
                 await expect(recent.locator('tr[data-status="succeeded"]').first).to_be_visible()
                 await expect(recent).to_contain_text("payment provider")
@@ -372,6 +462,9 @@ async def test_page_cancels_a_running_job_and_a_scheduled_one(ops: App) -> None:
 
 
 async def test_dashboard_command_serves_the_page_and_the_api(ops: App) -> None:
+    """A dashboard process started after the workers stopped shows what they finished in its
+    first answer: the throughput is in Redis, not in a dashboard's memory."""
+    await finish(ops, 12)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AIOQ_REDIS_URL": ops.redis_url,
            "AIOQ_APP_NAME": ops.name}  # fmt: skip
@@ -396,6 +489,7 @@ async def test_dashboard_command_serves_the_page_and_the_api(ops: App) -> None:
             body = r.json()
             assert body["app"] == ops.name
             assert {q["queue"]: q["queued"] for q in body["queues"]}["emails"] == 1
+            assert sum(p["jobs"] for p in body["throughput"]) == 12
             assert "dashboard.js" in (await client.get("/")).text
     finally:
         proc.terminate()
@@ -416,20 +510,3 @@ def test_dashboard_command_says_what_is_missing() -> None:
     assert r.stderr.strip() == (
         "aioq: the dashboard needs uvicorn: pip install 'aioq-redis[dashboard]'"
     ), r.stderr
-
-
-def test_throughput_counts_what_each_worker_finished_between_readings() -> None:
-    """Deltas of each worker's total go into 10 s buckets; a restart never shows as a burst."""
-    from aioq.dashboard.throughput import Throughput
-
-    now = [1000.0]
-    t = Throughput(clock=lambda: now[0])
-    t.add([{"consumer": "a", "done": 100}])  # first sighting: counts from here
-    now[0] = 1004.0
-    t.add([{"consumer": "a", "done": 150}, {"consumer": "b", "done": 7}])
-    now[0] = 1012.0
-    t.add([{"consumer": "a", "done": 3}, {"consumer": "b", "done": 27}])  # a restarted
-    assert t.series() == [{"t": 1000.0, "rate": 5.0}, {"t": 1010.0, "rate": 2.0}]
-    now[0] = 1700.0
-    t.add([])
-    assert t.series() == [{"t": 1700.0, "rate": 0.0}]  # older than 10 minutes: dropped

@@ -279,3 +279,44 @@ async def test_readme_quickstart_is_the_tested_file_and_runs(
         finally:
             await example.queue.aclose()
             sys.modules.pop("examples.quickstart", None)
+
+
+async def test_celery_migration_aioq_side_runs_as_the_celery_one_would(redis_url: str) -> None:
+    """The aioq version of the Celery project: routes, autoretry on ConnectionError only,
+    a delayed urgent reminder, the beat schedule as a cron, and the status endpoint."""
+    from aioq import JobStatus, TaskFailed
+    from aioq.testing import drain, isolated, queued
+    from examples.celery_migration import aioq_version as newsletter
+
+    async with isolated(newsletter.app, redis_url) as app:
+        welcome = await newsletter.signup("flaky@example.com")
+        refused = await newsletter.signup("nobody")
+        later = await newsletter.reminder("ann@example.com")
+        assert (welcome.queue, later.queue) == ("emails", "emails")  # task_routes
+        assert await newsletter.outcome(welcome.id) == {"state": JobStatus.QUEUED}
+        with pytest.raises(TaskFailed, match="not an email address: 'nobody'"):
+            await drain(app)
+        sent = "'welcome' sent to flaky@example.com on attempt 2"  # MailServerDown retried
+        assert await welcome.result(timeout=1) == sent
+        assert await newsletter.outcome(welcome.id) == {
+            "state": JobStatus.SUCCEEDED,
+            "result": sent,
+        }
+        failed = await newsletter.outcome(refused.id)  # ValueError: failed at once
+        assert failed["state"] is JobStatus.FAILED
+        assert "ValueError: not an email address" in failed["traceback"]
+        assert (await refused.info()).attempts == 1
+        [waiting] = await queued(app, task=newsletter.send_email)
+        assert (waiting.id, waiting.args, waiting.priority) == (
+            later.id,
+            ["ann@example.com", "reminder"],
+            9,
+        )
+        assert waiting.wait_reason == "delay"
+        report = await newsletter.build_report.enqueue("2026-01-01")
+        await drain(app)
+        assert (report.queue, await report.result(timeout=1)) == (
+            "reports",
+            {"day": "2026-01-01", "sent": 0},
+        )
+        assert [(c.task, c.expression) for c in app.crons] == [("morning_digest", "0 7 * * *")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -676,6 +677,18 @@ async def test_info_lists_live_workers_and_prunes_dead_ones(ops: App) -> None:
         assert await job.cancel()
     assert await ops.redis.hkeys(key) == []  # a clean stop removes the entry
     assert aioq_json("info", TARGET, app=ops)["workers"] == []
+
+
+async def test_info_shows_the_throughput_of_the_last_minute(ops: App) -> None:
+    """`aioq info` sums the throughput buckets of the last minute the heartbeats wrote."""
+    await ops.enqueue_many([ops.tasks["add"].call(i, i) for i in range(23)])
+    await drain(ops)
+    tput = aioq_json("info", TARGET, app=ops)["throughput"]
+    assert tput["jobs"] == 23
+    assert 60 <= tput["seconds"] <= 70  # whole buckets, the current one as far as it has gone
+    assert tput["rate"] == pytest.approx(23 / tput["seconds"])
+    table = aioq("info", TARGET, app=ops).stdout  # a little later: the rate may have moved
+    assert re.search(r"^throughput: 0\.[34] jobs/s over the last minute \(23 jobs\)$", table, re.M)
 
 
 async def _beats_running(app: App, consumer: str) -> bool:

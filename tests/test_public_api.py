@@ -14,6 +14,10 @@ CONTRACT = {
     "TaskFailed",
     "JobCancelled",
     "current_job",
+    "chain",
+    "group",
+    "chord",
+    "GroupJob",
 }
 
 

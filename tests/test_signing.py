@@ -202,3 +202,79 @@ def test_the_signature_is_hmac_sha256(key: bytes) -> None:
     want = hmac.new(key, message, "sha256").hexdigest().encode()
     assert Signer((key,)).sign(message) == want
     assert Signer((b"other", key)).verify(message, want) is None
+
+
+def test_signing_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AIOQ_SIGNING_KEY: text, UTF-8 encoded; comma-separated keys rotate (the first signs)."""
+    from aioq.signing import job_message
+
+    message = job_message("a", "default", b"id", b"t", b"[]", b"{}", b"0", b"")
+    monkeypatch.setenv("AIOQ_SIGNING_KEY", "new, old")
+    rotated = App.from_env(name="a")
+    assert rotated._signer is not None
+    old_sig = App("a", signing_key=b"old")._signer.sign(message)  # type: ignore[union-attr]
+    assert rotated._signer.verify(message, old_sig) is None
+    assert rotated._signer.sign(message) == App("a", signing_key=b"new")._signer.sign(message)  # type: ignore[union-attr]
+    monkeypatch.setenv("AIOQ_SIGNING_KEY", "new,,old")
+    with pytest.raises(ValueError, match="AIOQ_SIGNING_KEY: an empty key"):
+        App.from_env(name="a")
+
+
+async def test_workflows_run_signed_and_a_smuggled_input_does_not(redis_url: str) -> None:
+    """Every workflow step is encoded (and signed) by Call.prepare, piped steps as such: a
+    signed chain, chord, group and callbacks run; an ``input`` (the value a piped step gets
+    from its predecessor) added to a job that is not piped makes it fail unrun."""
+    from aioq import chain, chord, group
+
+    app, ran = signed_app(redis_url, b"secret")
+    charge = app.tasks["charge"]
+
+    @app.task
+    async def plus(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    async def total(xs: list[int]) -> int:
+        return sum(xs)
+
+    @app.task
+    async def boom() -> None:
+        raise ValueError("no")
+
+    @app.task
+    async def noted(job_id: str) -> str:
+        return f"failed: {job_id}"
+
+    async with Worker(app, concurrency=8):
+        c = await chain(plus.s(1, 2), plus.s(10), plus.s(100)).enqueue()
+        assert await c.result(timeout=10) == 113
+        ch = await chord([plus.s(i, i) for i in range(4)], total.s()).enqueue()
+        assert await ch.result(timeout=10) == 12
+        g = await group(plus.s(1, 1), plus.s(2, 2)).enqueue()
+        assert await g.results(timeout=10) == [2, 4]
+        failing = await boom.options(on_failure=noted.s()).enqueue()
+        with pytest.raises(TaskFailed):
+            await failing.result(timeout=10)
+        follow = await eventually_callback(app, failing.id)
+        assert follow == f"failed: {failing.id}"
+        assert await dead_letters(app) == []
+    smuggled = await charge.enqueue("ann", 5)
+    await app.redis.hset(app.keys().job(smuggled.id), "input", b'"mallory"')
+    await drain(app)
+    assert ran == []
+    await refused(app, smuggled.id, "changed after it was signed")
+    await app.aclose()
+
+
+async def eventually_callback(app: App, failed_id: str) -> Any:
+    """The on_failure callback's result (the only job of task ``noted``)."""
+    from aioq.views import list_jobs
+    from tests.helpers import eventually
+
+    async def found() -> Any:
+        rows = await list_jobs(app, status=JobStatus.SUCCEEDED, task="noted")
+        dead = await dead_letters(app)
+        assert dead == [], [d.reason for d in dead]
+        return rows and await app.job(rows[0].id).result(timeout=1)
+
+    return await eventually(found, 10, f"the on_failure callback of {failed_id}")

@@ -76,8 +76,9 @@ def info(
     target: Annotated[str, typer.Argument(metavar="MODULE:APP", help="the app to inspect")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
 ) -> None:
-    """Queues of an app (queued, running, scheduled, failed, dead, paused), its workers, cron
-    schedules with their next tick, and the rate limits in force."""
+    """Queues of an app (queued, running, scheduled, failed, dead, paused), its throughput over
+    the last minute, its workers, cron schedules with their next tick, and the rate limits in
+    force."""
     from .. import ops as actions
     from .. import views
 
@@ -88,6 +89,7 @@ def info(
         return {
             "app": app.name,
             "queues": [s.as_dict() for s in await views.queue_stats(app)],
+            "throughput": views.throughput_over(await views.throughput(app)),
             "workers": [w.as_dict() for w in await views.worker_stats(app)],
             "crons": await views.cron_stats(app),
             "rate_limits": await views.rate_limit_stats(app),
@@ -109,6 +111,10 @@ def info(
         f"aioq app {app.name!r} at {redacted(app.redis_url)}",
         [Column("queue"), *(Column(c, justify="right") for c in (*counts, "paused"))],
         rows,
+    )
+    tput = report["throughput"]
+    console().print(
+        f"throughput: {tput['rate']:.1f} jobs/s over the last minute ({tput['jobs']} jobs)"
     )
     _extra_tables(report)
     workers = report["workers"]

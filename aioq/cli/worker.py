@@ -18,6 +18,7 @@ import sys
 
 from ..embedded import EmbeddedRedis, RedisServerNotFound
 from ..errors import PermissionDenied, RedisUnavailable
+from ..loops import MissingUvloop, loop_factory
 from ..metrics import MissingMetricsExtra
 from ..worker import Worker
 from .target import CliError, known_queues, load_app
@@ -50,9 +51,14 @@ def run(
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
     log_format: str = "text",
+    loop: str = "asyncio",
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (or, with ``burst``, until the queues are empty)."""
     setup_logging(log_level, log_format)
+    try:
+        factory = loop_factory(loop)
+    except (ValueError, MissingUvloop) as exc:
+        raise CliError(str(exc)) from None
     if concurrency < 1:
         raise CliError(f"--concurrency must be at least 1, got {concurrency}")
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
@@ -66,7 +72,7 @@ def run(
                 server = stack.enter_context(EmbeddedRedis())
             except RedisServerNotFound as exc:
                 raise CliError(str(exc)) from None
-            app.redis_url = server.url
+            app.rebind(redis_url=server.url)
             print(
                 f"aioq: embedded redis-server at {server.url} "
                 "(new each start; its data goes when the worker stops)",
@@ -80,7 +86,8 @@ def run(
         except MissingMetricsExtra as exc:  # --metrics-port without aioq[metrics]
             raise CliError(str(exc)) from None
         try:
-            asyncio.run(_serve(w))
+            with asyncio.Runner(loop_factory=factory) as runner:
+                runner.run(_serve(w))
         except (RedisUnavailable, PermissionDenied) as exc:
             raise CliError(str(exc)) from None
         except OSError as exc:
@@ -189,6 +196,13 @@ def parser() -> argparse.ArgumentParser:
         default="text",
         metavar="FORMAT",
         help="text, or json: one object per line (default text)",
+    )
+    p.add_argument(
+        "--loop",
+        default="asyncio",
+        metavar="LOOP",
+        help="asyncio (default), uvloop (the aioq-redis[uvloop] extra), or auto: uvloop "
+        "when it is installed, else asyncio",
     )
     return p  # fmt: skip
 

@@ -26,7 +26,6 @@ from .. import views
 from ..app import App
 from ..errors import JobCancelled, JobNotFound, RedisUnavailable, TaskFailed
 from ..job import Job, JobStatus
-from .throughput import Throughput
 
 __all__ = ["dashboard"]
 
@@ -58,19 +57,15 @@ def dashboard(app: App) -> Starlette:
             return RedirectResponse(request.url.replace(path=request.url.path + "/"), 307)
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
-    throughput = Throughput()
-
     async def overview(request: Request) -> Response:
         async def collect() -> dict[str, Any]:
             failed = await views.list_jobs(app, status=JobStatus.FAILED, limit=FAILED_LIMIT)
-            workers = [w.as_dict() for w in await views.worker_stats(app)]
-            throughput.add(workers)
             return {
                 "app": app.name,
                 "tasks": sorted(app.tasks),  # a failed job of any other task gets no Retry
                 "queues": [s.as_dict() for s in await views.queue_stats(app)],
-                "workers": workers,
-                "throughput": throughput.series(),
+                "workers": [w.as_dict() for w in await views.worker_stats(app)],
+                "throughput": await views.throughput(app),
                 "crons": await views.cron_stats(app),
                 "rate_limits": await views.rate_limit_stats(app),
                 "failed": [j.as_dict() for j in failed],

@@ -12,6 +12,7 @@ Redis ``TIME`` so workers with skewed clocks agree. Field names of the job hash 
     enqueue.py   ENQUEUE and CRON: writing jobs
     worker.py    the worker's path: FETCH, START_NEW, RECLAIM, RECOVER, COMPLETE, RENEW,
                  RELEASE_ALL, PROMOTE, and CANCEL, on a shared ``_PRELUDE`` (start.lua)
+    flows.py     workflows' hand-overs: FLOW and SWEEP
     ops.py       the operations: REQUEUE_DEAD, RETRY, PURGE, HEARTBEAT, PROGRESS
     helpers.py   ``helpers.lua``, the Lua helpers every script may include
 
@@ -31,6 +32,7 @@ from ..acl import denied
 from ..connection import CommandLane, pack
 from ..keys import GROUP, QueueKeys
 from .enqueue import CRON, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
+from .flows import FLOW, FLOW_ARGS, FLOW_CHUNK, SWEEP
 from .helpers import _HELPERS as _HELPERS
 from .ops import HEARTBEAT, PROGRESS, PROGRESS_SHA, PURGE, REQUEUE_DEAD, RETRY
 from .worker import _PRELUDE as _PRELUDE
@@ -56,6 +58,9 @@ __all__ = [
     "ENQUEUE_CHUNK",
     "FAIR",
     "FETCH",
+    "FLOW",
+    "FLOW_ARGS",
+    "FLOW_CHUNK",
     "HEARTBEAT",
     "PROGRESS",
     "PROGRESS_SHA",
@@ -68,6 +73,7 @@ __all__ = [
     "REQUEUE_DEAD",
     "RETRY",
     "START_NEW",
+    "SWEEP",
     "Scripts",
     "WorkerArgs",
 ]
@@ -110,6 +116,8 @@ class Scripts:
         self._purge = _Script(PURGE, "PURGE")
         self._heartbeat = _Script(HEARTBEAT, "HEARTBEAT")
         self._cron = _Script(CRON, "CRON")
+        self._flow = _Script(FLOW, "FLOW")
+        self._sweep = _Script(SWEEP, "SWEEP")
 
     async def prepare(
         self, queues: Sequence[QueueKeys], rate_limits: dict[QueueKeys, dict[str, str | None]]
@@ -175,14 +183,17 @@ class Scripts:
         where = _keys_of(keys[0])
         return (await self._run(script, [script.command(keys, args)], idempotent, where))[0]
 
-    async def enqueue(self, batches: Sequence[tuple[QueueKeys, Sequence[Any]]]) -> list[int]:
+    async def enqueue(
+        self, batches: Sequence[tuple[QueueKeys, Sequence[Any]]], before: Sequence[bytes] = ()
+    ) -> list[int]:
         """Enqueue jobs, one written/existed flag (1/0) each, in order; one round trip.
 
         ``batches`` pairs a queue with its jobs, each the ENQUEUE_ARGS values of one job.
         Every ENQUEUE_CHUNK jobs of a queue make one EVALSHA, all written at once; they are
-        safe to resend after an ambiguous network error.
+        safe to resend after an ambiguous network error. ``before``: packed commands that go
+        first in the same write (idempotent ones: a workflow's records), replies dropped.
         """
-        commands: list[bytes] = []
+        commands: list[bytes] = list(before)
         for keys, jobs in batches:
             for i in range(0, len(jobs), ENQUEUE_CHUNK):
                 chunk = jobs[i : i + ENQUEUE_CHUNK]
@@ -193,7 +204,7 @@ class Scripts:
                 commands.append(self._enqueue.command([*keys.declared, *job_keys], argv))
         out: list[int] = []
         where = ", ".join(_keys_of(keys.stream) for keys, _ in batches)
-        for reply in await self._run(self._enqueue, commands, where=where):
+        for reply in (await self._run(self._enqueue, commands, where=where))[len(before) :]:
             out += reply
         return out
 
@@ -293,12 +304,46 @@ class Scripts:
 
     async def complete(
         self, keys: QueueKeys, worker: WorkerArgs, records: list[Any]
-    ) -> list[bytes]:
-        """Write the outcomes of jobs of one stream (``keys``' priority); the fenced ids."""
-        fenced: list[bytes] = await self._call(
+    ) -> tuple[list[bytes], list[list[bytes]]]:
+        """Write the outcomes of jobs of one stream (``keys``' priority); the fenced ids, and
+        the hand-overs of the workflow jobs it finished (``handover.lua``)."""
+        fenced, handed = await self._call(
             self._complete, keys.declared, [*worker.args, keys.priority, *records]
         )
-        return fenced
+        return fenced, handed
+
+    async def flow(
+        self, records: dict[QueueKeys, list[Any]], result_ttl: int
+    ) -> list[tuple[QueueKeys, list[bytes]]]:
+        """Apply hand-over records (FLOW_ARGS values each) to the steps of each queue, every
+        queue's in FLOW_CHUNK-record calls, all in one round trip; the hand-overs that follow
+        (of steps and joins they finished), with the queue each comes from."""
+        commands: list[bytes] = []
+        sources: list[QueueKeys] = []
+        step = FLOW_ARGS * FLOW_CHUNK
+        for keys, values in records.items():
+            for i in range(0, len(values), step):
+                commands.append(
+                    self._flow.command(keys.declared, [result_ttl, *values[i : i + step]])
+                )
+                sources.append(keys)
+        out: list[tuple[QueueKeys, list[bytes]]] = []
+        for keys, reply in zip(sources, await self._run(self._flow, commands), strict=True):
+            out += [(keys, row) for row in reply]
+        return out
+
+    async def sweep(self, keys: QueueKeys, min_age_ms: int, limit: int) -> list[list[bytes]]:
+        """The hand-overs left in the queue's outbox for ``min_age_ms`` (see SWEEP)."""
+        rows: list[list[bytes]] = await self._call(self._sweep, keys.declared, [min_age_ms, limit])
+        return rows
+
+    async def handed_over(self, done: dict[QueueKeys, list[bytes]]) -> None:
+        """Take hand-overs that were passed on out of their queues' outboxes."""
+        commands = [pack("ZREM", keys.flows, *ids) for keys, ids in done.items() if ids]
+        if commands:
+            for reply in await self._lane.call(commands, len(commands)):
+                if isinstance(reply, Exception):
+                    raise reply
 
     async def renew(self, keys: QueueKeys, consumer: str, entry_ids: list[Any]) -> list[bytes]:
         lost: list[bytes] = await self._call(
@@ -322,6 +367,16 @@ class Scripts:
             self._cancel, [*keys.declared, keys.job(job_id)], [job_id, result_ttl]
         )
         return n
+
+    async def cancel_many(
+        self, jobs: Sequence[tuple[QueueKeys, str]], result_ttl: int
+    ) -> list[int]:
+        """``cancel`` of many jobs in one round trip; their outcomes in order."""
+        commands = [
+            self._cancel.command([*keys.declared, keys.job(jid)], [jid, result_ttl])
+            for keys, jid in jobs
+        ]
+        return await self._run(self._cancel, commands) if commands else []
 
     # -- operations (ops.py) ---------------------------------------------------------------
 
@@ -347,9 +402,22 @@ class Scripts:
         scanned, jobs = await self._call(self._purge, [keys.stream], [GROUP, until, count])
         return int(scanned), int(jobs)
 
-    async def heartbeat(self, key: str, consumer: str, stats: bytes, ttl: int) -> int:
-        """Write a worker's stats stamped with Redis' time (epoch ms, returned)."""
-        now: int = await self._call(self._heartbeat, [key], [consumer, stats, ttl])
+    async def heartbeat(
+        self,
+        keys: tuple[str, str],
+        consumer: str,
+        stats: bytes,
+        ttl: int,
+        done: int,
+        reported: int,
+    ) -> int:
+        """Write a worker's stats stamped with Redis' time (epoch ms, returned), or remove them
+        when ``stats`` is empty, and add the jobs it finished since its previous beat to the
+        current throughput bucket. ``keys``: the app's workers and throughput hashes; ``done``
+        the worker's finished jobs, ``reported`` that total at its last acknowledged beat."""
+        now: int = await self._call(
+            self._heartbeat, list(keys), [consumer, stats, ttl, done, reported]
+        )
         return now
 
 

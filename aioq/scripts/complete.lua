@@ -10,17 +10,22 @@
 --   dead     a = reason: the job fails and the raw entry goes to the dead-letter stream
 --   cancelled  the running coroutine was cancelled by job.cancel()
 -- A job flagged by job.cancel() ends "cancelled" whatever the record says. Entries are
--- acknowledged and deleted with one XACK and one XDEL for the whole batch.
+-- acknowledged and deleted with one XACK and one XDEL for the whole batch. A finished job of a
+-- workflow (its record has `then`) goes into the hand-over outbox (finish.lua) and is returned
+-- with its outcome, so the worker tells its successors at once (handover.py): returns
+-- {fenced ids, hand-overs}, each hand-over {job id, status, then, payload} as handover.lua's.
 --#include start
 --#include history
+--#include handover
 use_level(tonumber(ARGV[6]))
 local now = now_ms()
-local fenced, done = {}, {}
+local fenced, done, handed = {}, {}, {}
 for i = 7, #ARGV, 8 do
   local op, eid, jid, att = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = JOBP .. jid
   -- pcall: a foreign key of another type is not ours to write
-  local rec = redis.pcall('HMGET', key, 'attempts', 'worker', 'status', 'cancel', 'error')
+  local rec = redis.pcall('HMGET', key, 'attempts', 'worker', 'status', 'cancel', 'error',
+                          'then', 'task')
   if not rec.err and rec[1] == att and rec[2] == CONSUMER and rec[3] ~= 'running' then
     -- this very outcome, written by a first send of this batch whose reply was lost: no one
     -- else writes a record that still names this consumer and attempt but is not running
@@ -29,6 +34,8 @@ for i = 7, #ARGV, 8 do
     fenced[#fenced + 1] = jid
   else
     if rec[4] then op = 'cancelled' end        -- job.cancel() won the race with the outcome
+    local final = op ~= 'retry'
+    if final then THEN_KNOWN = rec[6] ~= false end
     if op == 'ok' then
       -- a record written before failures went to `history` may still hold one
       if rec[5] then redis.call('HDEL', key, 'error', 'exc_type', 'traceback') end
@@ -57,6 +64,15 @@ for i = 7, #ARGV, 8 do
         redis.call('XADD', STREAM, '*', 'id', jid)
       end
     end
+    if final and rec[6] then
+      local status, payload = 'succeeded', ARGV[i + 4]
+      if op == 'cancelled' then
+        status, payload = 'cancelled', ''
+      elseif op ~= 'ok' then
+        status, payload = 'failed', failure(jid, rec[7], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+      end
+      handed[#handed + 1] = {jid, status, rec[6], payload}
+    end
     done[#done + 1] = eid
   end
 end
@@ -65,4 +81,4 @@ if #done > 0 then
   redis.pcall('XACK', STREAM, GROUP, unpack(done))
   redis.pcall('XDEL', STREAM, unpack(done))
 end
-return noted(fenced)
+return noted({fenced, handed})

@@ -1,8 +1,13 @@
 -- Writing one job, shared by ENQUEUE and CRON. KEYS: the queue's (queue.lua). ARGV from `a`: job id, delay ms, eta epoch ms
 -- (0: none), expires in ms (0: never), expires at epoch ms (0: never), task, queue, args, kwargs,
--- retries, timeout, priority (0-9: the stream it goes to; recorded when not 0), sig (the job's
--- signature, signing.py; recorded when not ""), trace (JSON of the trace context, tracing.py;
--- recorded when not ""). Returns 1 when written, 0 when the id
+-- retries, timeout, priority (0-9: the stream it goes to; recorded when not 0), trace (JSON of
+-- the trace context, tracing.py; recorded when not ""), then (the JSON list of successors a
+-- workflow step tells when it finishes, canvas.py; ""), flow (the workflow's "<queue> <id>";
+-- ""), hold (seconds; "": not held), sig (the job's signature, signing.py; recorded when not
+-- ""). A held job is a workflow step waiting for its
+-- predecessors: recorded `scheduled` with wait "workflow", in no stream or set, its delay and
+-- expiry kept for when flow.lua starts it, and the record expires after `hold` seconds unless
+-- started. Returns 1 when written, 0 when the id
 -- existed (then nothing is written: a retried enqueue cannot duplicate a job). A job due now is
 -- stamped with the time of its stream entry id (Redis' clock), so it costs no TIME call; the
 -- worker creates the consumer group if the stream is new (NOGROUP), at id 0, so nothing
@@ -20,7 +25,10 @@ local function enqueue_job(key, a)
   local jid = ARGV[a + 1]
   local delay, eta = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local status, stamp = 'queued', nil
-  if delay > 0 or eta > 0 then
+  local hold = ARGV[a + 16]
+  if hold ~= '' then
+    status, stamp = 'scheduled', time_ms()
+  elseif delay > 0 or eta > 0 then
     local now = time_ms()
     local due = now + delay
     if eta > 0 then due = eta end
@@ -31,18 +39,26 @@ local function enqueue_job(key, a)
   end
   local level = level_of(ARGV[a + 12])
   local stream = STREAMS[level]                          -- the stream of the job's priority
-  if not stamp then
+  if not stamp then                                      -- due now (held jobs have a stamp)
     stamp = tonumber(string.match(redis.call('XADD', stream, '*', 'id', jid), '^%d+'))
   end
   local expires_in, expires_at = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  if hold ~= '' then
+    redis.call('HSET', key, 'wait', 'workflow', 'hold_delay', delay, 'hold_eta', eta,
+               'hold_expires', expires_in)
+    redis.call('EXPIRE', key, hold)
+    expires_in = 0
+  end
   if expires_in > 0 then expires_at = stamp + expires_in end
   redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
              'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
              'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
   if expires_at > 0 then redis.call('HSET', key, 'expires_at', expires_at) end
   if level > 0 then redis.call('HSET', key, 'priority', ARGV[a + 12]) end
-  if ARGV[a + 13] ~= '' then redis.call('HSET', key, 'sig', ARGV[a + 13]) end
-  if ARGV[a + 14] ~= '' then redis.call('HSET', key, 'trace', ARGV[a + 14]) end
-  if status == 'scheduled' then redis.call('HSET', key, 'wait', 'delay') end  -- why it waits
+  if ARGV[a + 13] ~= '' then redis.call('HSET', key, 'trace', ARGV[a + 13]) end
+  if ARGV[a + 14] ~= '' then redis.call('HSET', key, 'then', ARGV[a + 14]) end
+  if ARGV[a + 15] ~= '' then redis.call('HSET', key, 'flow', ARGV[a + 15]) end
+  if ARGV[a + 17] ~= '' then redis.call('HSET', key, 'sig', ARGV[a + 17]) end
+  if status == 'scheduled' and hold == '' then redis.call('HSET', key, 'wait', 'delay') end
   return 1
 end

@@ -5,12 +5,21 @@
 
 -- Finish a job for good: final status, fields, expiry, and the pushed notification.
 local FINISHED = {}               -- jobs this call finished, for the `recent` stream (noted)
+-- A job of a workflow (its record has `then`, the successors to tell: canvas.py) goes into
+-- the queue's hand-over outbox in the same script that finishes it, so no crash between the
+-- finish and the hand-over can lose the transition (handover.py). A caller that has read the
+-- record sets THEN_KNOWN (true/false) first, which saves the HEXISTS on the hot path.
+local THEN_KNOWN = nil
 
 local function finish(jid, status, now, ...)
   FINISHED[#FINISHED + 1] = jid
   local key = JOBP .. jid
   redis.call('HSET', key, 'status', status, 'finished_at', now, ...)
   if TTL > 0 then redis.call('EXPIRE', key, TTL) end
+  local handed = THEN_KNOWN
+  THEN_KNOWN = nil
+  if handed == nil then handed = redis.call('HEXISTS', key, 'then') == 1 end
+  if handed then redis.call('ZADD', FLOWS, now, jid) end
   if status == 'failed' then                 -- index failures (rare); trim what has expired
     redis.call('ZADD', FAILED, now, jid)
     if TTL > 0 then redis.call('ZREMRANGEBYSCORE', FAILED, '-inf', now - TTL * 1000) end
@@ -27,7 +36,9 @@ local function finish(jid, status, now, ...)
   elseif #f > 0 then
     local o = {}
     for i = 1, #f, 2 do
-      if f[i] == 'error' or f[i] == 'exc_type' or f[i] == 'traceback' then o[f[i]] = f[i + 1] end
+      if f[i] == 'error' or f[i] == 'exc_type' or f[i] == 'traceback' or f[i] == 'cause' then
+        o[f[i]] = f[i + 1]
+      end
     end
     local enc = cjson.encode(o)
     if #enc <= 65536 then msg = status .. ' ' .. enc end

@@ -1,6 +1,7 @@
 -- The keys of one queue, as every queue script gets them: KEYS 1 to {{QUEUE_KEYS}} are
 -- QueueKeys.declared (keys.py), each priority's stream, then the scheduled set, the
--- dead-letter stream, the failed index, the recent stream and the rate limits; a script's own
+-- dead-letter stream, the failed index, the recent stream, the rate limits and the workflows'
+-- hand-over outbox; a script's own
 -- KEYS follow (from OWN_KEYS). Keys named by data (a job's record, a task's rate log) are built
 -- on the same hash tag, so a script touches one cluster slot.
 --#include helpers
@@ -8,8 +9,8 @@ local TAG = tag_of(KEYS[1])                              -- "aioq:{app:queue}:"
 local PRIORITIES = {{PRIORITIES}}
 local STREAMS = {}                                       -- by priority, 0 to 9
 for p = 0, PRIORITIES - 1 do STREAMS[p] = KEYS[p + 1] end
-local SCHEDULED, DEAD, FAILED, RECENT, RATES =
+local SCHEDULED, DEAD, FAILED, RECENT, RATES, FLOWS =
   KEYS[PRIORITIES + 1], KEYS[PRIORITIES + 2], KEYS[PRIORITIES + 3], KEYS[PRIORITIES + 4],
-  KEYS[PRIORITIES + 5]
+  KEYS[PRIORITIES + 5], KEYS[PRIORITIES + 6]
 local OWN_KEYS = {{QUEUE_KEYS}} + 1
-local JOBP, DONEP = TAG .. '{{KEY_JOB}}', TAG .. '{{KEY_DONE}}'
+local JOBP, DONEP, FLOWP = TAG .. '{{KEY_JOB}}', TAG .. '{{KEY_DONE}}', TAG .. '{{KEY_FLOW}}'

@@ -29,10 +29,12 @@ class Completer:
         scripts: Callable[[], Scripts],
         worker_args: WorkerArgs,
         on_written: Callable[[int], None],
+        on_handed: Callable[[QueueKeys, list[list[bytes]]], None] | None = None,
     ) -> None:
         self._scripts = scripts
         self._worker_args = worker_args
         self._on_written = on_written
+        self._on_handed = on_handed  # finished workflow jobs' hand-overs (worker/flows.py)
         self._buffers: dict[QueueKeys, list[Record]] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -95,8 +97,10 @@ class Completer:
                     args.extend(rec)
                     if rec[0] != "ok":
                         rare.append(rec)
-                fenced = await self._scripts().complete(keys, self._worker_args, args)
+                fenced, handed = await self._scripts().complete(keys, self._worker_args, args)
                 del buf[: len(batch)]
+                if handed and self._on_handed is not None:
+                    self._on_handed(keys, handed)
                 self._count(batch, rare, fenced)
                 if fenced:
                     names = ", ".join(f.decode(errors="replace") for f in fenced)

@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..app import App
 from ..keys import QueueKeys
+from ..loops import loop_name
 from ..metrics import (
     JobObserver,
     JobSummary,
@@ -37,6 +38,7 @@ from .cancel import cancel_loop
 from .complete import Completer
 from .cron import cron_loop, served_schedules
 from .fetch import fetch_loop
+from .flows import HandOvers
 from .heartbeat import PausedQueues, heartbeat_loop
 from .lease import LeaseKeeper
 from .run import Runner
@@ -97,7 +99,10 @@ class Worker:
         )
         self.slots = Slots(concurrency)
         self.runner = Runner(self)
-        self.completer = Completer(lambda: self.app.scripts, self.script_args, self._written)
+        self.handovers = HandOvers(self)
+        self.completer = Completer(
+            lambda: self.app.scripts, self.script_args, self._written, self.handovers.add
+        )
         self.idle: set[QueueKeys] = set()
         self.paused = PausedQueues()  # queues held by `aioq pause` (heartbeat.py reads them)
         self.wake = asyncio.Event()
@@ -176,11 +181,13 @@ class Worker:
         await self._open_metrics()
         loop = asyncio.get_running_loop()
         spawn = loop.create_task
+        # the completer and the heartbeat first: they stop last (_close)
         self._loops.append(spawn(self.completer.run(), name="aioq-complete"))
+        self._loops.append(spawn(heartbeat_loop(self), name="aioq-heartbeat"))
         self._leases = LeaseKeeper(self)
         self._leases.start()
         self._loops.append(spawn(cancel_loop(self), name="aioq-cancel"))
-        self._loops.append(spawn(heartbeat_loop(self), name="aioq-heartbeat"))
+        self._loops.append(spawn(self.handovers.run(), name="aioq-handover"))
         schedules = served_schedules(self)
         if schedules:
             self._loops.append(spawn(cron_loop(self, schedules), name="aioq-cron"))
@@ -195,8 +202,9 @@ class Worker:
         self.started_at = time.time()
         self._ready.set()
         log.info(
-            "worker %s started: app %r, queues %s, concurrency %d",
+            "worker %s started: app %r, queues %s, concurrency %d, loop %s",
             self.consumer, self.app.name, [k.queue for k in self.queue_keys], self.concurrency,
+            loop_name(loop),
         )  # fmt: skip
 
     async def _open_metrics(self) -> None:
@@ -216,7 +224,12 @@ class Worker:
     async def _until_drained(self) -> None:
         while not self._stop.is_set():
             await asyncio.sleep(0.02)
-            if len(self.idle) < len(self.queue_keys) or len(self.runner) or len(self.completer):
+            if (
+                len(self.idle) < len(self.queue_keys)
+                or len(self.runner)
+                or len(self.completer)
+                or len(self.handovers)
+            ):
                 continue
             moved = 0
             for keys in self.queue_keys:
@@ -237,12 +250,14 @@ class Worker:
                 log.warning("handing back %d job(s) still running", len(pending))
                 self.runner.interrupt_all()
                 await asyncio.wait(pending, timeout=2.0)
-        await cancel_and_wait(self._loops[1:])  # everything but the completer
+        await cancel_and_wait(self._loops[2:])  # everything but the completer and the heartbeat
         await self._write_back()
+        await self.handovers.close()
         if self._leases is not None:  # after the write-back: buffered outcomes are still ours
             await asyncio.to_thread(self._leases.stop)
             self._leases = None
-        await cancel_and_wait(self._loops[:1])
+        # the last beat counts the jobs the write-back finished in the throughput
+        await cancel_and_wait(self._loops[:2])
         self._loops.clear()
         if self._metrics_server is not None:
             await self._metrics_server.close()

@@ -5,7 +5,10 @@ concurrency, running, done, started_at, uptime) under its consumer name in the a
 ``workers`` hash (``keys.workers_key``), stamped by the script with Redis' clock, so readers
 judge staleness on one clock whatever the workers' clocks say. ``aioq info`` treats an entry
 that has not beaten for ``STALE_AFTER`` seconds as a dead worker and prunes it; a clean stop
-removes it at once. The whole hash expires when no worker of the app beats any more.
+removes it at once. The whole hash expires when no worker of the app beats any more. Each beat
+(the last one too, after the stopping worker's final results are written) also adds the jobs
+finished since the previous beat to the app's throughput hash (``keys.throughput_key``, see
+``scripts/heartbeat.lua``), which ``views.throughput`` reads.
 
 Every ``PAUSE_POLL`` seconds the same loop reads the paused flags of the worker's queues into
 ``worker.paused``; a fetcher checks that set (no I/O) before each batch and takes nothing new
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING
 import orjson
 from redis.exceptions import RedisError
 
-from ..keys import QueueKeys, workers_key
+from ..keys import QueueKeys, throughput_key, workers_key
 
 if TYPE_CHECKING:
     from .core import Worker
@@ -91,8 +94,8 @@ class PausedQueues:
 
 async def heartbeat_loop(worker: Worker) -> None:
     """Beat every ``HEARTBEAT`` s and read the paused flags every ``PAUSE_POLL`` s until
-    cancelled; then remove the worker's entry (a clean stop)."""
-    key = workers_key(worker.app.name)
+    cancelled; then the last beat removes the worker's entry (a clean stop)."""
+    keys = (workers_key(worker.app.name), throughput_key(worker.app.name))
     identity = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -101,6 +104,7 @@ async def heartbeat_loop(worker: Worker) -> None:
     }
     began = time.monotonic()  # uptime from the monotonic clock: immune to clock changes
     next_beat = 0.0
+    reported = 0  # the worker's finished jobs as of its last acknowledged beat
     try:
         while True:
             try:
@@ -108,9 +112,11 @@ async def heartbeat_loop(worker: Worker) -> None:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + HEARTBEAT
                     stats = {**worker.stats(), **identity, "uptime": time.monotonic() - began}
+                    done = int(stats["done"])
                     await worker.app.scripts.heartbeat(
-                        key, worker.consumer, orjson.dumps(stats), HASH_TTL
+                        keys, worker.consumer, orjson.dumps(stats), HASH_TTL, done, reported
                     )
+                    reported = done
             except (RedisError, OSError) as exc:  # any: ending this loop would beat no more
                 log.debug("heartbeat failed (%s)", exc)
                 if not worker.paused.known:  # never read: take jobs rather than wait for ever
@@ -119,7 +125,7 @@ async def heartbeat_loop(worker: Worker) -> None:
     except asyncio.CancelledError:
         # the worker is stopping: remove the entry even while cancellations keep arriving
         # (cancel_and_wait repeats them), within a bounded time
-        removal = asyncio.ensure_future(_remove(worker, key))
+        removal = asyncio.ensure_future(_remove(worker, keys, reported))
         while not removal.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(removal)
@@ -134,7 +140,10 @@ async def _read_paused(worker: Worker) -> None:
     worker.paused.update(k.queue for k, flag in zip(worker.queue_keys, flags, strict=True) if flag)
 
 
-async def _remove(worker: Worker, key: str) -> None:
+async def _remove(worker: Worker, keys: tuple[str, str], reported: int) -> None:
+    """The last beat: count the jobs finished since the previous one, remove the entry."""
     with contextlib.suppress(RedisError, OSError, TimeoutError):
         async with asyncio.timeout(2.0):
-            await worker.app.redis.hdel(key, worker.consumer)
+            await worker.app.scripts.heartbeat(
+                keys, worker.consumer, b"", HASH_TTL, worker.jobs_done, reported
+            )

@@ -162,15 +162,18 @@ class Runner:
             me = asyncio.current_task()
             if me is not None and me.cancelling():
                 raise  # lease lost or worker stopping: whoever runs it next records it
-            record = self._failure(d, task.backoff_delay, _describe(asyncio.CancelledError()))
+            cancelled = asyncio.CancelledError()
+            record = self._failure(d, task.backoff_delay, _describe(cancelled),
+                                   task.retries_on(cancelled))  # fmt: skip
         except TimeoutError as exc:
             if deadline is not None and deadline.expired():
                 msg = f"task {d.task!r} timed out after {timeout:g}s (attempt {d.attempt})"
-                record = self._failure(d, task.backoff_delay, ("TimeoutError", msg, _tb(exc)))
+                record = self._failure(d, task.backoff_delay, ("TimeoutError", msg, _tb(exc)),
+                                       task.retries_on(exc))  # fmt: skip
             else:
-                record = self._failure(d, task.backoff_delay, _describe(exc))
+                record = self._failure(d, task.backoff_delay, _describe(exc), task.retries_on(exc))
         except (Exception, SystemExit) as exc:
-            record = self._failure(d, task.backoff_delay, _describe(exc))
+            record = self._failure(d, task.backoff_delay, _describe(exc), task.retries_on(exc))
         finally:
             _current.reset(token)
             if self.running[keys].get(d.entry_id) is asyncio.current_task():
@@ -208,16 +211,22 @@ class Runner:
         exc_type, message, tb = _describe(exc)
         return ("retry", d.entry_id, d.job_id, d.attempt, message, exc_type, tb, delay_ms)
 
-    def _failure(self, d: Delivery, backoff: Any, described: tuple[str, str, str]) -> Record:
+    def _failure(
+        self, d: Delivery, backoff: Any, described: tuple[str, str, str], retryable: bool = True
+    ) -> Record:
+        """The record of a failed attempt: a retry while retries are left and the task
+        retries this exception (``autoretry_for``), else the job's failure."""
         exc_type, message, tb = described
-        if d.attempt <= d.retries:
+        if retryable and d.attempt <= d.retries:
             delay_ms = round(backoff(d.attempt) * 1000)
             log.info(
                 "job %s (%s) attempt %d failed: %s: %s; retrying in %.2fs",
                 d.job_id, d.task, d.attempt, exc_type, message, delay_ms / 1000,
             )  # fmt: skip
             return ("retry", d.entry_id, d.job_id, d.attempt, message, exc_type, tb, delay_ms)
-        log.warning("job %s (%s) failed: %s: %s", d.job_id, d.task, exc_type, message)
+        not_listed = "" if retryable else " (not retried: not one of its autoretry_for)"
+        log.warning("job %s (%s) failed: %s: %s%s", d.job_id, d.task, exc_type, message,
+                    not_listed if d.attempt <= d.retries else "")  # fmt: skip
         return ("fail", d.entry_id, d.job_id, d.attempt, message, exc_type, tb, 0)
 
 

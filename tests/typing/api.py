@@ -96,3 +96,33 @@ async def handles() -> None:
     assert_type(add.job("order-42"), Job[int])
     async with app as entered:
         assert_type(entered, App)
+
+
+@app.task(autoretry_for=(ConnectionError, TimeoutError), retries=5)
+async def fetch(url: str) -> bytes:
+    return url.encode()
+
+
+async def ecosystem() -> None:
+    assert_type(await fetch.enqueue("https://example.com"), Job[bytes])
+    assert_type(App.from_env(), App)
+    assert_type(App.from_env(name="shop", visibility_timeout=10.0), App)
+    App.from_env(visibility_timeout="10")  # type: ignore[arg-type]
+    App.from_env(visibilty_timeout=10.0)  # type: ignore[call-arg]
+    assert_type(app.name, str)
+    assert_type(app.redis_url, str)
+    assert_type(app.visibility_timeout, float)
+    app.name = "other"  # type: ignore[misc]
+    app.rebind(redis_url="redis://localhost:6379/1", name="other")
+
+
+async def testing_helpers() -> None:
+    from aioq.testing import drain, isolated, queued, redis_server
+
+    async with redis_server() as url:
+        assert_type(url, str)
+        async with isolated(app, url) as bound:
+            assert_type(bound, App)
+            assert_type(await queued(bound, task=add), list[JobInfo])
+            assert_type(await queued(bound, "emails.send", queue="emails"), list[JobInfo])
+            assert_type(await drain(bound), None)

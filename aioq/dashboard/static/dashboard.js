@@ -285,7 +285,8 @@ function renderLimits(limits) {
   3, "No rate limits");
 }
 
-// jobs finished per second over the last minutes, one bar per 10 s (server-side buckets)
+// jobs finished per second over the last 10 minutes, one bar per 10 s: the buckets the
+// workers' heartbeats add to in Redis (views.throughput), so a first load shows them all
 function renderThroughput(series) {
   const box = $("#throughput");
   if (!series || series.length === 0) return;
@@ -304,7 +305,7 @@ function renderThroughput(series) {
     r.setAttribute("width", bw);
     r.setAttribute("height", h);
     const title = document.createElementNS(NS, "title");
-    title.textContent = `${p.rate.toFixed(1)} jobs/s at ${new Date(p.t * 1000).toLocaleTimeString()}`;
+    title.textContent = `${p.jobs} jobs, ${p.rate.toFixed(1)}/s, at ${new Date(p.t * 1000).toLocaleTimeString()}`;
     r.appendChild(title);
     svg.appendChild(r);
   });
