@@ -23,7 +23,7 @@ import contextlib
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
-from redis.exceptions import NoPermissionError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from .errors import PermissionDenied
 
@@ -38,12 +38,15 @@ _SCRIPTS = ("evalsha", "eval", "script|load")
 PRODUCER_COMMANDS: tuple[str, ...] = (
     *_CONNECTION,
     *_SCRIPTS,
-    # in the ENQUEUE and CANCEL scripts (enqueue_job.lua, cancel.lua, finish.lua)
+    # in the ENQUEUE, CANCEL, FLOW and SWEEP scripts (enqueue_job.lua, cancel.lua, finish.lua;
+    # a cancel reaching a workflow's other steps runs flow.lua and sweep.lua)
     "time", "exists", "hset", "xadd", "zadd", "zrem", "expire", "zremrangebyscore", "publish",
-    # job.status(), info(), result(), progress(), and finding a job's queue
+    "hexists", "hdel", "hincrby", "hsetnx", "persist", "zrangebyscore",
+    # job.status(), info(), result(), progress(), a group's results, finding a job's queue
     "hget", "hmget", "hgetall", "zscore", "subscribe", "unsubscribe",
 )  # fmt: skip
-"""Commands an app's producer runs: enqueue, status, info, result, progress, cancel."""
+"""Commands an app's producer runs: enqueue (workflows too), status, info, result, progress,
+cancel."""
 
 WORKER_COMMANDS: tuple[str, ...] = (
     *PRODUCER_COMMANDS,
@@ -51,12 +54,13 @@ WORKER_COMMANDS: tuple[str, ...] = (
     # renew, release, complete) and the dead-letter and recent streams
     "xgroup|create", "xreadgroup", "xautoclaim", "xclaim", "xpending", "xrange", "xack",
     "xdel", "xlen", "xgroup|delconsumer",
-    # job records, scheduled set, rate-limit logs, cron state, pause flag, heartbeats
-    "hdel", "hincrby", "pexpire", "persist", "zrange", "zrangebyscore", "zcard", "get", "set",
+    # job records, scheduled set, rate-limit logs, cron state, pause flag, heartbeats and
+    # their throughput buckets
+    "pexpire", "zrange", "zcard", "get", "set", "hkeys", "hlen",
     # at start, the maxmemory-policy (a Redis that evicts loses jobs: the worker warns)
     "info|memory",
 )  # fmt: skip
-"""Commands an app's worker runs (a worker also enqueues: cron ticks, follow-up jobs)."""
+"""Commands an app's worker runs (a worker also enqueues: cron ticks, workflow steps)."""
 
 ROLES = {"producer": PRODUCER_COMMANDS, "worker": WORKER_COMMANDS}
 
@@ -80,6 +84,14 @@ def setuser(app: str, role: str, user: str, password: str) -> str:
     rights = [f"+{c}" for c in ROLES[role]]
     return " ".join(
         ["ACL SETUSER", user, "reset", "on", f">{password}", *patterns(app, role), *rights]
+    )
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a command for the user: NOPERM, or a script's command
+    refused inside the script (an error reply that is not tagged NOPERM)."""
+    return isinstance(exc, NoPermissionError) or (
+        isinstance(exc, ResponseError) and "user executing the script can't" in str(exc)
     )
 
 
@@ -107,7 +119,9 @@ def explained(url: str, action: str) -> Iterator[None]:
     """Turn a NOPERM reply inside the block into ``denied`` for the URL's user."""
     try:
         yield
-    except NoPermissionError as exc:
+    except ResponseError as exc:  # NoPermissionError is one
+        if not refused(exc):
+            raise
         raise denied(url_user(url), action, exc) from exc
 
 

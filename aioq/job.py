@@ -157,7 +157,8 @@ class Job(Generic[R]):
         step of the workflow that has not finished.
         """
         keys = await self._resolve()
-        flow = await self._app.redis.hget(keys.job(self.id), "flow")
+        with explained(self._app.redis_url, f"read job {self.id!r} (HGET {keys.job(self.id)})"):
+            flow = await self._app.redis.hget(keys.job(self.id), "flow")
         outcome = await self._app.scripts.cancel(keys, self.id, self._app.result_ttl)
         if outcome < 0:
             raise JobNotFound(self.id, [keys.queue])

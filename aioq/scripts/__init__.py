@@ -26,9 +26,9 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import NoPermissionError, NoScriptError
+from redis.exceptions import NoScriptError
 
-from ..acl import denied
+from ..acl import denied, refused
 from ..connection import CommandLane, pack
 from ..keys import GROUP, QueueKeys
 from .enqueue import CRON, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
@@ -138,7 +138,7 @@ class Scripts:
         commands.append(pack("INFO", "memory"))  # last: its refusal (an ACL user) is no fault
         *replies, memory = await self._lane.call(commands, len(commands))
         for reply in replies:
-            if isinstance(reply, NoPermissionError):
+            if isinstance(reply, Exception) and refused(reply):
                 where = ", ".join(_keys_of(k.stream) for k in queues)
                 raise denied(
                     self._user, f"create the consumer groups (XGROUP CREATE) of {where}, "
@@ -168,7 +168,7 @@ class Scripts:
             await self._lane.call(pack("SCRIPT", "LOAD", script.source))
             replies = await self._lane.call(commands, n, idempotent=idempotent)
         for reply in replies:
-            if isinstance(reply, NoPermissionError):
+            if isinstance(reply, Exception) and refused(reply):
                 raise self._denied(script, where, reply) from reply
             if isinstance(reply, Exception):
                 raise reply
@@ -251,10 +251,10 @@ class Scripts:
             self._start_new.command(keys.declared, start_args),
         ]  # fmt: skip
         read, started = await self._lane.call(commands, 2, idempotent=False)
-        if isinstance(read, NoPermissionError):
+        if isinstance(read, Exception) and refused(read):
             action = f"read its streams (XREADGROUP) of {_keys_of(keys.stream)}"
             raise denied(self._user, action, read) from read
-        if isinstance(started, NoPermissionError):
+        if isinstance(started, Exception) and refused(started):
             raise self._denied(self._start_new, _keys_of(keys.stream), started) from started
         if isinstance(started, NoScriptError):  # a restarted Redis: load, then start them
             await self._lane.call(pack("SCRIPT", "LOAD", START_NEW))
