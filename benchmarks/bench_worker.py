@@ -301,9 +301,10 @@ def _cpu_per_job(app: Any, noop: Any, n: int = 20_000) -> dict[str, float]:
     if app._signer is not None:
         queue, job = noop.call().prepare()
         # as start.lua returns it: entry id, job id, attempt, task, args, kwargs, timeout,
-        # retries, priority, trace, sig (from the ENQUEUE values: message.job_fields)
+        # retries, priority, trace, input, sig (from the ENQUEUE values: Call.prepare; the
+        # signature last)
         row = [b"1-0", job[0].encode(), 1, job[5].encode(), job[7], job[8], job[10].encode(),
-               str(job[9]).encode(), 0, None, job[12]]  # fmt: skip
+               str(job[9]).encode(), 0, None, None, job[-1]]  # fmt: skip
         assert verify_row(app._signer, app.name, queue, row) is None
         t0 = time.perf_counter()
         for _ in range(n):

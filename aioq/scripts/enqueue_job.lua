@@ -50,15 +50,22 @@ local function enqueue_job(key, a)
     expires_in = 0
   end
   if expires_in > 0 then expires_at = stamp + expires_in end
-  redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
-             'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
-             'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
+  local sig = ARGV[a + 17]
+  if sig == '' then
+    redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
+               'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
+               'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
+  else                                                   -- signed: in the same HSET
+    redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
+               'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
+               'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11],
+               'sig', sig)
+  end
   if expires_at > 0 then redis.call('HSET', key, 'expires_at', expires_at) end
   if level > 0 then redis.call('HSET', key, 'priority', ARGV[a + 12]) end
   if ARGV[a + 13] ~= '' then redis.call('HSET', key, 'trace', ARGV[a + 13]) end
   if ARGV[a + 14] ~= '' then redis.call('HSET', key, 'then', ARGV[a + 14]) end
   if ARGV[a + 15] ~= '' then redis.call('HSET', key, 'flow', ARGV[a + 15]) end
-  if ARGV[a + 17] ~= '' then redis.call('HSET', key, 'sig', ARGV[a + 17]) end
   if status == 'scheduled' and hold == '' then redis.call('HSET', key, 'wait', 'delay') end
   return 1
 end
