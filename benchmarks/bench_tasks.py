@@ -50,7 +50,10 @@ if os.environ.get("BENCH_TRACE"):
 
     _scripts.Scripts.wait_and_start = _traced_start  # type: ignore[method-assign]
 
-app = App("bench", redis_url=rec.REDIS_URL)
+SIGNING_KEY = os.environ.get("BENCH_SIGNING_KEY", "").encode() or None
+"""BENCH_SIGNING_KEY=<key>: the app signs and verifies every job (bench_worker.py's A/B)."""
+
+app = App("bench", redis_url=rec.REDIS_URL, signing_key=SIGNING_KEY)
 
 
 @app.task

@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from ..embedded import EmbeddedRedis, RedisServerNotFound
-from ..errors import RedisUnavailable
+from ..errors import PermissionDenied, RedisUnavailable
 from ..loops import MissingUvloop, loop_factory
 from ..metrics import MissingMetricsExtra, require_prometheus
 from ..supervisor import RECYCLE, Supervisor, stop_with_supervisor, supervised
@@ -109,7 +109,7 @@ def run(
         try:
             with asyncio.Runner(loop_factory=factory) as runner:
                 runner.run(_serve(w))
-        except RedisUnavailable as exc:
+        except (RedisUnavailable, PermissionDenied) as exc:
             raise CliError(str(exc)) from None
         except OSError as exc:
             if w.metrics_port is None or w.metrics_address is not None:

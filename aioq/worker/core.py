@@ -195,7 +195,13 @@ class Worker:
             }
             for keys in self.queue_keys
         }
-        await self.app._call(self.app.scripts.prepare(self.queue_keys, limits))
+        policy = await self.app._call(self.app.scripts.prepare(self.queue_keys, limits))
+        if policy is not None and policy != "noeviction":
+            log.warning(
+                "Redis evicts keys when full (maxmemory-policy %s): an evicted job record or "
+                "stream is a lost job; set maxmemory-policy noeviction on the Redis aioq uses",
+                policy,
+            )
         self.runner.redis = self.app.redis
         await self._open_metrics()
         loop = asyncio.get_running_loop()
