@@ -5,9 +5,18 @@ import logging
 from .app import App
 from .canvas import Chain, Chord, Group, chain, chord, group
 from .context import JobContext, current_job
-from .errors import AioqError, JobCancelled, JobNotFound, RedisUnavailable, Retry, TaskFailed
+from .errors import (
+    AioqError,
+    JobCancelled,
+    JobNotFound,
+    PermissionDenied,
+    RedisUnavailable,
+    Retry,
+    TaskFailed,
+)
 from .group_job import GroupJob
 from .job import Job, JobInfo, JobStatus
+from .sync import SyncJob
 from .task import Call, Task, TaskOptions
 from .worker import Worker
 
@@ -29,8 +38,10 @@ __all__ = [
     "JobInfo",
     "JobNotFound",
     "JobStatus",
+    "PermissionDenied",
     "RedisUnavailable",
     "Retry",
+    "SyncJob",
     "Task",
     "TaskFailed",
     "TaskOptions",

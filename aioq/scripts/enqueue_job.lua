@@ -3,12 +3,14 @@
 -- retries, timeout, priority (0-9: the stream it goes to; recorded when not 0), trace (JSON of
 -- the trace context, tracing.py; recorded when not ""), then (the JSON list of successors a
 -- workflow step tells when it finishes, canvas.py; ""), flow (the workflow's "<queue> <id>";
--- ""), hold (seconds; "": not held). A held job is a workflow step waiting for its
+-- ""), hold (seconds; "": not held), sig (the job's signature, signing.py; recorded when not
+-- ""). A held job is a workflow step waiting for its
 -- predecessors: recorded `scheduled` with wait "workflow", in no stream or set, its delay and
 -- expiry kept for when flow.lua starts it, and the record expires after `hold` seconds unless
 -- started. Then ckey (the concurrency key; "": none) and klimit (its limits, keyed.lua; "":
--- those the workers' code declares for the task, key_declared): a keyed job due now goes onto its stream only while its key has a place, else it waits for
--- one (keyed.lua). Returns 1 when written, 0 when the id
+-- those the workers' code declares for the task, key_declared): a keyed job due now goes
+-- onto its stream only while its key has a place, else it waits for one (keyed.lua). Returns
+-- 1 when written, 0 when the id
 -- existed (then nothing is written: a retried enqueue cannot duplicate a job). A job due now is
 -- stamped with the time of its stream entry id (Redis' clock), so it costs no TIME call; the
 -- worker creates the consumer group if the stream is new (NOGROUP), at id 0, so nothing
@@ -41,7 +43,7 @@ local function enqueue_job(key, a)
   end
   local level = level_of(ARGV[a + 12])
   local stream = STREAMS[level]                          -- the stream of the job's priority
-  local ckey, klimit = ARGV[a + 17], ARGV[a + 18]
+  local ckey, klimit = ARGV[a + 18], ARGV[a + 19]
   if ckey ~= '' and klimit == '' then klimit = key_declared(ARGV[a + 6]) end
   if not stamp and ckey ~= '' then                       -- keyed, due now: a place, or wait
     stamp = time_ms()
@@ -58,9 +60,17 @@ local function enqueue_job(key, a)
     expires_in = 0
   end
   if expires_in > 0 then expires_at = stamp + expires_in end
-  redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
-             'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
-             'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
+  local sig = ARGV[a + 17]
+  if sig == '' then
+    redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
+               'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
+               'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
+  else                                                   -- signed: in the same HSET
+    redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
+               'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
+               'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11],
+               'sig', sig)
+  end
   if expires_at > 0 then redis.call('HSET', key, 'expires_at', expires_at) end
   if level > 0 then redis.call('HSET', key, 'priority', ARGV[a + 12]) end
   if ARGV[a + 13] ~= '' then redis.call('HSET', key, 'trace', ARGV[a + 13]) end

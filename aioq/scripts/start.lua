@@ -93,8 +93,9 @@ end
 -- Mark delivered entries (of STREAM) as started jobs, appended to `out`; bury what is not a
 -- job or is poison. Each started job: entry id, job id, attempt, task, args, kwargs, timeout,
 -- retries, priority, trace (the trace-context carrier, nil when the job has none), input (the
--- JSON value a workflow step gets from its predecessor as first argument, nil for others). A
--- keyed job of a key limited by rate only gives its key's place back once it starts.
+-- JSON value a workflow step gets from its predecessor as first argument, nil for others), sig
+-- (its signature, nil when unsigned: the worker checks it, signing.py). A keyed job of a key
+-- limited by rate only gives its key's place back once it starts.
 local function start(entries, now, out)
   out = out or {}
   for _, e in ipairs(entries) do
@@ -122,7 +123,7 @@ local function start(entries, now, out)
       if jid then
         v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
                         'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at', 'worker',
-                        'trace', 'input', 'ckey', 'klimit')
+                        'trace', 'input', 'sig', 'ckey', 'klimit')
         if v.err then
           problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
           v = false
@@ -149,11 +150,11 @@ local function start(entries, now, out)
         drop(eid)
       elseif TERMINAL[status] or status == 'scheduled' then
         drop(eid)                                           -- cancelled while queued, or stale
-        local g = TERMINAL[status] and key_group(v[5], v[14])
+        local g = TERMINAL[status] and key_group(v[5], v[15])
         if g then
           -- a keyed job cancelled while it waited for a place, and given one since: the place
           -- goes on, and its record, kept until now (cancel.lua), expires as any finished one
-          key_release(jid, g, v[15], now)
+          key_release(jid, g, v[16], now)
           if TTL > 0 then redis.call('EXPIRE', JOBP .. jid, TTL) end
         end
       elseif v[2] then
@@ -169,14 +170,15 @@ local function start(entries, now, out)
                'deliveries', d + 1)
         drop(eid)
       else
-        local g = key_group(v[5], v[14])
-        if not rate_allows(v[5], eid, jid, now, g, v[15]) then
+        local g = key_group(v[5], v[15])
+        if not rate_allows(v[5], eid, jid, now, g, v[16]) then
           drop(eid)                        -- back in the scheduled set: no slot, no attempt spent
         else
           redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
                      'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
-          out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12], v[13]}
-          if g and key_spec(v[15]) == 0 then key_release(jid, g, v[15], now) end
+          out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12], v[13],
+                           v[14]}
+          if g and key_spec(v[16]) == 0 then key_release(jid, g, v[16], now) end
         end
       end
     end
@@ -189,9 +191,9 @@ end
 -- (and the row is ignored) or lost the reply that started it, and runs it now (RECOVER).
 local function held_row(eid, jid)
   local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'worker', 'attempts', 'task', 'args',
-                        'kwargs', 'timeout', 'retries', 'trace', 'input')
+                        'kwargs', 'timeout', 'retries', 'trace', 'input', 'sig')
   if v.err or v[1] ~= 'running' or v[2] ~= CONSUMER then return nil end
-  return {eid, jid, tonumber(v[3]) or 0, v[4], v[5], v[6], v[7], v[8], LEVEL, v[9], v[10]}
+  return {eid, jid, tonumber(v[3]) or 0, v[4], v[5], v[6], v[7], v[8], LEVEL, v[9], v[10], v[11]}
 end
 
 -- Call fn(entry id, entry or nil, job id or nil) for each entry of STREAM pending for this
