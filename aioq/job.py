@@ -19,7 +19,7 @@ from .acl import explained
 from .connection import pack
 from .errors import JobCancelled, JobNotFound, TaskFailed
 from .keys import key_group
-from .message import history_field
+from .message import history_field, key_of
 from .results import subscribe_confirmed
 
 if TYPE_CHECKING:
@@ -429,5 +429,5 @@ def record_info(
         due_at=datetime.fromtimestamp(due / 1000, tz=UTC) if waiting and due else None,
         wait_reason=_text(raw.get("wait")) if waiting else None,
         workflow=(_text(raw.get("flow")) or " ").partition(" ")[2] or None,
-        concurrency_key=_text(raw.get("ckey")),
+        concurrency_key=key_of(raw.get("keyed")),
     )

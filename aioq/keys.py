@@ -56,7 +56,9 @@ task), written ``<g>`` below::
                                         places against the records, so none can leak).
     aioq:{shop:default}:keylimits       hash: task -> "<concurrency> <rate n> <rate period ms>",
                                         the key limits its code declares (written by workers):
-                                        for keyed jobs of producers that enqueue by name only.
+                                        for keyed jobs of producers that enqueue by name only;
+                                        and the field "" once the queue had a keyed job (then
+                                        the worker reads each job's `keyed` field).
     aioq:{shop:default}:keyrun:<g>      sorted set: the group's jobs that hold a place (their
                                         entry is on a stream, they run, or a rate limit sent
                                         them back for a moment) -> epoch ms the place is next

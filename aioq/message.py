@@ -22,8 +22,9 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
                  limit" (its key's); its due time is its score in the queue's scheduled set
                  (a queued job waiting for a place on its key has none: it is in its key's
                  list, keyed.lua)
-    ckey, klimit a keyed job's concurrency key, and its task's limits for it: "<concurrency>
-                 <rate n> <rate period ms>", 0 for none (``Task.key_limits``)
+    keyed        a keyed job's limits and concurrency key: "<concurrency> <rate n> <rate
+                 period ms> <key>", 0 for no such limit (``Task.key_limits``); one field, so a
+                 job without a key costs the worker's reads one missing field
     history      JSON list of earlier attempts' failures, oldest first, the last 10:
                  {attempt, error, exc_type, at (epoch ms), traceback (the newest only)}
     progress     JSON value set by ``current_job().set_progress``
@@ -237,6 +238,12 @@ def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
 def text_field(value: bytes | None) -> str | None:
     """A text field; ``None`` when missing or empty (bytes that are not UTF-8 are replaced)."""
     return value.decode(errors="replace") if value else None
+
+
+def key_of(value: bytes | None) -> str | None:
+    """The concurrency key in a ``keyed`` field ("<c> <n> <p> <key>"); ``None`` for none."""
+    parts = value.split(b" ", 3) if value else []
+    return parts[3].decode(errors="replace") if len(parts) == 4 else None
 
 
 def int_field(value: bytes | None) -> int:

@@ -35,7 +35,15 @@ from .keys import (
     throughput_key,
     workers_key,
 )
-from .message import flat_pairs, history_field, int_field, json_field, text_field, time_field
+from .message import (
+    flat_pairs,
+    history_field,
+    int_field,
+    json_field,
+    key_of,
+    text_field,
+    time_field,
+)
 from .ratelimit import RateLimit
 
 
@@ -251,7 +259,7 @@ def throughput_over(points: list[dict[str, float]], seconds: float = 60.0) -> di
 
 _SUMMARY_FIELDS = (
     "status", "task", "queue", "attempts", "enqueued_at", "started_at", "finished_at",
-    "error", "exc_type", "worker", "progress", "priority", "history", "wait", "ckey",
+    "error", "exc_type", "worker", "progress", "priority", "history", "wait", "keyed",
 )  # fmt: skip
 
 
@@ -329,7 +337,7 @@ def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
             {k: x for k, x in h.items() if k != "traceback"} for h in history_field(v["history"])
         ],
         wait_reason=text_field(v["wait"]) if status == JobStatus.SCHEDULED.value else None,
-        concurrency_key=text_field(v["ckey"]),
+        concurrency_key=key_of(v["keyed"]),
     )
 
 
@@ -1051,7 +1059,7 @@ async def key_stats(app: App, queues: list[str] | None = None, limit: int = 20) 
     async with redis.pipeline(transaction=False) as pipe:
         for (q, _, _, _), head in zip(rows, heads, strict=True):
             # a waiting job is "<priority>:<job id>" in its key's list
-            pipe.hget(app.keys(q).job(head[2:].decode(errors="replace") if head else ""), "klimit")
+            pipe.hget(app.keys(q).job(head[2:].decode(errors="replace") if head else ""), "keyed")
         specs: list[bytes | None] = await pipe.execute(raise_on_error=False)
     out = []
     for (q, g, waiting, held), spec in zip(rows, specs, strict=True):
@@ -1062,9 +1070,9 @@ async def key_stats(app: App, queues: list[str] | None = None, limit: int = 20) 
 
 
 def _key_limits(spec: bytes | None) -> tuple[int | None, str | None]:
-    """(concurrency, rate) from a job's ``klimit`` ("<concurrency> <n> <period ms>")."""
+    """(concurrency, rate) from a job's ``keyed`` ("<concurrency> <n> <period ms> <key>")."""
     try:
-        concurrency, n, period = (int(x) for x in (spec or b"").split())
+        concurrency, n, period = (int(x) for x in (spec or b"").split(b" ", 3)[:3])
     except ValueError:
         return None, None
     rate: str | None = None

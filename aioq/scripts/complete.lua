@@ -24,12 +24,12 @@
 use_level(tonumber(ARGV[6]))
 local now = now_ms()
 local fenced, done, handed = {}, {}, {}
+local FIELDS = with_keyed({'attempts', 'worker', 'status', 'cancel', 'error', 'then', 'task'})
 for i = 7, #ARGV, 8 do
   local op, eid, jid, att = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = JOBP .. jid
   -- pcall: a foreign key of another type is not ours to write
-  local rec = redis.pcall('HMGET', key, 'attempts', 'worker', 'status', 'cancel', 'error',
-                          'then', 'task', 'ckey', 'klimit')
+  local rec = redis.pcall('HMGET', key, unpack(FIELDS))
   if not rec.err and rec[1] == att and rec[2] == CONSUMER and rec[3] ~= 'running' then
     -- this very outcome, written by a first send of this batch whose reply was lost: no one
     -- else writes a record that still names this consumer and attempt but is not running
@@ -42,7 +42,7 @@ for i = 7, #ARGV, 8 do
     local g = key_group(rec[7], rec[8])
     if final then
       THEN_KNOWN = rec[6] ~= false
-      KEY_KNOWN = g and {g, rec[9]} or false
+      KEY_KNOWN = g and {g, rec[8]} or false
     end
     if op == 'ok' then
       -- a record written before failures went to `history` may still hold one
@@ -68,9 +68,9 @@ for i = 7, #ARGV, 8 do
       if delay > 0 then
         redis.call('HSET', key, 'wait', 'retry')            -- why it waits (its backoff)
         redis.call('ZADD', SCHEDULED, now + delay, jid)
-        if g then key_release(jid, g, rec[9], now) end
+        if g then key_release(jid, g, rec[8], now) end
       elseif g then
-        key_enter(jid, LEVEL, g, rec[9], now)              -- or it waits for a place
+        key_enter(jid, LEVEL, g, rec[8], now)              -- or it waits for a place
       else
         redis.call('XADD', STREAM, '*', 'id', jid)
       end

@@ -7,8 +7,9 @@
 -- ""). A held job is a workflow step waiting for its
 -- predecessors: recorded `scheduled` with wait "workflow", in no stream or set, its delay and
 -- expiry kept for when flow.lua starts it, and the record expires after `hold` seconds unless
--- started. Then ckey (the concurrency key; "": none) and klimit (its limits, keyed.lua; "":
--- those the workers' code declares for the task, key_declared): a keyed job due now goes
+-- started. Then the concurrency key ("": none) and its limits (keyed.lua; "": those the
+-- workers' code declares for the task, key_declared), written together as the record's
+-- `keyed`: a keyed job due now goes
 -- onto its stream only while its key has a place, else it waits for one (keyed.lua). Returns
 -- 1 when written, 0 when the id
 -- existed (then nothing is written: a retried enqueue cannot duplicate a job). A job due now is
@@ -19,6 +20,7 @@
 --#include keyed
 if redis.replicate_commands then redis.replicate_commands() end
 local clock = nil
+local KEYS_MARKED = false
 local function time_ms()
   if not clock then clock = now_ms() end   -- one TIME per call, however many jobs
   return clock
@@ -43,11 +45,15 @@ local function enqueue_job(key, a)
   end
   local level = level_of(ARGV[a + 12])
   local stream = STREAMS[level]                          -- the stream of the job's priority
-  local ckey, klimit = ARGV[a + 18], ARGV[a + 19]
-  if ckey ~= '' and klimit == '' then klimit = key_declared(ARGV[a + 6]) end
-  if not stamp and ckey ~= '' then                       -- keyed, due now: a place, or wait
+  local keyed = nil
+  if ARGV[a + 18] ~= '' then
+    local limits = ARGV[a + 19]
+    if limits == '' then limits = key_declared(ARGV[a + 6]) end
+    keyed = limits .. ' ' .. ARGV[a + 18]
+  end
+  if not stamp and keyed then                            -- keyed, due now: a place, or wait
     stamp = time_ms()
-    key_enter(jid, level, key_group(ARGV[a + 6], ckey), klimit, stamp, true)
+    key_enter(jid, level, key_group(ARGV[a + 6], keyed), keyed, stamp, true)
   end
   if not stamp then                                      -- due now (held jobs have a stamp)
     stamp = tonumber(string.match(redis.call('XADD', stream, '*', 'id', jid), '^%d+'))
@@ -77,6 +83,12 @@ local function enqueue_job(key, a)
   if ARGV[a + 14] ~= '' then redis.call('HSET', key, 'then', ARGV[a + 14]) end
   if ARGV[a + 15] ~= '' then redis.call('HSET', key, 'flow', ARGV[a + 15]) end
   if status == 'scheduled' and hold == '' then redis.call('HSET', key, 'wait', 'delay') end
-  if ckey ~= '' then redis.call('HSET', key, 'ckey', ckey, 'klimit', klimit) end
+  if keyed then
+    redis.call('HSET', key, 'keyed', keyed)
+    if not KEYS_MARKED then                              -- once per call: keyed.lua, with_keyed
+      redis.call('HSETNX', KEYLIMITS, '', '1')
+      KEYS_MARKED = true
+    end
+  end
   return 1
 end

@@ -5,8 +5,9 @@
 --   1-9 as written, anything else 0.
 -- now_ms: Redis' clock in epoch milliseconds (every script times jobs by Redis, not workers).
 -- field: a field's value in a flat stream-entry list {name, value, ...}, or nil.
--- key_group: the flow-control group (keys.py) of a job of `task` whose record holds the
---   concurrency key `ckey`; nil for a job without a key.
+-- key_group: the flow-control group (keys.py) of a job of `task` whose record's `keyed` field
+--   is `keyed` ("<concurrency> <rate n> <rate period ms> <key>", keyed.lua); nil for a job
+--   without a key.
 local function tag_of(key)
   return string.match(key, '^(.*}:)')
 end
@@ -29,7 +30,8 @@ local function field(fields, name)
   return nil
 end
 
-local function key_group(task, ckey)
-  if not ckey or ckey == '' or not task then return nil end
-  return task .. '\0' .. ckey
+local function key_group(task, keyed)
+  local key = keyed and task and string.match(keyed, '^%d+ %d+ %d+ (.+)$')
+  if not key then return nil end
+  return task .. '\0' .. key
 end

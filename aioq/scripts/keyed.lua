@@ -1,6 +1,8 @@
 -- Flow control by key (README "Flow control by key"; key layout in keys.py). A job whose record
--- holds `ckey` (its concurrency key) and `klimit` ("<concurrency> <rate n> <rate period ms>",
--- 0 for none) belongs to the group g = key_group(task, ckey). A group has `cap` places: its
+-- holds `keyed`, "<concurrency> <rate n> <rate period ms> <key>" (its task's limits, 0 for
+-- none, and its concurrency key; one field, so a job without one costs the hot path's reads
+-- one missing field each) belongs to the group g = key_group(task, keyed). The "spec" the
+-- functions below take is that field, or the limits alone ("<c> <n> <p>"). A group has `cap` places: its
 -- concurrency, or for a group limited by rate only, its rate's n. A job of the group is on its
 -- stream only while it holds a place (keyrun:<g>); the others wait in keywait:<g>, in no
 -- stream, so they hold no worker slot, spend no attempt, and cost a fetch nothing. A waiting
@@ -35,7 +37,7 @@ local KEY_CHECK_MS = {{KEY_CHECK_MS}}
 
 -- A group's limits: concurrency (0: none), rate n and period ms (0, 0: none).
 local function key_spec(spec)
-  local c, n, p = string.match(spec or '', '^(%d+) (%d+) (%d+)$')
+  local c, n, p = string.match(spec or '', '^(%d+) (%d+) (%d+)')
   if not c then return 1, 0, 0 end                   -- not aioq's: one at a time, the safe side
   return tonumber(c), tonumber(n), tonumber(p)
 end
@@ -53,7 +55,7 @@ end
 -- job cancelled while it waited and given a place since does not: the start script, dropping
 -- its entry, would give the place back too, and finds it given back already.)
 local function key_holds(jid, g)
-  local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'wait', 'task', 'ckey')
+  local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'wait', 'task', 'keyed')
   if v.err or key_group(v[3], v[4]) ~= g then return false end
   if v[1] == 'running' or v[1] == 'queued' then return true end
   return v[1] == 'scheduled' and (v[2] == 'rate limit' or v[2] == 'key rate limit')
@@ -138,6 +140,20 @@ local function key_release(jid, g, spec, now)
   if redis.call('ZREM', KEYRUNP .. g, jid) == 1 then key_fill(g, spec, now) end
 end
 
+-- Whether the queue has ever had a keyed job: the enqueue script marks its KEYLIMITS hash (the
+-- field "", no task's name) with the first one, and the marker stays. Until then the worker's
+-- hot reads (start, complete, promote) leave the `keyed` field out: a field a record lacks
+-- costs a scan of the whole record, per job, which would slow every queue down for a feature
+-- it does not use. Read once per script call. `with_keyed(fields)`: the field list to read,
+-- `keyed` last when the queue may hold keyed jobs. (Were the hash deleted by hand, the sweep
+-- below marks it again as soon as a key has jobs waiting.)
+local keys_seen = nil
+local function with_keyed(fields)
+  if keys_seen == nil then keys_seen = redis.call('EXISTS', KEYLIMITS) == 1 end
+  if keys_seen then fields[#fields + 1] = 'keyed' end
+  return fields
+end
+
 -- The key limits the workers' code declares for `task` (written at their start, as the task
 -- rate limits are), for a job whose producer knows the task by name only; none declared: one
 -- at a time.
@@ -158,13 +174,15 @@ end
 -- on their streams.
 local function key_sweep(now, limit)
   local given = 0
-  for _, g in ipairs(redis.call('ZRANGEBYSCORE', KEYED, '-inf', now, 'LIMIT', 0, limit)) do
+  local due = redis.call('ZRANGEBYSCORE', KEYED, '-inf', now, 'LIMIT', 0, limit)
+  if #due > 0 then redis.call('HSETNX', KEYLIMITS, '', '1') end         -- with_keyed's marker
+  for _, g in ipairs(due) do
     local wait = KEYWAITP .. g
     local spec = nil
     local head = redis.call('LINDEX', wait, 0)
     local holder = redis.call('ZRANGE', KEYRUNP .. g, 0, 0)[1]
     for _, jid in ipairs({head and string.sub(head, 3), holder}) do
-      local s = jid and redis.pcall('HGET', JOBP .. jid, 'klimit')
+      local s = jid and redis.pcall('HGET', JOBP .. jid, 'keyed')
       if not spec and type(s) == 'string' then spec = s end
     end
     given = given + key_fill(g, spec, now, key_check(g, now))

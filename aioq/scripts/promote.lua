@@ -11,11 +11,11 @@ local TTL = tonumber(ARGV[2])
 local now = now_ms()
 local ids = redis.call('ZRANGEBYSCORE', SCHEDULED, '-inf', now, 'LIMIT', 0, ARGV[1])
 local moved = 0
+local FIELDS = #ids > 0 and with_keyed({'status', 'expires_at', 'priority', 'task'})
 for _, jid in ipairs(ids) do
   redis.call('ZREM', SCHEDULED, jid)
   local key = JOBP .. jid
-  local rec = redis.pcall('HMGET', key, 'status', 'expires_at', 'priority', 'task', 'ckey',
-                          'klimit')
+  local rec = redis.pcall('HMGET', key, unpack(FIELDS))
   if not rec.err and rec[1] == 'scheduled' then
     if rec[2] and now > (tonumber(rec[2]) or math.huge) then
       finish(jid, 'expired', now, 'error', 'not started before it expired')
@@ -26,7 +26,7 @@ for _, jid in ipairs(ids) do
       if not g then
         redis.call('XADD', STREAMS[level_of(rec[3])], '*', 'id', jid)
         moved = moved + 1
-      elseif key_enter(jid, level_of(rec[3]), g, rec[6], now) then
+      elseif key_enter(jid, level_of(rec[3]), g, rec[5], now) then
         moved = moved + 1                                -- else its key has no place: it waits
       end
     end

@@ -19,7 +19,7 @@ local entries = redis.call('XRANGE', STREAM, from, ARGV[2], 'COUNT', ARGV[3])
 local jobs = 0
 for _, e in ipairs(entries) do
   local jid = field(e[2], 'id')
-  local v = jid and redis.pcall('HMGET', JOBP .. jid, 'status', 'task', 'ckey')
+  local v = jid and redis.pcall('HMGET', JOBP .. jid, 'status', 'task', 'keyed')
   if v and not v.err and v[1] == 'queued' then
     local g = key_group(v[2], v[3])
     if g then redis.call('ZREM', KEYRUNP .. g, jid) end   -- the place it held on its key

@@ -22,11 +22,11 @@ local function requeue(jid)
   redis.call('PERSIST', key)
   redis.call('ZREM', FAILED, jid)
   redis.call('ZREM', SCHEDULED, jid)
-  local r = redis.call('HMGET', key, 'priority', 'task', 'ckey', 'klimit')
+  local r = redis.call('HMGET', key, 'priority', 'task', 'keyed')
   local g = key_group(r[2], r[3])
   if not g then
     redis.call('XADD', STREAMS[level_of(r[1])], '*', 'id', jid)
   else
-    key_enter(jid, level_of(r[1]), g, r[4], now_ms())      -- or it waits for a place
+    key_enter(jid, level_of(r[1]), g, r[3], now_ms())      -- or it waits for a place
   end
 end

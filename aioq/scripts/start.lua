@@ -65,7 +65,7 @@ end
 
 -- Whether the job may start now (its start is then recorded); if not, it goes back to the
 -- scheduled set for when it may, and holds no slot and spends no attempt (a keyed job keeps
--- its key's place meanwhile: keyed.lua). `g`, `spec`: the job's key group and klimit, or nil.
+-- its key's place meanwhile: keyed.lua). `g`, `spec`: the job's key group and `keyed`, or nil.
 local function rate_allows(task, eid, jid, now, g, spec)
   local klim = g and key_rate(spec)
   local lim = task_limit(task)
@@ -96,8 +96,12 @@ end
 -- JSON value a workflow step gets from its predecessor as first argument, nil for others), sig
 -- (its signature, nil when unsigned: the worker checks it, signing.py). A keyed job of a key
 -- limited by rate only gives its key's place back once it starts.
+local START_FIELDS = nil
 local function start(entries, now, out)
   out = out or {}
+  START_FIELDS = START_FIELDS or with_keyed({
+    'status', 'cancel', 'deliveries', 'attempts', 'task', 'args', 'kwargs', 'timeout',
+    'retries', 'expires_at', 'worker', 'trace', 'input', 'sig'})
   for _, e in ipairs(entries) do
     local eid, fields = e[1], e[2]
     if not fields then
@@ -121,9 +125,7 @@ local function start(entries, now, out)
       -- One HMGET reads everything and one HSET starts the job: two commands per job.
       local v, hashed = false, false
       if jid then
-        v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
-                        'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at', 'worker',
-                        'trace', 'input', 'sig', 'ckey', 'klimit')
+        v = redis.pcall('HMGET', JOBP .. jid, unpack(START_FIELDS))
         if v.err then
           problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
           v = false
@@ -154,7 +156,7 @@ local function start(entries, now, out)
         if g then
           -- a keyed job cancelled while it waited for a place, and given one since: the place
           -- goes on, and its record, kept until now (cancel.lua), expires as any finished one
-          key_release(jid, g, v[16], now)
+          key_release(jid, g, v[15], now)
           if TTL > 0 then redis.call('EXPIRE', JOBP .. jid, TTL) end
         end
       elseif v[2] then
@@ -171,14 +173,14 @@ local function start(entries, now, out)
         drop(eid)
       else
         local g = key_group(v[5], v[15])
-        if not rate_allows(v[5], eid, jid, now, g, v[16]) then
+        if not rate_allows(v[5], eid, jid, now, g, v[15]) then
           drop(eid)                        -- back in the scheduled set: no slot, no attempt spent
         else
           redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
                      'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
           out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12], v[13],
                            v[14]}
-          if g and key_spec(v[16]) == 0 then key_release(jid, g, v[16], now) end
+          if g and key_spec(v[15]) == 0 then key_release(jid, g, v[15], now) end
         end
       end
     end

@@ -23,7 +23,7 @@ local function start_held(jid, key, v, input, now)
     if not g then
       redis.call('XADD', STREAMS[level], '*', 'id', jid)
     else
-      key_enter(jid, level, g, v[10], now)                 -- or it waits for a place
+      key_enter(jid, level, g, v[9], now)                  -- or it waits for a place
     end
   end
 end
@@ -51,7 +51,7 @@ local function tell(kind, id, on, pass, idx, st, src, payload, now, out)
   if kind == 'start' then
     local key = JOBP .. id
     local v = redis.pcall('HMGET', key, 'status', 'wait', 'then', 'priority', 'hold_delay',
-                          'hold_eta', 'hold_expires', 'task', 'ckey', 'klimit')
+                          'hold_eta', 'hold_expires', 'task', 'keyed')
     if not v.err and v[1] ~= 'scheduled' and redis.call('ZSCORE', FLOWS, id) then
       out[#out + 1] = job_handover(id)              -- finished, not yet passed on: again
     elseif not v.err and v[1] == 'scheduled' and v[2] == 'workflow' then

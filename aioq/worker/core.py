@@ -204,9 +204,7 @@ class Worker:
             }
             for keys in self.queue_keys
         }
-        policy = await self.app._call(
-            self.app.scripts.prepare(self.queue_keys, limits, key_limits)
-        )
+        policy = await self.app._call(self.app.scripts.prepare(self.queue_keys, limits, key_limits))
         if policy is not None and policy != "noeviction":
             log.warning(
                 "Redis evicts keys when full (maxmemory-policy %s): an evicted job record or "
