@@ -196,7 +196,8 @@ class Bench:
         after = await self.used_memory()
         group: bytes = (await self.r.zrange(keys.keyed, 0, 0))[0]  # type: ignore[index]
         waiting_ids: list[bytes] = await self.r.lrange(keys.keywait(group), 0, 0)  # type: ignore[assignment]
-        record = await self.r.memory_usage(keys.job(waiting_ids[0].decode())) or 0
+        jid = waiting_ids[0].decode()[2:]  # "<priority>:<job id>" (scripts/keyed.lua)
+        record = await self.r.memory_usage(keys.job(jid)) or 0
         members = await self.r.llen(keys.keywait(group))
         per_member = (await self.r.memory_usage(keys.keywait(group), samples=0) or 0) / members
         await self.r.flushall()
