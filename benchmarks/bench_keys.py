@@ -37,6 +37,10 @@ Every repeat runs each variant once, order rotated:
            record) as the reference; and MEMORY USAGE of one waiting job's record and of one
            key's list per member.
 
+Every drain also reports redis-server's CPU per job (INFO cpu) and, in the mix, the worker's
+(/proc): on this shared machine the rates swing with the other processes' load, the CPU per job
+much less. ``BENCH_KEYS_STATS=1`` logs, per mix run, the commands Redis spent its time on.
+
 Prints versions, machine, and medians (min-max) over the repeats. ``--json PATH`` writes every
 single run.
 """
@@ -104,6 +108,11 @@ class Bench:
             await self.t.app.enqueue_many(calls[i : i + CHUNK])
         return time.perf_counter() - t0
 
+    async def redis_cpu(self) -> float:
+        """redis-server's CPU seconds so far (user + system, INFO cpu)."""
+        cpu = await self.r.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
     async def measured(self, n: int) -> float:
         """jobs/s of the N measured jobs: first start to last finish, as the worker saw them."""
         first = float(await self.r.get(K_FIRST_START) or "nan")
@@ -122,9 +131,11 @@ class Bench:
             calls = [job.options(concurrency_key=f"k{i % KEYS}").call() for i in range(n)]
         took = await self.enqueue(calls)
         await self.r.config_resetstat()
+        cpu0 = await self.redis_cpu()
         p = await self.spawn(f"keys.{variant}.r{rep}", burst=True)
         rc = await asyncio.wait_for(p.wait(), 300)
         t_exit = time.time()
+        redis_us = (await self.redis_cpu() - cpu0) / n * 1e6
         keys = self.t.app.keys()
         left = await self.r.xlen(keys.stream) + await self.r.zcard(keys.keyed)
         if rc != 0 or left:
@@ -136,10 +147,11 @@ class Bench:
         stats = await self.r.info("commandstats")
         script_us = stats.get("cmdstat_evalsha", {}).get("usec", 0) / n
         self.runs.append({"scenario": "keys", "variant": variant, "rep": rep, "rate": rate,
-                          "enqueue": n / took, "script_us": script_us})  # fmt: skip
+                          "enqueue": n / took, "script_us": script_us,
+                          "redis_cpu_us": redis_us})  # fmt: skip
         log(
             f"rep {rep} keys {variant:>6}: {rate:>8,.0f} jobs/s, {script_us:.1f} us/job in "
-            f"scripts (enqueued at {n / took:,.0f}/s)"
+            f"scripts, redis-server CPU {redis_us:.1f} us/job (enqueued at {n / took:,.0f}/s)"
         )
 
     # -- mix ------------------------------------------------------------------------------
@@ -153,6 +165,7 @@ class Bench:
             await self.enqueue([task.call(f"h{i % HELD_KEYS}") for i in range(w)])
         await self.enqueue([t.noop.call() for _ in range(n)])
         await self.r.config_resetstat()
+        cpu0 = await self.redis_cpu()
         p = await self.spawn(f"mix.{variant}.r{rep}", burst=False)
         try:
             deadline = time.monotonic() + 300
@@ -161,8 +174,18 @@ class Bench:
                     raise RuntimeError(f"mix {variant}: the worker ended or took too long")
                 await asyncio.sleep(0.01)
             rate = await self.measured(n)
+            redis_us = (await self.redis_cpu() - cpu0) / n * 1e6
+            worker_us = _cpu_seconds(p.pid) / n * 1e6  # start-up included, as in every variant
             stats = await self.r.info("commandstats")
             script_us = stats.get("cmdstat_evalsha", {}).get("usec", 0) / n
+            if os.environ.get("BENCH_KEYS_STATS"):  # which commands the Redis time went to
+                top = sorted(stats.items(), key=lambda kv: -kv[1].get("usec", 0))[:12]
+                log(
+                    f"{variant}: "
+                    + ", ".join(
+                        f"{k[8:]} {v['calls'] / n:.2f}/job {v['usec'] / n:.2f}us" for k, v in top
+                    )
+                )
             waiting = 0
             if variant != "alone":
                 keys = t.app.keys()
@@ -173,7 +196,8 @@ class Bench:
             p.send_signal(signal.SIGKILL)  # the held jobs sleep for an hour
             await p.wait()
         self.runs.append({"scenario": "mix", "variant": variant, "rep": rep, "rate": rate,
-                          "waiting": waiting, "script_us": script_us})  # fmt: skip
+                          "waiting": waiting, "script_us": script_us, "redis_cpu_us": redis_us,
+                          "worker_cpu_us": worker_us})  # fmt: skip
         extra = f", {waiting:,} still waiting on their keys" if variant != "alone" else ""
         log(
             f"rep {rep} mix {variant:>8}: {rate:>8,.0f} unlimited jobs/s, {script_us:.1f} us/job "
@@ -289,6 +313,8 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
             row(f"{KEYS:,} keys, key_concurrency=2", c("keys", "keyed", "rate", ",.0f")),
             row("ratio keyed / plain, per repeat", f"{cell(r, '.2f')}   >= 0.70: {met(r, 0.7)}"),
             row("Redis time in scripts per job", f"plain {plain_us} us, keyed {keyed_us} us"),
+            row("redis-server CPU per job", f"plain {c('keys', 'plain', 'redis_cpu_us', '.1f')} "
+                f"us, keyed {c('keys', 'keyed', 'redis_cpu_us', '.1f')} us"),
             row("enqueue_many", f"plain {plain_enq}/s, keyed {keyed_enq}/s"),
             "",
         ]  # fmt: skip
@@ -303,6 +329,14 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
             row("+rate (key_rate_limit=1/h)",
                 f"{c('mix', '+rate', 'rate', ',.0f')}   ratio {cell(rr, '.2f')}"),
             row("target >= 0.90", f"+waiting {met(rw, 0.9)}, +rate {met(rr, 0.9)}"),
+            row("CPU per no-op job: redis-server",
+                f"alone {c('mix', 'alone', 'redis_cpu_us', '.1f')} us, +waiting "
+                f"{c('mix', '+waiting', 'redis_cpu_us', '.1f')}, +rate "
+                f"{c('mix', '+rate', 'redis_cpu_us', '.1f')}"),
+            row("CPU per no-op job: the worker",
+                f"alone {c('mix', 'alone', 'worker_cpu_us', '.1f')} us, +waiting "
+                f"{c('mix', '+waiting', 'worker_cpu_us', '.1f')}, +rate "
+                f"{c('mix', '+rate', 'worker_cpu_us', '.1f')}"),
             row("Redis time in scripts per no-op job",
                 f"alone {c('mix', 'alone', 'script_us', '.1f')} us, +waiting "
                 f"{c('mix', '+waiting', 'script_us', '.1f')}, +rate "
@@ -319,6 +353,12 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
                 f"its key's list {c('memory', None, 'list_member', ',.1f')} B/member"),
         ]  # fmt: skip
     return "\n".join(L)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
