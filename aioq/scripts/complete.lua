@@ -39,10 +39,11 @@ for i = 7, #ARGV, 8 do
   else
     if rec[4] then op = 'cancelled' end        -- job.cancel() won the race with the outcome
     local final = op ~= 'retry'
-    local g = key_group(rec[7], rec[8])
+    local g, c, n = key_parse(rec[7], rec[8])
+    local cap = g and key_cap(c, n)
     if final then
       THEN_KNOWN = rec[6] ~= false
-      KEY_KNOWN = g and {g, rec[8]} or false
+      KEY_KNOWN = g and {g, cap} or false
     end
     if op == 'ok' then
       -- a record written before failures went to `history` may still hold one
@@ -68,9 +69,9 @@ for i = 7, #ARGV, 8 do
       if delay > 0 then
         redis.call('HSET', key, 'wait', 'retry')            -- why it waits (its backoff)
         redis.call('ZADD', SCHEDULED, now + delay, jid)
-        if g then key_release(jid, g, rec[8], now) end
+        if g then key_release(jid, g, cap, now) end
       elseif g then
-        key_enter(jid, LEVEL, g, rec[8], now)              -- or it waits for a place
+        key_enter(jid, LEVEL, g, cap, now)                 -- or it waits for a place
       else
         redis.call('XADD', STREAM, '*', 'id', jid)
       end

@@ -50,10 +50,11 @@ local function enqueue_job(key, a)
     local limits = ARGV[a + 19]
     if limits == '' then limits = key_declared(ARGV[a + 6]) end
     keyed = limits .. ' ' .. ARGV[a + 18]
-  end
-  if not stamp and keyed then                            -- keyed, due now: a place, or wait
-    stamp = time_ms()
-    key_enter(jid, level, key_group(ARGV[a + 6], keyed), keyed, stamp, true)
+    if not stamp then                                    -- due now: a place, or it waits
+      local c, n = key_limits(limits)
+      stamp = time_ms()
+      key_enter(jid, level, ARGV[a + 6] .. '\0' .. ARGV[a + 18], key_cap(c, n), stamp, true)
+    end
   end
   if not stamp then                                      -- due now (held jobs have a stamp)
     stamp = tonumber(string.match(redis.call('XADD', stream, '*', 'id', jid), '^%d+'))

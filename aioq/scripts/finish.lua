@@ -13,7 +13,8 @@ local FINISHED = {}               -- jobs this call finished, for the `recent` s
 -- finish and the hand-over can lose the transition (handover.py). A caller that has read the
 -- record sets THEN_KNOWN (true/false) first, which saves the HEXISTS on the hot path.
 local THEN_KNOWN = nil
--- The same for the job's key: false (none) or {group, keyed}, else finish reads the record.
+-- The same for the job's key: false (none) or {group, its places}, else finish reads the
+-- record.
 local KEY_KNOWN = nil
 
 local function finish(jid, status, now, ...)
@@ -53,8 +54,8 @@ local function finish(jid, status, now, ...)
   KEY_KNOWN = nil
   if k == nil then
     local r = redis.call('HMGET', key, 'task', 'keyed')
-    local g = key_group(r[1], r[2])
-    k = g and {g, r[2]} or false
+    local g, c, n = key_parse(r[1], r[2])
+    k = g and {g, key_cap(c, n)} or false
   end
   if k then key_release(jid, k[1], k[2], now) end
 end

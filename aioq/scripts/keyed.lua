@@ -1,8 +1,9 @@
 -- Flow control by key (README "Flow control by key"; key layout in keys.py). A job whose record
 -- holds `keyed`, "<concurrency> <rate n> <rate period ms> <key>" (its task's limits, 0 for
 -- none, and its concurrency key; one field, so a job without one costs the hot path's reads
--- one missing field each) belongs to the group g = key_group(task, keyed). The "spec" the
--- functions below take is that field, or the limits alone ("<c> <n> <p>"). A group has `cap` places: its
+-- one missing field each) belongs to the group g = key_group(task, keyed); key_parse reads
+-- the group and the limits in one match (the hot paths call it once per job), and the
+-- functions below take the group's `cap`, its number of places. A group has `cap` places: its
 -- concurrency, or for a group limited by rate only, its rate's n. A job of the group is on its
 -- stream only while it holds a place (keyrun:<g>); the others wait in keywait:<g>, in no
 -- stream, so they hold no worker slot, spend no attempt, and cost a fetch nothing. A waiting
@@ -35,18 +36,28 @@ local KEYRUNP, KEYWAITP = TAG .. '{{KEY_KEYRUN}}', TAG .. '{{KEY_KEYWAIT}}'
 local KEYRATEP, KEYRATEWP = TAG .. '{{KEY_KEYRATE}}', TAG .. '{{KEY_KEYRATEWAIT}}'
 local KEY_CHECK_MS = {{KEY_CHECK_MS}}
 
--- A group's limits: concurrency (0: none), rate n and period ms (0, 0: none).
-local function key_spec(spec)
+-- Limits "<concurrency> <rate n> <rate period ms>[ ...]": concurrency (0: none), rate n and
+-- period ms (0, 0: none).
+local function key_limits(spec)
   local c, n, p = string.match(spec or '', '^(%d+) (%d+) (%d+)')
   if not c then return 1, 0, 0 end                   -- not aioq's: one at a time, the safe side
   return tonumber(c), tonumber(n), tonumber(p)
 end
 
-local function key_cap(spec)
-  local c, n = key_spec(spec)
+-- A group's places: its concurrency, or for a group limited by rate only, its rate's n.
+local function key_cap(c, n)
   if c > 0 then return c end
   if n > 0 then return n end
   return 1
+end
+
+-- The group of a job of `task` whose record's `keyed` is `keyed`, and its limits: g,
+-- concurrency, rate n, rate period ms; nil for a job without a key.
+local function key_parse(task, keyed)
+  if not keyed or not task then return nil end
+  local c, n, p, key = string.match(keyed, '^(%d+) (%d+) (%d+) (.+)$')
+  if not c then return nil end
+  return task .. '\0' .. key, tonumber(c), tonumber(n), tonumber(p)
 end
 
 -- Whether a job of group g that has a place (keyrun) still holds it, by its record: queued on a
@@ -89,8 +100,8 @@ end
 -- in its list (that would cost a scan of it): it gets its place like the others, and the start
 -- script drops its entry and passes the place on (start.lua); CANCEL keeps its record until
 -- then (cancel.lua).
-local function key_fill(g, spec, now, held)
-  local room = key_cap(spec) - (held or redis.call('ZCARD', KEYRUNP .. g))
+local function key_fill(g, cap, now, held)
+  local room = cap - (held or redis.call('ZCARD', KEYRUNP .. g))
   local wait, given = KEYWAITP .. g, 0
   while given < room do
     local m = redis.call('LPOP', wait)
@@ -108,19 +119,18 @@ end
 -- started): onto its stream if it holds a place or one is free, else it waits in its key's
 -- list. Returns true when it went onto its stream, false when it waits. `fresh`: a job just
 -- enqueued, which holds no place (and has no record yet: it is written after this).
-local function key_enter(jid, level, g, spec, now, fresh)
+local function key_enter(jid, level, g, cap, now, fresh)
   if not fresh and redis.call('ZSCORE', KEYRUNP .. g, jid) then
     redis.call('XADD', STREAMS[level], '*', 'id', jid)
     return true
   end
-  local cap = key_cap(spec)
   local held = redis.call('ZCARD', KEYRUNP .. g)
   if held >= cap then
     held = key_check(g, now, held)
     -- a place the check freed goes to the jobs that waited for it first (a key with a free
     -- place and jobs waiting happens only then: every other path fills what it frees)
     if held < cap then
-      key_fill(g, spec, now, held)
+      key_fill(g, cap, now, held)
       held = redis.call('ZCARD', KEYRUNP .. g)
     end
   end
@@ -136,8 +146,8 @@ end
 
 -- A job gives its place back (it ended, or waits for a retry's backoff, or, in a group limited
 -- by rate only, it started): the next waiting job of its group takes it, in this same call.
-local function key_release(jid, g, spec, now)
-  if redis.call('ZREM', KEYRUNP .. g, jid) == 1 then key_fill(g, spec, now) end
+local function key_release(jid, g, cap, now)
+  if redis.call('ZREM', KEYRUNP .. g, jid) == 1 then key_fill(g, cap, now) end
 end
 
 -- Whether the queue has ever had a keyed job: the enqueue script marks its KEYLIMITS hash (the
@@ -161,13 +171,6 @@ local function key_declared(task)
   return redis.call('HGET', KEYLIMITS, task) or '1 0 0'
 end
 
--- The key rate limit of a group: {n, period ms}, or nil.
-local function key_rate(spec)
-  local _, n, p = key_spec(spec)
-  if n > 0 and p > 0 then return {n, p} end
-  return nil
-end
-
 -- Sweep up to `limit` keys with jobs waiting whose sweep is due: check their places against
 -- the records and fill what that frees (see the top). Their limits are read from a job that
 -- waits (or holds a place): every job of a group carries them. Returns how many jobs it put
@@ -185,7 +188,8 @@ local function key_sweep(now, limit)
       local s = jid and redis.pcall('HGET', JOBP .. jid, 'keyed')
       if not spec and type(s) == 'string' then spec = s end
     end
-    given = given + key_fill(g, spec, now, key_check(g, now))
+    local c, n = key_limits(spec)
+    given = given + key_fill(g, key_cap(c, n), now, key_check(g, now))
     if redis.call('EXISTS', wait) == 1 then
       redis.call('ZADD', KEYED, now + KEY_CHECK_MS, g)
     else

@@ -22,11 +22,11 @@ for _, jid in ipairs(ids) do
     else
       redis.call('HSET', key, 'status', 'queued')
       redis.call('HDEL', key, 'wait')                    -- it waits no more
-      local g = key_group(rec[4], rec[5])
+      local g, c, n = key_parse(rec[4], rec[5])
       if not g then
         redis.call('XADD', STREAMS[level_of(rec[3])], '*', 'id', jid)
         moved = moved + 1
-      elseif key_enter(jid, level_of(rec[3]), g, rec[5], now) then
+      elseif key_enter(jid, level_of(rec[3]), g, key_cap(c, n), now) then
         moved = moved + 1                                -- else its key has no place: it waits
       end
     end

@@ -23,10 +23,10 @@ local function requeue(jid)
   redis.call('ZREM', FAILED, jid)
   redis.call('ZREM', SCHEDULED, jid)
   local r = redis.call('HMGET', key, 'priority', 'task', 'keyed')
-  local g = key_group(r[2], r[3])
+  local g, c, n = key_parse(r[2], r[3])
   if not g then
     redis.call('XADD', STREAMS[level_of(r[1])], '*', 'id', jid)
   else
-    key_enter(jid, level_of(r[1]), g, r[3], now_ms())      -- or it waits for a place
+    key_enter(jid, level_of(r[1]), g, key_cap(c, n), now_ms())   -- or it waits for a place
   end
 end

@@ -65,14 +65,15 @@ end
 
 -- Whether the job may start now (its start is then recorded); if not, it goes back to the
 -- scheduled set for when it may, and holds no slot and spends no attempt (a keyed job keeps
--- its key's place meanwhile: keyed.lua). `g`, `spec`: the job's key group and `keyed`, or nil.
-local function rate_allows(task, eid, jid, now, g, spec)
-  local klim = g and key_rate(spec)
+-- its key's place meanwhile: keyed.lua). `g`, `kn`, `kp`: the job's key group and its rate
+-- limit (n starts per kp ms; 0: none), nil for a job without a key.
+local function rate_allows(task, eid, jid, now, g, kn, kp)
+  local keyrate = g and kn > 0 and kp > 0
   local lim = task_limit(task)
-  if not lim and not klim then return true end
+  if not lim and not keyrate then return true end
   local due, why = nil, nil
-  if klim then
-    due = window_due(KEYRATEP .. g, KEYRATEWP .. g, klim[1], klim[2], jid, now)
+  if keyrate then
+    due = window_due(KEYRATEP .. g, KEYRATEWP .. g, kn, kp, jid, now)
     why = 'key rate limit'
   end
   if lim and not due then
@@ -86,7 +87,7 @@ local function rate_allows(task, eid, jid, now, g, spec)
   end
   local member = LEVEL .. ':' .. eid                      -- entry ids repeat across levels
   if lim then window_add(RATEP .. task, member, lim[2], now) end
-  if klim then window_add(KEYRATEP .. g, member, klim[2], now) end
+  if keyrate then window_add(KEYRATEP .. g, member, kp, now) end
   return true
 end
 
@@ -152,11 +153,11 @@ local function start(entries, now, out)
         drop(eid)
       elseif TERMINAL[status] or status == 'scheduled' then
         drop(eid)                                           -- cancelled while queued, or stale
-        local g = TERMINAL[status] and key_group(v[5], v[15])
+        local g, c, n = key_parse(TERMINAL[status] and v[5], v[15])
         if g then
           -- a keyed job cancelled while it waited for a place, and given one since: the place
           -- goes on, and its record, kept until now (cancel.lua), expires as any finished one
-          key_release(jid, g, v[15], now)
+          key_release(jid, g, key_cap(c, n), now)
           if TTL > 0 then redis.call('EXPIRE', JOBP .. jid, TTL) end
         end
       elseif v[2] then
@@ -172,15 +173,15 @@ local function start(entries, now, out)
                'deliveries', d + 1)
         drop(eid)
       else
-        local g = key_group(v[5], v[15])
-        if not rate_allows(v[5], eid, jid, now, g, v[15]) then
+        local g, c, n, p = key_parse(v[5], v[15])
+        if not rate_allows(v[5], eid, jid, now, g, n, p) then
           drop(eid)                        -- back in the scheduled set: no slot, no attempt spent
         else
           redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
                      'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
           out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12], v[13],
                            v[14]}
-          if g and key_spec(v[15]) == 0 then key_release(jid, g, v[15], now) end
+          if g and c == 0 then key_release(jid, g, key_cap(c, n), now) end
         end
       end
     end

@@ -19,11 +19,11 @@ local function start_held(jid, key, v, input, now)
     redis.call('ZADD', SCHEDULED, due, jid)
   else
     redis.call('HSET', key, 'status', 'queued', 'enqueued_at', now)
-    local g = key_group(v[8], v[9])
+    local g, c, n = key_parse(v[8], v[9])
     if not g then
       redis.call('XADD', STREAMS[level], '*', 'id', jid)
     else
-      key_enter(jid, level, g, v[9], now)                  -- or it waits for a place
+      key_enter(jid, level, g, key_cap(c, n), now)         -- or it waits for a place
     end
   end
 end
