@@ -43,7 +43,7 @@ PRODUCER_COMMANDS: tuple[str, ...] = (
     "time", "exists", "hset", "xadd", "zadd", "zrem", "expire", "zremrangebyscore", "publish",
     "hexists", "hdel", "hincrby", "hsetnx", "persist", "zrangebyscore",
     # a keyed job's place on its key, or its wait in its key's list (keyed.lua)
-    "zcard", "rpush", "lpop",
+    "llen", "rpush", "lpos", "lrem", "lmove",
     # job.status(), info(), result(), progress(), a group's results, finding a job's queue
     "hget", "hmget", "hgetall", "zscore", "subscribe", "unsubscribe",
 )  # fmt: skip
@@ -58,9 +58,9 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "xdel", "xlen", "xgroup|delconsumer",
     # job records, scheduled set, rate-limit logs, cron state, pause flag, heartbeats and
     # their throughput buckets
-    "pexpire", "zrange", "get", "set", "hkeys", "hlen",
+    "pexpire", "zrange", "zcard", "get", "set", "hkeys", "hlen",
     # the sweep of the keys with jobs waiting (keyed.lua)
-    "lindex",
+    "lrange",
     # at start, the maxmemory-policy (a Redis that evicts loses jobs: the worker warns)
     "info|memory",
 )  # fmt: skip

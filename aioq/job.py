@@ -19,7 +19,7 @@ from .acl import explained
 from .connection import pack
 from .errors import JobCancelled, JobNotFound, TaskFailed
 from .keys import key_group
-from .message import history_field, key_of
+from .message import history_field, key_member, key_of
 from .results import subscribe_confirmed
 
 if TYPE_CHECKING:
@@ -154,10 +154,11 @@ class Job(Generic[R]):
         if not raw:
             raise JobNotFound(self.id, [keys.queue])
         info = record_info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()}, due)
-        if info.status is JobStatus.QUEUED and info.concurrency_key is not None:
+        member = key_member(raw.get(b"keyed"), info.priority, self.id)
+        if info.status is JobStatus.QUEUED and info.concurrency_key and member:
             # queued with a key: on its stream if it holds a place, else waiting for one
             group = key_group(info.task, info.concurrency_key)
-            if await self._app.redis.zscore(keys.keyrun(group), self.id) is None:
+            if await self._app.redis.lpos(keys.keyrun(group), member) is None:
                 info = replace(info, wait_reason=KEY_LIMIT)
         return info
 

@@ -59,13 +59,14 @@ task), written ``<g>`` below::
                                         for keyed jobs of producers that enqueue by name only;
                                         and the field "" once the queue had a keyed job (then
                                         the worker reads each job's `keyed` field).
-    aioq:{shop:default}:keyrun:<g>      sorted set: the group's jobs that hold a place (their
-                                        entry is on a stream, they run, or a rate limit sent
-                                        them back for a moment) -> epoch ms the place is next
-                                        checked against the job's record.
-    aioq:{shop:default}:keywait:<g>     list: "<priority>:<job id>" of the group's jobs
-                                        waiting for a place, oldest first (their records say
-                                        "queued"; one cancelled meanwhile leaves at its turn).
+    aioq:{shop:default}:keyrun:<g>      list: "<priority>:<places>:<job id>" of the group's
+                                        jobs that hold a place (their entry is on a stream,
+                                        they run, or a rate limit sent them back for a moment),
+                                        in the order they took it.
+    aioq:{shop:default}:keywait:<g>     list: "<priority>:<places>:<job id>" of the group's
+                                        jobs waiting for a place, oldest first (their records
+                                        say "queued"; one cancelled meanwhile leaves at its
+                                        turn).
     aioq:{shop:default}:keyrate:<g>     sorted set: the group's starts in the current window
                                         of its ``key_rate_limit``.
     aioq:{shop:default}:keyratewait:<g> sorted set: job id -> due, the group's jobs turned

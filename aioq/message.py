@@ -246,6 +246,22 @@ def key_of(value: bytes | None) -> str | None:
     return parts[3].decode(errors="replace") if len(parts) == 4 else None
 
 
+def key_member(keyed: bytes | None, priority: int, job_id: str) -> str | None:
+    """A keyed job's entry in its key's lists, "<priority>:<places>:<job id>"
+    (``scripts/helpers.lua``), from its ``keyed`` field; ``None`` for a job without a key."""
+    parts = keyed.split(b" ", 3) if keyed else []
+    if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]):
+        return None
+    concurrency, n = int(parts[0]), int(parts[1])
+    return f"{priority}:{concurrency or n or 1}:{job_id}"
+
+
+def member_job(member: bytes) -> str:
+    """The job id of an entry of a key's lists ("<priority>:<places>:<job id>")."""
+    parts = member.split(b":", 2)
+    return (parts[2] if len(parts) == 3 else member).decode(errors="replace")
+
+
 def int_field(value: bytes | None) -> int:
     """A number field; 0 when missing or not a number."""
     try:

@@ -41,6 +41,7 @@ from .message import (
     int_field,
     json_field,
     key_of,
+    member_job,
     text_field,
     time_field,
 )
@@ -504,7 +505,7 @@ async def _key_waiting_ids(app: App, keys: QueueKeys, page: int) -> AsyncGenerat
             ids: list[bytes] = await app.redis.lrange(keys.keywait(group), start, start + page - 1)  # type: ignore[assignment]
             if not ids:
                 break
-            yield [m[2:].decode(errors="replace") for m in ids]  # "<priority>:<job id>"
+            yield [member_job(m) for m in ids]
             if len(ids) < page:
                 break
             start += page
@@ -1043,7 +1044,7 @@ async def key_stats(app: App, queues: list[str] | None = None, limit: int = 20) 
     async with redis.pipeline(transaction=False) as pipe:
         for q, g in found:
             pipe.llen(app.keys(q).keywait(g))
-            pipe.zcard(app.keys(q).keyrun(g))
+            pipe.llen(app.keys(q).keyrun(g))
         counts = await pipe.execute()
     rows = [
         (q, g, int(waiting), int(held))
@@ -1058,8 +1059,7 @@ async def key_stats(app: App, queues: list[str] | None = None, limit: int = 20) 
         heads: list[bytes | None] = await pipe.execute()
     async with redis.pipeline(transaction=False) as pipe:
         for (q, _, _, _), head in zip(rows, heads, strict=True):
-            # a waiting job is "<priority>:<job id>" in its key's list
-            pipe.hget(app.keys(q).job(head[2:].decode(errors="replace") if head else ""), "keyed")
+            pipe.hget(app.keys(q).job(member_job(head) if head else ""), "keyed")
         specs: list[bytes | None] = await pipe.execute(raise_on_error=False)
     out = []
     for (q, g, waiting, held), spec in zip(rows, specs, strict=True):

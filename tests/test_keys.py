@@ -92,7 +92,7 @@ async def test_at_most_key_concurrency_jobs_of_a_key_run_at_once(app: App) -> No
     # every place was given back: no key holds one, none has jobs waiting
     assert await app.redis.zcard(app.keys().keyed) == 0
     for k in range(3):
-        assert await app.redis.zcard(app.keys().keyrun(key_group("work", f"k{k}"))) == 0
+        assert await app.redis.llen(app.keys().keyrun(key_group("work", f"k{k}"))) == 0
 
 
 async def test_a_waiting_job_holds_no_slot_and_starts_when_its_key_has_room(app: App) -> None:
@@ -216,12 +216,10 @@ async def test_a_place_no_job_holds_comes_back(app: App) -> None:
     keys, group = app.keys(), key_group("job", "k")
     await app.redis.delete(keys.job(holder.id))
     await app.redis.xtrim(keys.stream, maxlen=0)
-    # make the check and the sweep due now rather than KEY_CHECK_MS from now
-    await app.redis.zadd(keys.keyrun(group), {holder.id: 0})
-    await app.redis.zadd(keys.keyed, {group: 0})
+    await app.redis.zadd(keys.keyed, {group: 0})  # the sweep due now, not KEY_CHECK_MS on
     async with Worker(app, concurrency=2):
         assert await waiting.result(timeout=5) == 1
-    assert await app.redis.zcard(keys.keyrun(group)) == 0
+    assert await app.redis.llen(keys.keyrun(group)) == 0
 
 
 # -- per-key rate limits ------------------------------------------------------------------
@@ -311,7 +309,7 @@ async def test_purge_deletes_waiting_keyed_jobs(app: App) -> None:
     assert await app.redis.exists(*(app.keys().job(j.id) for j in jobs)) == 0
     assert await aioq_views.key_stats(app) == []
     for k in ("k0", "k1"):
-        assert await app.redis.zcard(app.keys().keyrun(key_group("job", k))) == 0
+        assert await app.redis.llen(app.keys().keyrun(key_group("job", k))) == 0
 
 
 async def test_retried_failed_keyed_job_goes_through_its_key(app: App) -> None:

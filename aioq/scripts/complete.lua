@@ -43,7 +43,7 @@ for i = 7, #ARGV, 8 do
     local cap = g and key_cap(c, n)
     if final then
       THEN_KNOWN = rec[6] ~= false
-      KEY_KNOWN = g and {g, cap} or false
+      KEY_KNOWN = g and {g, cap, LEVEL} or false
     end
     if op == 'ok' then
       -- a record written before failures went to `history` may still hold one
@@ -69,7 +69,7 @@ for i = 7, #ARGV, 8 do
       if delay > 0 then
         redis.call('HSET', key, 'wait', 'retry')            -- why it waits (its backoff)
         redis.call('ZADD', SCHEDULED, now + delay, jid)
-        if g then key_release(jid, g, cap, now) end
+        if g then key_release(jid, LEVEL, g, cap, now) end
       elseif g then
         key_enter(jid, LEVEL, g, cap, now)                 -- or it waits for a place
       else

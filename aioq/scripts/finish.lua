@@ -13,8 +13,8 @@ local FINISHED = {}               -- jobs this call finished, for the `recent` s
 -- finish and the hand-over can lose the transition (handover.py). A caller that has read the
 -- record sets THEN_KNOWN (true/false) first, which saves the HEXISTS on the hot path.
 local THEN_KNOWN = nil
--- The same for the job's key: false (none) or {group, its places}, else finish reads the
--- record.
+-- The same for the job's key: false (none) or {group, its places, its priority}, else finish
+-- reads the record.
 local KEY_KNOWN = nil
 
 local function finish(jid, status, now, ...)
@@ -53,11 +53,11 @@ local function finish(jid, status, now, ...)
   local k = KEY_KNOWN
   KEY_KNOWN = nil
   if k == nil then
-    local r = redis.call('HMGET', key, 'task', 'keyed')
+    local r = redis.call('HMGET', key, 'task', 'keyed', 'priority')
     local g, c, n = key_parse(r[1], r[2])
-    k = g and {g, key_cap(c, n)} or false
+    k = g and {g, key_cap(c, n), level_of(r[3])} or false
   end
-  if k then key_release(jid, k[1], k[2], now) end
+  if k then key_release(jid, k[3], k[1], k[2], now) end
 end
 
 -- A script's reply, once the jobs it finished are noted in the queue's `recent` stream (one

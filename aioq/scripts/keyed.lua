@@ -1,21 +1,22 @@
 -- Flow control by key (README "Flow control by key"; key layout in keys.py). A job whose record
 -- holds `keyed`, "<concurrency> <rate n> <rate period ms> <key>" (its task's limits, 0 for
 -- none, and its concurrency key; one field, so a job without one costs the hot path's reads
--- one missing field each) belongs to the group g = key_group(task, keyed); key_parse reads
--- the group and the limits in one match (the hot paths call it once per job), and the
--- functions below take the group's `cap`, its number of places. A group has `cap` places: its
--- concurrency, or for a group limited by rate only, its rate's n. A job of the group is on its
--- stream only while it holds a place (keyrun:<g>); the others wait in keywait:<g>, in no
--- stream, so they hold no worker slot, spend no attempt, and cost a fetch nothing. A waiting
--- job is "<priority>:<job id>" there (the stream its place sends it to) and its record says
--- "queued", nothing more, so giving it a place reads and writes nothing of its record. A place is
+-- one missing field each) belongs to the group g = key_group(task, keyed); key_parse
+-- (helpers.lua) reads the group and the limits in one match, once per job on the hot paths. A
+-- group has `cap` places: its concurrency, or for a group limited by rate only, its rate's n.
+-- A job of the group is on its stream only while it holds a place (it is in the list
+-- keyrun:<g>); the others wait in the list keywait:<g>, in no stream, so they hold no worker
+-- slot, spend no attempt, and cost a fetch nothing. In both lists a job is
+-- "<priority>:<places>:<job id>" (key_member: the stream its place sends it to, and its own
+-- number of places), and a waiting job's record says "queued", nothing more: a job passes from
+-- one list to the other with one LMOVE, reading and writing nothing of its record. A place is
 -- held from the job's entry going onto its stream until the job ends (finish.lua), or waits
 -- for a retry's backoff (complete.lua); in a group without a concurrency limit, only until it
 -- starts. A rate limit that sends a job back for a moment (start.lua) leaves it its place.
 --
 -- Hence the guarantees: at most `concurrency` jobs of a key run at once, since only holders of
 -- a place are ever on a stream; every script that frees a place gives it to the next waiting
--- job in the same call (key_fill: its entry is on the stream when the script returns, and a
+-- job in the same call (key_take: its entry is on the stream when the script returns, and a
 -- parked worker's XREADGROUP wakes on it), so a key with room never waits for a poll; and the
 -- streams never hold more than `cap` entries of one key, so a key that enqueues its first job
 -- waits behind at most the places of the other keys (and the unkeyed jobs before it), never
@@ -27,44 +28,24 @@
 -- run ends. No place is ever freed while a copy of its job may still run, and none stays held
 -- after the job ended: every path that ends a job goes through finish(). What could leave a
 -- place held by nothing (a record deleted under a waiting key by another program, or by purge
--- between two scripts) is caught by checking places against the records (key_check): places
--- are checked when a key is full and a job arrives, and every key with jobs waiting is swept by
--- PROMOTE every KEY_CHECK_MS, so such a place comes back within that.
+-- between two scripts) is caught by checking places against the records (key_check): every
+-- key with jobs waiting is swept by PROMOTE every KEY_CHECK_MS, so such a place comes back
+-- within that.
+--
+-- When a key's limits change (a deploy), each job goes by the number of places it was
+-- enqueued with: it takes a place only while fewer than that are held, so the key moves to
+-- the new limit as its jobs enqueued before the change end.
 --#include queue
 --#include window
 local KEYRUNP, KEYWAITP = TAG .. '{{KEY_KEYRUN}}', TAG .. '{{KEY_KEYWAIT}}'
 local KEYRATEP, KEYRATEWP = TAG .. '{{KEY_KEYRATE}}', TAG .. '{{KEY_KEYRATEWAIT}}'
 local KEY_CHECK_MS = {{KEY_CHECK_MS}}
 
--- Limits "<concurrency> <rate n> <rate period ms>[ ...]": concurrency (0: none), rate n and
--- period ms (0, 0: none).
-local function key_limits(spec)
-  local c, n, p = string.match(spec or '', '^(%d+) (%d+) (%d+)')
-  if not c then return 1, 0, 0 end                   -- not aioq's: one at a time, the safe side
-  return tonumber(c), tonumber(n), tonumber(p)
-end
-
--- A group's places: its concurrency, or for a group limited by rate only, its rate's n.
-local function key_cap(c, n)
-  if c > 0 then return c end
-  if n > 0 then return n end
-  return 1
-end
-
--- The group of a job of `task` whose record's `keyed` is `keyed`, and its limits: g,
--- concurrency, rate n, rate period ms; nil for a job without a key.
-local function key_parse(task, keyed)
-  if not keyed or not task then return nil end
-  local c, n, p, key = string.match(keyed, '^(%d+) (%d+) (%d+) (.+)$')
-  if not c then return nil end
-  return task .. '\0' .. key, tonumber(c), tonumber(n), tonumber(p)
-end
-
--- Whether a job of group g that has a place (keyrun) still holds it, by its record: queued on a
--- stream (a job with a place is never in the waiting list too: key_enter), running (also on a
--- dead worker, until it is reclaimed and ends), or sent back for a moment by a rate limit. (A
--- job cancelled while it waited and given a place since does not: the start script, dropping
--- its entry, would give the place back too, and finds it given back already.)
+-- Whether a job of group g that has a place still holds it, by its record: queued on a stream
+-- (a job with a place is never in the waiting list too: key_enter), running (also on a dead
+-- worker, until it is reclaimed and ends), or sent back for a moment by a rate limit. (A job
+-- cancelled while it waited and given a place since does not: the start script, dropping its
+-- entry, would give the place back too, and finds it given back already.)
 local function key_holds(jid, g)
   local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'wait', 'task', 'keyed')
   if v.err or key_group(v[3], v[4]) ~= g then return false end
@@ -72,47 +53,38 @@ local function key_holds(jid, g)
   return v[1] == 'scheduled' and (v[2] == 'rate limit' or v[2] == 'key rate limit')
 end
 
--- Check the places of g that are due for it against their records, dropping those no job
--- holds (each place is checked at most once per KEY_CHECK_MS); returns how many are held
--- (`held`: as many as before the check, when the caller knows).
-local function key_check(g, now, held)
+-- Check g's places (the first 100) against their records, dropping those no job holds; returns
+-- how many are held. The sweep's, every KEY_CHECK_MS for each key with jobs waiting.
+local function key_check(g)
   local run = KEYRUNP .. g
-  local due = redis.call('ZRANGEBYSCORE', run, '-inf', now, 'LIMIT', 0, 100)
-  if held and #due == 0 then return held end                   -- the usual case
-  for _, jid in ipairs(due) do
-    if key_holds(jid, g) then
-      redis.call('ZADD', run, now + KEY_CHECK_MS, jid)
-    else
-      redis.call('ZREM', run, jid)
-    end
+  for _, m in ipairs(redis.call('LRANGE', run, 0, 99)) do
+    local _, _, jid = key_unmember(m)
+    if not key_holds(jid, g) then redis.call('LREM', run, 1, m) end
   end
-  return redis.call('ZCARD', run)
+  return redis.call('LLEN', run)
 end
 
--- Give the job a place: its entry goes onto the stream of its priority.
-local function key_admit(jid, level, g, now)
-  redis.call('ZADD', KEYRUNP .. g, now + KEY_CHECK_MS, jid)
+-- Move g's oldest waiting job to its places (LMOVE: one command takes it from one list to the
+-- other) and its entry onto its stream, if its own number of places (the one it was enqueued
+-- with) allows with `held` places taken before it (nil: it takes a place given up just now,
+-- and only a change of the key's limits since could make that too many: then counted);
+-- returns 1 when it did, 0 when it went back to the front of the line or none waits.
+local function key_take(g, held, cap_freed)
+  local run = KEYRUNP .. g
+  local m = redis.call('LMOVE', KEYWAITP .. g, run, 'LEFT', 'RIGHT')
+  if not m then
+    redis.call('ZREM', KEYED, g)
+    return 0
+  end
+  local level, cap, jid = key_unmember(m)
+  if held or cap ~= cap_freed then
+    if (held or redis.call('LLEN', run) - 1) >= cap then
+      redis.call('LMOVE', run, KEYWAITP .. g, 'RIGHT', 'LEFT')           -- not yet: back
+      return 0
+    end
+  end
   redis.call('XADD', STREAMS[level], '*', 'id', jid)
-end
-
--- Give g's free places to its waiting jobs, oldest first (`held`: the places held, when the
--- caller knows); returns how many it gave. A job cancelled while it waited is not looked for
--- in its list (that would cost a scan of it): it gets its place like the others, and the start
--- script drops its entry and passes the place on (start.lua); CANCEL keeps its record until
--- then (cancel.lua).
-local function key_fill(g, cap, now, held)
-  local room = cap - (held or redis.call('ZCARD', KEYRUNP .. g))
-  local wait, given = KEYWAITP .. g, 0
-  while given < room do
-    local m = redis.call('LPOP', wait)
-    if not m then
-      redis.call('ZREM', KEYED, g)
-      break
-    end
-    key_admit(string.sub(m, 3), tonumber(string.sub(m, 1, 1)) or 0, g, now)
-    given = given + 1
-  end
-  return given
+  return 1
 end
 
 -- A job of g that may run now (enqueued, promoted, retried, requeued, a workflow step
@@ -120,34 +92,27 @@ end
 -- list. Returns true when it went onto its stream, false when it waits. `fresh`: a job just
 -- enqueued, which holds no place (and has no record yet: it is written after this).
 local function key_enter(jid, level, g, cap, now, fresh)
-  if not fresh and redis.call('ZSCORE', KEYRUNP .. g, jid) then
-    redis.call('XADD', STREAMS[level], '*', 'id', jid)
-    return true
-  end
-  local held = redis.call('ZCARD', KEYRUNP .. g)
-  if held >= cap then
-    held = key_check(g, now, held)
-    -- a place the check freed goes to the jobs that waited for it first (a key with a free
-    -- place and jobs waiting happens only then: every other path fills what it frees)
-    if held < cap then
-      key_fill(g, cap, now, held)
-      held = redis.call('ZCARD', KEYRUNP .. g)
+  local run, m = KEYRUNP .. g, key_member(jid, level, cap)
+  if fresh or not redis.call('LPOS', run, m) then     -- it holds no place (yet)
+    if redis.call('LLEN', run) >= cap then
+      if redis.call('RPUSH', KEYWAITP .. g, m) == 1 then
+        redis.call('ZADD', KEYED, 'NX', now + KEY_CHECK_MS, g)
+      end
+      return false
     end
+    redis.call('RPUSH', run, m)
   end
-  if held < cap then
-    key_admit(jid, level, g, now)
-    return true
-  end
-  if redis.call('RPUSH', KEYWAITP .. g, level .. ':' .. jid) == 1 then
-    redis.call('ZADD', KEYED, 'NX', now + KEY_CHECK_MS, g)
-  end
-  return false
+  redis.call('XADD', STREAMS[level], '*', 'id', jid)
+  return true
 end
 
 -- A job gives its place back (it ended, or waits for a retry's backoff, or, in a group limited
 -- by rate only, it started): the next waiting job of its group takes it, in this same call.
-local function key_release(jid, g, cap, now)
-  if redis.call('ZREM', KEYRUNP .. g, jid) == 1 then key_fill(g, cap, now) end
+-- `level` and `cap`: the job's priority and its number of places (its entry in the lists).
+local function key_release(jid, level, g, cap, now)
+  if redis.call('LREM', KEYRUNP .. g, 1, key_member(jid, level, cap)) == 1 then
+    key_take(g, nil, cap)
+  end
 end
 
 -- Whether the queue has ever had a keyed job: the enqueue script marks its KEYLIMITS hash (the
@@ -172,25 +137,20 @@ local function key_declared(task)
 end
 
 -- Sweep up to `limit` keys with jobs waiting whose sweep is due: check their places against
--- the records and fill what that frees (see the top). Their limits are read from a job that
--- waits (or holds a place): every job of a group carries them. Returns how many jobs it put
--- on their streams.
+-- the records and give what that frees to the jobs waiting (see the top). Returns how many
+-- jobs it put on their streams.
 local function key_sweep(now, limit)
   local given = 0
   local due = redis.call('ZRANGEBYSCORE', KEYED, '-inf', now, 'LIMIT', 0, limit)
   if #due > 0 then redis.call('HSETNX', KEYLIMITS, '', '1') end         -- with_keyed's marker
   for _, g in ipairs(due) do
-    local wait = KEYWAITP .. g
-    local spec = nil
-    local head = redis.call('LINDEX', wait, 0)
-    local holder = redis.call('ZRANGE', KEYRUNP .. g, 0, 0)[1]
-    for _, jid in ipairs({head and string.sub(head, 3), holder}) do
-      local s = jid and redis.pcall('HGET', JOBP .. jid, 'keyed')
-      if not spec and type(s) == 'string' then spec = s end
+    local held = key_check(g)
+    for _ = 1, 1000 do                       -- bounded: a sweep is no place for a long loop
+      local took = key_take(g, held)
+      if took == 0 then break end
+      given, held = given + 1, held + 1
     end
-    local c, n = key_limits(spec)
-    given = given + key_fill(g, key_cap(c, n), now, key_check(g, now))
-    if redis.call('EXISTS', wait) == 1 then
+    if redis.call('EXISTS', KEYWAITP .. g) == 1 then
       redis.call('ZADD', KEYED, now + KEY_CHECK_MS, g)
     else
       redis.call('ZREM', KEYED, g)

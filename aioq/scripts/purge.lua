@@ -19,10 +19,12 @@ local entries = redis.call('XRANGE', STREAM, from, ARGV[2], 'COUNT', ARGV[3])
 local jobs = 0
 for _, e in ipairs(entries) do
   local jid = field(e[2], 'id')
-  local v = jid and redis.pcall('HMGET', JOBP .. jid, 'status', 'task', 'keyed')
+  local v = jid and redis.pcall('HMGET', JOBP .. jid, 'status', 'task', 'keyed', 'priority')
   if v and not v.err and v[1] == 'queued' then
-    local g = key_group(v[2], v[3])
-    if g then redis.call('ZREM', KEYRUNP .. g, jid) end   -- the place it held on its key
+    local g, c, n = key_parse(v[2], v[3])
+    if g then                                             -- the place it held on its key
+      redis.call('LREM', KEYRUNP .. g, 1, key_member(jid, level_of(v[4]), key_cap(c, n)))
+    end
     redis.call('DEL', JOBP .. jid)
     redis.call('PUBLISH', DONEP .. jid, 'purged')
     jobs = jobs + 1

@@ -14,7 +14,7 @@ for _, g in ipairs(redis.call('ZRANGE', KEYED, 0, budget - 1)) do
   local ids = redis.call('LPOP', wait, budget)
   if ids then
     for _, m in ipairs(ids) do
-      local jid = string.sub(m, 3)                         -- "<priority>:<job id>"
+      local _, _, jid = key_unmember(m)                  -- "<priority>:<places>:<job id>"
       local status = redis.pcall('HGET', JOBP .. jid, 'status')
       if status == 'queued' then
         redis.call('DEL', JOBP .. jid)

@@ -157,7 +157,7 @@ local function start(entries, now, out)
         if g then
           -- a keyed job cancelled while it waited for a place, and given one since: the place
           -- goes on, and its record, kept until now (cancel.lua), expires as any finished one
-          key_release(jid, g, key_cap(c, n), now)
+          key_release(jid, LEVEL, g, key_cap(c, n), now)
           if TTL > 0 then redis.call('EXPIRE', JOBP .. jid, TTL) end
         end
       elseif v[2] then
@@ -181,7 +181,7 @@ local function start(entries, now, out)
                      'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
           out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12], v[13],
                            v[14]}
-          if g and c == 0 then key_release(jid, g, key_cap(c, n), now) end
+          if g and c == 0 then key_release(jid, LEVEL, g, key_cap(c, n), now) end
         end
       end
     end
