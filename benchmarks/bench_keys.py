@@ -66,6 +66,8 @@ sys.path.insert(0, str(HERE))
 import redis.asyncio as aredis  # noqa: E402
 from bench_core import med, redis_server, versions  # noqa: E402
 
+from aioq.message import member_job  # noqa: E402
+
 K_DONE, K_FIRST_START, K_LAST = "bench:done", "bench:first_start", "bench:last"
 KEYS = 1_000  # keys of the keyed drain
 HELD_KEYS = 10  # keys of the waiting jobs (mix, memory)
@@ -220,7 +222,7 @@ class Bench:
         after = await self.used_memory()
         group: bytes = (await self.r.zrange(keys.keyed, 0, 0))[0]  # type: ignore[index]
         waiting_ids: list[bytes] = await self.r.lrange(keys.keywait(group), 0, 0)  # type: ignore[assignment]
-        jid = waiting_ids[0].decode()[2:]  # "<priority>:<job id>" (scripts/keyed.lua)
+        jid = member_job(waiting_ids[0])  # "<priority>:<places>:<job id>" (scripts/keyed.lua)
         record = await self.r.memory_usage(keys.job(jid)) or 0
         members = await self.r.llen(keys.keywait(group))
         per_member = (await self.r.memory_usage(keys.keywait(group), samples=0) or 0) / members
