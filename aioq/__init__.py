@@ -3,9 +3,19 @@
 import logging
 
 from .app import App
+from .broadcast import BroadcastJob, BroadcastTask
 from .canvas import Chain, Chord, Group, chain, chord, group
 from .context import JobContext, current_job
-from .errors import AioqError, JobCancelled, JobNotFound, RedisUnavailable, Retry, TaskFailed
+from .errors import (
+    AioqError,
+    JobCancelled,
+    JobNotFound,
+    NoLiveWorkers,
+    QueueFull,
+    RedisUnavailable,
+    Retry,
+    TaskFailed,
+)
 from .group_job import GroupJob
 from .job import Job, JobInfo, JobStatus
 from .task import Call, Task, TaskOptions
@@ -18,6 +28,8 @@ logging.getLogger("aioq").addHandler(logging.NullHandler())
 __all__ = [
     "AioqError",
     "App",
+    "BroadcastJob",
+    "BroadcastTask",
     "Call",
     "Chain",
     "Chord",
@@ -29,6 +41,8 @@ __all__ = [
     "JobInfo",
     "JobNotFound",
     "JobStatus",
+    "NoLiveWorkers",
+    "QueueFull",
     "RedisUnavailable",
     "Retry",
     "Task",

@@ -11,6 +11,10 @@ One variable per option, named after it: ``AIOQ_`` and the option in capitals.
     AIOQ_DEAD_LETTER_MAX      dead_letter_max    whole number >= 0
     AIOQ_MAX_CONNECTIONS      max_connections    whole number >= 1
     AIOQ_WORKFLOW_TTL         workflow_ttl       whole seconds >= 1
+    AIOQ_QUEUE_LIMITS         queue_limits       queue=limit pairs, comma-separated:
+                                                 "emails=10000,reports=50"
+    AIOQ_ROUTES               routes             pattern=queue pairs, comma-separated, first
+                                                 match wins: "emails.*=emails,reports.*=slow"
 
 An unset or empty variable leaves the option's default (``VAR=`` in a compose file means
 "not set"). A value that does not parse, or is out of range, is a ``ValueError`` naming the
@@ -41,6 +45,8 @@ class AppOptions(TypedDict, total=False):
     dead_letter_max: int
     max_connections: int
     workflow_ttl: int
+    queue_limits: dict[str, int] | None
+    routes: dict[str, str] | None
 
 
 Parser = Callable[[str, str], Any]
@@ -80,6 +86,37 @@ def _name(kind: str) -> Parser:
     return parse
 
 
+def _pairs(variable: str, raw: str, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in raw.split(","):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name or not value:
+            raise ValueError(f"{variable}={raw!r}: expected {what} pairs, comma-separated")
+        out[name] = value
+    return out
+
+
+def _limits(variable: str, raw: str) -> dict[str, int]:
+    from .queue_limits import check_limits
+
+    pairs = _pairs(variable, raw, "queue=limit")
+    try:
+        return check_limits({q: int(v) for q, v in pairs.items()})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{variable}={raw!r}: {exc} (expected queue=limit, limit >= 1)") from None
+
+
+def _routes(variable: str, raw: str) -> dict[str, str]:
+    from .routes import Routes
+
+    pairs = _pairs(variable, raw, "pattern=queue")
+    try:
+        Routes(pairs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{variable}={raw!r}: {exc}") from None
+    return pairs
+
+
 def _url(variable: str, raw: str) -> str:
     return check_url(raw, variable)  # its message names the variable, the password hidden
 
@@ -95,6 +132,8 @@ VARIABLES: dict[str, tuple[str, Parser]] = {
     "dead_letter_max": ("AIOQ_DEAD_LETTER_MAX", _whole(0)),
     "max_connections": ("AIOQ_MAX_CONNECTIONS", _whole(1)),
     "workflow_ttl": ("AIOQ_WORKFLOW_TTL", _whole(1)),
+    "queue_limits": ("AIOQ_QUEUE_LIMITS", _limits),
+    "routes": ("AIOQ_ROUTES", _routes),
 }
 
 

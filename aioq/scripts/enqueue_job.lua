@@ -3,11 +3,14 @@
 -- retries, timeout, priority (0-9: the stream it goes to; recorded when not 0), trace (JSON of
 -- the trace context, tracing.py; recorded when not ""), then (the JSON list of successors a
 -- workflow step tells when it finishes, canvas.py; ""), flow (the workflow's "<queue> <id>";
--- ""), hold (seconds; "": not held). A held job is a workflow step waiting for its
+-- ""), hold (seconds; "": not held), then dedup mode, lock and window (dedup.lua; mode "":
+-- none) and for (the worker a broadcast copy is for, broadcast.lua; "": any). A held job is a
+-- workflow step waiting for its
 -- predecessors: recorded `scheduled` with wait "workflow", in no stream or set, its delay and
 -- expiry kept for when flow.lua starts it, and the record expires after `hold` seconds unless
--- started. Returns 1 when written, 0 when the id
--- existed (then nothing is written: a retried enqueue cannot duplicate a job). A job due now is
+-- started. Returns 1 when written, 0 when the id existed (then nothing is written: a retried
+-- enqueue cannot duplicate a job), or the id of the job holding its dedup key (nothing
+-- written, but a debounced job's arguments and due time). A job due now is
 -- stamped with the time of its stream entry id (Redis' clock), so it costs no TIME call; the
 -- worker creates the consumer group if the stream is new (NOGROUP), at id 0, so nothing
 -- enqueued first is missed.
@@ -18,10 +21,16 @@ local function time_ms()
   if not clock then clock = now_ms() end   -- one TIME per call, however many jobs
   return clock
 end
+--#include dedup
 
 local function enqueue_job(key, a)
   if redis.call('EXISTS', key) == 1 then return 0 end
   local jid = ARGV[a + 1]
+  local dedup = ARGV[a + 17] ~= ''
+  if dedup then
+    local holder = dedup_holder(a)
+    if holder then return dedup_hit(a, holder) end
+  end
   local delay, eta = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local status, stamp = 'queued', nil
   local hold = ARGV[a + 16]
@@ -58,5 +67,7 @@ local function enqueue_job(key, a)
   if ARGV[a + 14] ~= '' then redis.call('HSET', key, 'then', ARGV[a + 14]) end
   if ARGV[a + 15] ~= '' then redis.call('HSET', key, 'flow', ARGV[a + 15]) end
   if status == 'scheduled' and hold == '' then redis.call('HSET', key, 'wait', 'delay') end
+  if ARGV[a + 20] ~= '' then redis.call('HSET', key, 'for', ARGV[a + 20]) end
+  if dedup then dedup_claim(a, jid) end
   return 1
 end
