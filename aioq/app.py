@@ -476,7 +476,17 @@ class App:
             return await enqueue_call_with_callbacks(self, call)
         queue, job = call.prepare()
         self._queues.add(queue)  # one of `queues` from now on
-        outcome = (await self._write([(queue, job)], [call.options.wait_if_full]))[0]
+        if queue in self.queue_limits:
+            outcome = (await self._write([(queue, job)], [call.options.wait_if_full]))[0]
+        else:  # the hot path: one script call, nothing to wait for
+            prepared = ((queue, job),)
+            spans = publish(prepared)
+            keys = self.keys(queue)
+            if spans is None:
+                outcome = await self._call(self.scripts.enqueue_one(keys, job))
+            else:
+                with spans:
+                    outcome = await self._call(self.scripts.enqueue_one(keys, job))
         return Job(self, _job_id(job, outcome), queue)
 
     async def enqueue_many(self, calls: Iterable[Call[R]]) -> list[Job[R]]:
@@ -496,10 +506,11 @@ class App:
         prepared = [c.prepare() for c in calls]
         if not prepared:
             return []
-        self._queues.update(q for q, _ in prepared)  # each one of `queues` from now on
+        self._queues.update({q for q, _ in prepared})  # each one of `queues` from now on
         outcomes = await self._write(prepared, [c.options.wait_if_full for c in calls])
         return [
-            Job(self, _job_id(job, o), queue)
+            # bytes: the id of the job holding its dedup key (inline: the bulk path's cost)
+            Job(self, o.decode() if o.__class__ is bytes else job[0], queue)
             for (queue, job), o in zip(prepared, outcomes, strict=True)
         ]
 
@@ -516,6 +527,11 @@ class App:
         by_queue: dict[str, list[int]] = {}
         for i, (queue, _) in enumerate(prepared):
             by_queue.setdefault(queue, []).append(i)
+        if len(by_queue) == 1 and prepared[0][0] not in self.queue_limits:  # the usual case
+            only = [(self.keys(prepared[0][0]), [job for _, job in prepared])]
+            reply = (await self._send(only, prepared, before))[0]
+            assert isinstance(reply, list)  # no limit: never refused
+            return reply
         outcomes: list[Any] = [None] * len(prepared)
         deadlines: dict[str, float] = {}
         pending = list(by_queue)

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 MAX_UNIQUE_KEY = 256
 
-NO_DEDUP: tuple[str, str, int] = ("", "", 0)
-"""The enqueue script's dedup values of a job that asks for none."""
+NO_DEDUP = ""
+"""The enqueue script's dedup value of a job that asks for none."""
 
 
 def seconds(task: str, name: str, value: object, minimum: float, strict: bool) -> float:
@@ -88,18 +88,18 @@ def check(
 
 def values(
     task: Task[Any, Any], opts: Options, queue: str, args: tuple[Any, ...], kw: dict[str, Any]
-) -> tuple[tuple[str, str, int], bytes]:
-    """The enqueue script's dedup values (mode, lock, window ms) for one call, and its ``then``
-    (the unlock a ``unique_for`` job hands over when it finishes; empty for others)."""
+) -> tuple[str, bytes, int]:
+    """The enqueue script's dedup value for one call ("<mode> <window ms> <task>:<key>",
+    ``scripts/dedup.lua``), its ``then`` (the unlock a ``unique_for`` job hands over when it
+    finishes; empty for others) and its delay in ms (a debounced job's window; else 0)."""
+    lock = f"{task.name}:{opts.unique_key or call_key(task, args, kw)}"
     if opts.unique_for is not None:
-        lock = f"{task.name}:{opts.unique_key or call_key(task, args, kw)}"
         ms = round(opts.unique_for * 1000)
         then = orjson.dumps([{"k": "unlock", "q": queue, "id": lock, "i": ms}])
-        return ("unique", lock, ms), then
-    if opts.debounce is not None:
-        lock = f"{task.name}:{opts.unique_key or call_key(task, args, kw)}"
-        return ("debounce", lock, max(1, round(opts.debounce * 1000))), b""
-    return NO_DEDUP, b""
+        return f"unique {ms} {lock}", then, 0
+    assert opts.debounce is not None
+    ms = max(1, round(opts.debounce * 1000))
+    return f"debounce {ms} {lock}", b"", ms
 
 
 def call_key(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

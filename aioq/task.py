@@ -144,12 +144,11 @@ class Call(Generic[R]):
                     "workflow's steps or jobs with on_success=/on_failure= (a duplicate would "
                     "leave the workflow without its step)"
                 )
-            dedup, then = dedup_values(task, opts, queue, self.args, self.kwargs)
-            if opts.debounce is not None:
-                delay = dedup[2]
+            dedup, then, debounce_ms = dedup_values(task, opts, queue, self.args, self.kwargs)
+            delay = debounce_ms or delay
         return queue, [
-            job_id, delay, eta_ms, expires_in, expires_at, *fields, then, flow, held,
-            *dedup, for_worker,
+            job_id, delay, eta_ms, expires_in, expires_at, *fields, then, flow, held, dedup,
+            for_worker,
         ]  # fmt: skip
 
 

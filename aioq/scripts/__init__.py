@@ -203,6 +203,11 @@ class Scripts:
                 done += reply
         return out
 
+    async def enqueue_one(self, keys: QueueKeys, job: Sequence[Any]) -> Any:
+        """``enqueue`` of one job into a queue without a limit: its outcome."""
+        command = self._enqueue.command([*keys.declared, keys.job(job[0])], [0, *job])
+        return (await self._run(self._enqueue, [command]))[0][0]
+
     async def cron(
         self,
         keys: QueueKeys,

@@ -5,9 +5,9 @@
 -- (the queue's size and its newest `recent` entry, limit.lua) and writes nothing: the call's
 -- jobs are written all or none.
 --#include enqueue_job
---#include limit
 local N, limit = {{ENQUEUE_ARGS}}, tonumber(ARGV[1])
 if limit > 0 then
+--#include limit
   -- what the call would write: jobs whose id is new and whose dedup key is free (a key
   -- claimed by an earlier job of the same call counts once)
   local new, claimed = 0, {}
@@ -16,9 +16,12 @@ if limit > 0 then
     if redis.call('EXISTS', KEYS[j]) == 0 then
       if ARGV[a + 17] == '' then
         new = new + 1
-      elseif not claimed[dedup_lock(a)] and not dedup_holder(a) then
-        claimed[dedup_lock(a)] = true
-        new = new + 1
+      else
+        local d = dedup().of(ARGV[a + 17])
+        if not claimed[d.lock] and not DEDUP.holder(d) then
+          claimed[d.lock] = true
+          new = new + 1
+        end
       end
     end
   end

@@ -3,8 +3,8 @@
 -- retries, timeout, priority (0-9: the stream it goes to; recorded when not 0), trace (JSON of
 -- the trace context, tracing.py; recorded when not ""), then (the JSON list of successors a
 -- workflow step tells when it finishes, canvas.py; ""), flow (the workflow's "<queue> <id>";
--- ""), hold (seconds; "": not held), then dedup mode, lock and window (dedup.lua; mode "":
--- none) and for (the worker a broadcast copy is for, broadcast.lua; "": any). A held job is a
+-- ""), hold (seconds; "": not held), dedup ("" or "<mode> <window ms> <lock>", dedup.lua) and
+-- for (the worker a broadcast copy is for, broadcast.lua; "": any). A held job is a
 -- workflow step waiting for its
 -- predecessors: recorded `scheduled` with wait "workflow", in no stream or set, its delay and
 -- expiry kept for when flow.lua starts it, and the record expires after `hold` seconds unless
@@ -26,10 +26,11 @@ end
 local function enqueue_job(key, a)
   if redis.call('EXISTS', key) == 1 then return 0 end
   local jid = ARGV[a + 1]
-  local dedup = ARGV[a + 17] ~= ''
-  if dedup then
-    local holder = dedup_holder(a)
-    if holder then return dedup_hit(a, holder) end
+  local d = nil
+  if ARGV[a + 17] ~= '' then
+    d = dedup().of(ARGV[a + 17])
+    local holder = DEDUP.holder(d)
+    if holder then return DEDUP.hit(d, holder, a) end
   end
   local delay, eta = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local status, stamp = 'queued', nil
@@ -67,7 +68,7 @@ local function enqueue_job(key, a)
   if ARGV[a + 14] ~= '' then redis.call('HSET', key, 'then', ARGV[a + 14]) end
   if ARGV[a + 15] ~= '' then redis.call('HSET', key, 'flow', ARGV[a + 15]) end
   if status == 'scheduled' and hold == '' then redis.call('HSET', key, 'wait', 'delay') end
-  if ARGV[a + 20] ~= '' then redis.call('HSET', key, 'for', ARGV[a + 20]) end
-  if dedup then dedup_claim(a, jid) end
+  if ARGV[a + 18] ~= '' then redis.call('HSET', key, 'for', ARGV[a + 18]) end
+  if d then DEDUP.claim(d, jid) end
   return 1
 end

@@ -2,7 +2,8 @@
 -- A queue holds every job in it that has not finished: its streams' entries (queued jobs, and
 -- running ones, whose entry goes when they finish) and its scheduled set (delays, retry
 -- backoff, rate-limit waits). Eleven O(1) reads, no scan. Held workflow steps are in neither
--- and count once they start. Needs the queue's keys (queue.lua).
+-- and count once they start. Needs the queue's keys (queue.lua); included where a limit is
+-- set, so a call without one creates none of these functions.
 local function queue_size()
   local n = redis.call('ZCARD', SCHEDULED)
   for p = 0, PRIORITIES - 1 do n = n + redis.call('XLEN', STREAMS[p]) end
