@@ -180,6 +180,11 @@ class Task(Generic[P, R]):
             raise ValueError(f"task {name!r}: retries must be >= 0, got {retries!r}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"task {name!r}: timeout must be > 0 seconds, got {timeout!r}")
+        if broadcast and rate_limit is not None:
+            raise ValueError(
+                f"task {name!r}: a broadcast task runs once per worker when enqueued; "
+                f"rate_limit={rate_limit!r} does not apply to it"
+            )
         if not callable(backoff) and backoff < 0:
             raise ValueError(f"task {name!r}: backoff must be >= 0 seconds, got {backoff!r}")
         self.app = app

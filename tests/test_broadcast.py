@@ -174,3 +174,7 @@ async def test_broadcast_options_and_misuse(app: App) -> None:
         await app.broadcast("plain")
     with pytest.raises(TypeError, match="bad arguments"):
         await whoami.enqueue()  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="rate_limit='1/s' does not apply"):
+
+        @app.task(broadcast=True, rate_limit="1/s")
+        async def limited() -> None: ...
