@@ -11,6 +11,7 @@ from .errors import (
     JobCancelled,
     JobNotFound,
     NoLiveWorkers,
+    PermissionDenied,
     QueueFull,
     RedisUnavailable,
     Retry,
@@ -18,6 +19,7 @@ from .errors import (
 )
 from .group_job import GroupJob
 from .job import Job, JobInfo, JobStatus
+from .sync import SyncJob
 from .task import Call, Task, TaskOptions
 from .worker import Worker
 
@@ -42,9 +44,11 @@ __all__ = [
     "JobNotFound",
     "JobStatus",
     "NoLiveWorkers",
+    "PermissionDenied",
     "QueueFull",
     "RedisUnavailable",
     "Retry",
+    "SyncJob",
     "Task",
     "TaskFailed",
     "TaskOptions",

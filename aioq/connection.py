@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import os
 from collections import deque
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from hiredis import pack_command as _hiredis_pack  # redis[hiredis] is a dependency
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.connection import parse_url
@@ -30,6 +32,15 @@ CONNECT_TIMEOUT = 5.0
 finish its handshake (a ``socket_connect_timeout=`` query parameter of the URL overrides it)."""
 
 _SCHEMES = ("redis", "rediss", "unix")
+
+TLS_PARAMETERS = frozenset(
+    p for p in inspect.signature(SSLConnection.__init__).parameters if p.startswith("ssl_")
+)
+"""The TLS query parameters a ``rediss://`` URL may carry (``ssl_ca_certs=``, ``ssl_certfile=``,
+``ssl_keyfile=``, ``ssl_cert_reqs=``, ...): those redis-py's asyncio TLS connection takes,
+which its blocking one (``enqueue_sync``) takes too."""
+
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 def redacted(url: str) -> str:
@@ -72,7 +83,17 @@ def check_url(url: str, source: str = "redis_url") -> str:
         if not parts.hostname:
             raise bad("no host (expected redis://HOST[:PORT][/DB])")
         db = parts.path.lstrip("/") or None
-    dbs = parse_qs(parts.query).get("db", [])
+    query = parse_qs(parts.query)
+    for name in query:
+        if not name.startswith("ssl_"):
+            continue
+        if parts.scheme != "rediss":
+            raise bad(f"{name}= is a TLS parameter, and TLS needs rediss://")
+        if name not in TLS_PARAMETERS:
+            raise bad(
+                f"unknown TLS parameter {name!r} (known: {', '.join(sorted(TLS_PARAMETERS))})"
+            )
+    dbs = query.get("db", [])
     for value in [db, *dbs]:
         if value is not None and not (value.isascii() and value.isdigit()):
             raise bad(f"the database must be a non-negative integer, got {value!r}")
@@ -81,6 +102,46 @@ def check_url(url: str, source: str = "redis_url") -> str:
     except ValueError as exc:
         raise bad(str(exc)) from None
     return url
+
+
+def tls_hint(url: str, error: str) -> str:
+    """What a failed connection's error most likely means for a TLS set-up, to add to the
+    message (" (...)"), or "". The files are checked here, when connecting failed, not when
+    the ``App`` is made: an app is often imported where the certificates are not mounted."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    reset = "reset by peer" in error or "Connection closed by server" in error
+    if parts.scheme != "rediss":
+        if reset:
+            return " (a server that speaks only TLS resets plain connections: is it rediss://?)"
+        return ""
+    for name in _TLS_FILES:
+        for path in query.get(name, [])[-1:]:
+            if not os.path.isfile(path):
+                return f" ({name}: no such file {path!r})"
+    if "CERTIFICATE_VERIFY_FAILED" in error:
+        if "mismatch" in error:
+            return (
+                " (the server's certificate does not name the URL's host: connect by a name "
+                "it holds)"
+            )
+        return (
+            " (the server's certificate is not signed by a CA this client trusts: give the CA "
+            "with ssl_ca_certs=PATH)"
+        )
+    if "ssl_certfile" not in query and (
+        reset or "CERTIFICATE_REQUIRED" in error or "EOF occurred" in error
+    ):
+        return (
+            " (the server asks for a client certificate, tls-auth-clients: give "
+            "ssl_certfile=PATH&ssl_keyfile=PATH)"
+        )
+    if "PEM lib" in error:
+        return (
+            " (ssl_certfile/ssl_keyfile are not a PEM certificate and its private key: a "
+            "certificate file without the key needs ssl_keyfile=)"
+        )
+    return ""
 
 
 class NotRedis(RedisError):
@@ -197,6 +258,7 @@ class CommandLane:
 
     def __init__(self, redis: Redis, size: int, retries: int = 6) -> None:
         self._pool = redis.connection_pool
+        self.user: str | None = self._pool.connection_kwargs.get("username")
         self._idle: list[AbstractConnection] = []
         self._open = 0
         self._size = max(1, size)

@@ -11,6 +11,8 @@ One variable per option, named after it: ``AIOQ_`` and the option in capitals.
     AIOQ_DEAD_LETTER_MAX      dead_letter_max    whole number >= 0
     AIOQ_MAX_CONNECTIONS      max_connections    whole number >= 1
     AIOQ_WORKFLOW_TTL         workflow_ttl       whole seconds >= 1
+    AIOQ_SIGNING_KEY          signing_key        the key as text (UTF-8); several: comma-separated,
+                                                 the first signing
     AIOQ_QUEUE_LIMITS         queue_limits       queue=limit pairs, comma-separated:
                                                  "emails=10000,reports=50"
     AIOQ_ROUTES               routes             pattern=queue pairs, comma-separated, first
@@ -45,6 +47,7 @@ class AppOptions(TypedDict, total=False):
     dead_letter_max: int
     max_connections: int
     workflow_ttl: int
+    signing_key: bytes | list[bytes] | None
     queue_limits: dict[str, int] | None
     routes: dict[str, str] | None
 
@@ -84,6 +87,13 @@ def _name(kind: str) -> Parser:
             raise ValueError(f"{variable}: {exc}") from None
 
     return parse
+
+
+def _signing_keys(variable: str, raw: str) -> bytes | list[bytes]:
+    keys = [k.strip().encode() for k in raw.split(",")]
+    if not all(keys):
+        raise ValueError(f"{variable}: an empty key between commas (give non-empty keys)")
+    return keys[0] if len(keys) == 1 else keys
 
 
 def _pairs(variable: str, raw: str, what: str) -> dict[str, str]:
@@ -132,6 +142,7 @@ VARIABLES: dict[str, tuple[str, Parser]] = {
     "dead_letter_max": ("AIOQ_DEAD_LETTER_MAX", _whole(0)),
     "max_connections": ("AIOQ_MAX_CONNECTIONS", _whole(1)),
     "workflow_ttl": ("AIOQ_WORKFLOW_TTL", _whole(1)),
+    "signing_key": ("AIOQ_SIGNING_KEY", _signing_keys),
     "queue_limits": ("AIOQ_QUEUE_LIMITS", _limits),
     "routes": ("AIOQ_ROUTES", _routes),
 }

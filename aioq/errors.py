@@ -4,6 +4,7 @@
      ├── TaskFailed          job.result(): the job's last attempt raised
      ├── JobCancelled        job.result(): the job was cancelled
      ├── JobNotFound         a Job handle whose id exists in none of the app's queues
+     ├── PermissionDenied    Redis refused a command for the URL's ACL user (NOPERM)
      ├── QueueFull           enqueue into a queue at its ``queue_limits`` limit
      ├── NoLiveWorkers       a broadcast enqueued while no live worker serves its queue
      └── RedisUnavailable    the configured Redis does not answer
@@ -25,6 +26,7 @@ __all__ = [
     "JobCancelled",
     "JobNotFound",
     "NoLiveWorkers",
+    "PermissionDenied",
     "QueueFull",
     "RedisUnavailable",
     "Retry",
@@ -68,6 +70,17 @@ class JobNotFound(AioqError):
         names = ", ".join(repr(q) for q in queues)
         super().__init__(f"no job {job_id!r} in queues {names} (finished jobs expire)")
         self.job_id = job_id
+
+
+class PermissionDenied(AioqError):
+    """Raised when Redis refuses a command for the URL's ACL user (NOPERM): by producers,
+    ``Job``/``SyncJob`` methods and a starting worker. The message names the user, what was
+    refused (the command, the script, the keys or channel) and the patterns an aioq user of
+    the app needs (``aioq.acl``)."""
+
+    def __init__(self, message: str, user: str) -> None:
+        super().__init__(message)
+        self.user = user
 
 
 class QueueFull(AioqError):

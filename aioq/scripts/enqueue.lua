@@ -14,10 +14,10 @@ if limit > 0 then
   for j = OWN_KEYS, #KEYS do
     local a = 1 + (j - OWN_KEYS) * N
     if redis.call('EXISTS', KEYS[j]) == 0 then
-      if ARGV[a + 17] == '' then
+      if ARGV[a + 18] == '' then
         new = new + 1
       else
-        local d = dedup().of(ARGV[a + 17])
+        local d = dedup().of(ARGV[a + 18])
         if not claimed[d.lock] and not DEDUP.holder(d) then
           claimed[d.lock] = true
           new = new + 1

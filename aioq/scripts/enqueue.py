@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .lua import source
 
-ENQUEUE_ARGS = 18
+ENQUEUE_ARGS = 19
 ENQUEUE_CHUNK = 200
 ENQUEUE = source("enqueue", ENQUEUE_ARGS=ENQUEUE_ARGS)
 CRON = source("cron")
