@@ -176,3 +176,25 @@ def test_bad_limits_are_refused_at_app(
     with pytest.raises(error) as exc:
         App("x", queue_limits=limits)  # type: ignore[arg-type]
     assert message in str(exc.value)
+
+
+async def test_enqueue_sync_is_limited_and_deduplicated(bounded: App) -> None:
+    """The blocking producer (``enqueue_sync``) runs the same script: a dedup hit returns
+    the existing job, a full queue raises QueueFull, and wait_if_full gives up in time."""
+
+    @bounded.task(queue="emails")
+    async def send(to: str) -> None: ...
+
+    unique = send.options(unique_for=30)
+    a = await asyncio.to_thread(unique.enqueue_sync, "a")
+    assert (await asyncio.to_thread(unique.enqueue_sync, "a")).id == a.id
+    await send.enqueue("b")
+    await send.enqueue("c")
+    with pytest.raises(QueueFull, match="queue 'emails' is full"):
+        await asyncio.to_thread(send.enqueue_sync, "d")
+    t0 = time.monotonic()
+    with pytest.raises(QueueFull):
+        await asyncio.to_thread(send.options(wait_if_full=0.3).enqueue_sync, "e")
+    assert 0.3 <= time.monotonic() - t0 < 0.3 + ROOM_RECHECK
+    assert await _size(bounded, "emails") == 3
+    bounded.close()
