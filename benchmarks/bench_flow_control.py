@@ -11,8 +11,10 @@ job (``time.process_time``) and Redis' time per EVALSHA (``INFO commandstats``),
 far less sensitive to a busy machine than the first.
 
   A/B (``--baseline DIR``): the plain path, ``await noop.enqueue()`` N times in sequence and
-      ``enqueue_many`` of N, alternately by this checkout and by the aioq in DIR (a subprocess
-      with PYTHONPATH=DIR), ``--repeats`` times; medians and minimums, and this/baseline.
+      ``enqueue_many`` of 4N, alternately by this checkout and by the aioq in DIR (a subprocess
+      with PYTHONPATH=DIR), ``--repeats`` times; medians and minimums, and this/baseline. And
+      the ENQUEUE script alone: 4N one-job EVALSHAs pipelined from redis-py, Redis' time per
+      call, three per repeat (nothing but Redis in that loop, so the steadiest figure).
   options: sequential enqueues with each option, as a ratio to plain in the same repeat:
       ``unique_for`` (every key new: the lock is written), ``unique_for`` hit (one key: the
       existing job comes back), ``debounce`` hit (one key: arguments and due time updated),
@@ -103,6 +105,37 @@ async def _measure(url: str, variant: str, n: int) -> dict[str, float]:
 async def _flush() -> None: ...
 
 
+def _script(url: str, n: int) -> dict[str, float]:
+    """Redis' time per ENQUEUE call of one job, nothing else in the loop: ``n`` EVALSHAs
+    pipelined from redis-py, with this aioq's script and values (``Call.prepare``)."""
+    import redis
+
+    from aioq import App
+    from aioq.scripts import ENQUEUE
+
+    app = App("bench-script", redis_url=url)
+
+    @app.task
+    async def noop() -> None: ...
+
+    # a script that reads a queue limit first (ARGV[1], enqueue.lua) gets it: 0, none
+    prefix = [0] if "limit = " in ENQUEUE else []
+    keys = app.keys()
+    r = redis.Redis.from_url(url)
+    sha = r.script_load(ENQUEUE)
+    r.flushall()
+    r.config_resetstat()
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        _, job = noop.call().prepare(job_id=f"j{i}")
+        pipe.evalsha(sha, len(keys.declared) + 1, *keys.declared, keys.job(job[0]), *prefix, *job)
+    pipe.execute()
+    stats = r.info("commandstats")["cmdstat_evalsha"]
+    r.close()
+    return {"rate": 0.0, "cpu_us": 0.0, "redis_us_per_call": float(stats["usec_per_call"]),
+            "redis_us_per_job": float(stats["usec_per_call"])}  # fmt: skip
+
+
 def _child(url: str, variant: str, n: int, baseline: str | None) -> dict[str, float]:
     env = {**os.environ}
     if baseline:
@@ -148,6 +181,9 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child == "script":
+        print(json.dumps(_script(args.url, args.n)))
+        return
     if args.child:
         print(json.dumps(asyncio.run(_measure(args.url, args.child, args.n))))
         return
@@ -164,11 +200,14 @@ def main() -> None:
         if args.baseline:
             runs: dict[str, list[dict[str, float]]] = {"this": [], "base": []}
             bulk: dict[str, list[dict[str, float]]] = {"this": [], "base": []}
+            script: dict[str, list[dict[str, float]]] = {"this": [], "base": []}
             for rep in range(args.repeats):
                 for who in ("this", "base") if rep % 2 == 0 else ("base", "this"):
                     where = args.baseline if who == "base" else None
                     runs[who].append(_child(url, "plain", args.n, where))
                     bulk[who].append(_child(url, "bulk", args.n * 4, where))
+                    for _ in range(3):  # cheap and noisy: three per repeat
+                        script[who].append(_child(url, "script", args.n * 4, where))
             print("\nA/B of the plain path (no option used); ratios this/baseline: "
                   "jobs/s (median), cpu and redis (min)")  # fmt: skip
             print(head + "  ratios")
@@ -176,6 +215,14 @@ def main() -> None:
             print(_row("enqueue, this", runs["this"], runs["base"]))
             print(_row("enqueue_many, baseline", bulk["base"], None))
             print(_row("enqueue_many, this", bulk["this"], bulk["base"]))
+            print("\nthe ENQUEUE script alone, one job per EVALSHA, pipelined: Redis us per call")
+            for who in ("base", "this"):
+                t = [r["redis_us_per_call"] for r in script[who]]
+                print(f"  {who:<5} median {statistics.median(t):6.2f}  min {min(t):6.2f}")
+            ratio = min(r["redis_us_per_call"] for r in script["this"]) / min(
+                r["redis_us_per_call"] for r in script["base"]
+            )
+            print(f"  this/baseline (min) {ratio:.3f}")
         variants = ["plain", "unique-new", "unique-hit", "debounce-hit", "limited", "broadcast"]
         got: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
         for _ in range(args.repeats):
