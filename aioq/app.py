@@ -13,11 +13,21 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import CommandLane, MissingDatabase, NotRedis, check_url, make_client, redacted
+from .cluster import ClusterLane, ClusterResults, Topology, cluster_client
+from .connection import (
+    CommandLane,
+    Lane,
+    MissingDatabase,
+    NotRedis,
+    check_url,
+    make_client,
+    redacted,
+)
 from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
 from .env import AppOptions, options_from_env
 from .errors import JobNotFound, RedisUnavailable
 from .group_job import GroupJob
+from .hosts import is_cluster_url, parse_hosts_url
 from .job import Job
 from .keys import QueueKeys, validate_name
 from .ratelimit import RateLimit, parse_rate
@@ -36,10 +46,18 @@ class _Connection:
     """The Redis client, scripts and result subscription of one event loop."""
 
     def __init__(self, url: str, max_connections: int) -> None:
-        self.redis: Redis = make_client(url, max_connections)
-        self.lane = CommandLane(self.redis, size=min(max_connections, 64))
+        self.redis: Redis
+        self.lane: Lane
+        self.results: ResultListener | ClusterResults
+        if is_cluster_url(url):  # a lane and a subscription per master (cluster.py)
+            topology = Topology(parse_hosts_url(url), max_connections)
+            self.redis = cluster_client(topology.url, max_connections)
+            self.lane, self.results = ClusterLane(topology), ClusterResults(topology)
+        else:
+            self.redis = make_client(url, max_connections)
+            self.lane = CommandLane(self.redis, size=min(max_connections, 64))
+            self.results = ResultListener(self.redis)
         self.scripts = Scripts(self.lane)
-        self.results = ResultListener(self.redis)
 
     async def aclose(self) -> None:
         await self.results.aclose()
@@ -316,7 +334,7 @@ class App:
     def scripts(self) -> Scripts:
         return self._connection().scripts
 
-    def _results(self) -> ResultListener:
+    def _results(self) -> ResultListener | ClusterResults:
         return self._connection().results
 
     async def aclose(self) -> None:

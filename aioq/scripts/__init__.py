@@ -28,7 +28,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from ..connection import CommandLane, pack
+from ..connection import Lane, pack
 from ..keys import GROUP, QueueKeys
 from .enqueue import CRON, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
 from .flows import FLOW, FLOW_ARGS, FLOW_CHUNK, SWEEP
@@ -93,9 +93,10 @@ class _Script:
 
 
 class Scripts:
-    """Every script, called through typed methods over one ``CommandLane``."""
+    """Every script, called through typed methods over one ``CommandLane`` (or a cluster's
+    ``ClusterLane``)."""
 
-    def __init__(self, lane: CommandLane) -> None:
+    def __init__(self, lane: Lane) -> None:
         self._lane = lane
         self._enqueue = _Script(ENQUEUE)
         self._fetch = _Script(FETCH)
@@ -323,7 +324,7 @@ class Scripts:
 
     async def release_all(self, keys: QueueKeys, consumer: str) -> int:
         streams = [level.stream for level in keys.levels]
-        n: int = await self._call(self._release_all, streams, [GROUP, consumer])
+        n: int = await self._call(self._release_all, [*streams, keys.guard], [GROUP, consumer])
         return n
 
     async def promote(
@@ -369,7 +370,9 @@ class Scripts:
     async def purge(self, keys: QueueKeys, until: bytes, count: int) -> tuple[int, int]:
         """Delete up to ``count`` queued entries with ids up to ``until``, and their queued
         jobs' records: (entries scanned, jobs deleted)."""
-        scanned, jobs = await self._call(self._purge, [keys.stream], [GROUP, until, count])
+        scanned, jobs = await self._call(
+            self._purge, [keys.stream, keys.guard], [GROUP, until, count]
+        )
         return int(scanned), int(jobs)
 
     async def heartbeat(
