@@ -5,7 +5,15 @@ import logging
 from .app import App
 from .canvas import Chain, Chord, Group, chain, chord, group
 from .context import JobContext, current_job
-from .errors import AioqError, JobCancelled, JobNotFound, RedisUnavailable, Retry, TaskFailed
+from .errors import (
+    AioqError,
+    JobCancelled,
+    JobNotFound,
+    NotDurable,
+    RedisUnavailable,
+    Retry,
+    TaskFailed,
+)
 from .group_job import GroupJob
 from .job import Job, JobInfo, JobStatus
 from .task import Call, Task, TaskOptions
@@ -29,6 +37,7 @@ __all__ = [
     "JobInfo",
     "JobNotFound",
     "JobStatus",
+    "NotDurable",
     "RedisUnavailable",
     "Retry",
     "Task",

@@ -432,7 +432,7 @@ class App:
         queue, job = call.prepare()
         keys = self.keys(queue)
         self._queues.add(queue)  # one of `queues` from now on
-        await self._send([(keys, [job])], ((queue, job),))
+        await self._send([(keys, [job])], ((queue, job),), durable=call.options.durable)
         return Job(self, job[0], queue)
 
     async def enqueue_many(self, calls: Iterable[Call[R]]) -> list[Job[R]]:
@@ -441,6 +441,7 @@ class App:
         Every call is validated and encoded before anything is sent; the jobs go as one
         script call per 200 jobs of a queue, all written at once.
         """
+        calls = list(calls)
         prepared = [c.prepare() for c in calls]
         if not prepared:
             return []
@@ -449,7 +450,7 @@ class App:
             by_queue.setdefault(queue, []).append(job)
         batches = [(self.keys(q), jobs) for q, jobs in by_queue.items()]
         self._queues.update(by_queue)  # each one of `queues` from now on
-        await self._send(batches, prepared)
+        await self._send(batches, prepared, durable=any(c.options.durable for c in calls))
         return [Job(self, job[0], queue) for queue, job in prepared]
 
     async def _send(
@@ -457,15 +458,17 @@ class App:
         batches: list[tuple[QueueKeys, list[Any]]],
         prepared: Sequence[tuple[str, list[Any]]],
         before: Sequence[bytes] = (),
+        durable: bool = False,
     ) -> None:
         """Enqueue prepared jobs, with the caller's trace context in each (``tracing.py``);
-        ``before``: packed commands sent first in the same write (a workflow's records)."""
+        ``before``: packed commands sent first in the same write (a workflow's records);
+        ``durable``: return once a replica has them (``Scripts.enqueue``)."""
         spans = publish(prepared)  # None when no span was made (tracing is off)
         if spans is None:
-            await self._call(self.scripts.enqueue(batches, before))
+            await self._call(self.scripts.enqueue(batches, before, durable))
         else:
             with spans:
-                await self._call(self.scripts.enqueue(batches, before))
+                await self._call(self.scripts.enqueue(batches, before, durable))
 
     async def _find_job(self, job_id: str, group: bool = False) -> QueueKeys:
         queues = self.queues

@@ -7,7 +7,8 @@ masters by their tags; a worker serving several queues reads each from its node.
 * ``ClusterLane`` is the ``CommandLane`` of a cluster: one lane per master, each command
   (already packed) routed by the slot of its first key, the commands of one call for one
   node written together, in order (so a blocking read and the script behind it still share a
-  connection). ``SCRIPT LOAD`` goes to every master. Redirections are followed: ``MOVED``
+  connection). ``SCRIPT LOAD`` goes to every master; a command with no key (``WAIT``) goes
+  with the one before it. Redirections are followed: ``MOVED``
   (the slot has moved: the slot map is updated and reloaded), ``ASK`` (a slot migrating:
   ``ASKING`` and the command to the importing node), ``TRYAGAIN`` and ``CLUSTERDOWN`` (waited
   out, with backoff, up to ``REDIRECT_TIMEOUT``). A redirected command did not run, so even a
@@ -239,7 +240,7 @@ def command_key(packed: bytes) -> bytes | None:
         return _BROADCAST
     if name in (b"XGROUP", b"XINFO", b"OBJECT", b"MEMORY"):
         return args[1] if len(args) > 1 else None
-    if name in (b"PING", b"TIME", b"CLUSTER", b"INFO", b"ASKING", b"READONLY"):
+    if name in (b"PING", b"TIME", b"CLUSTER", b"INFO", b"ASKING", b"READONLY", b"WAIT"):
         return None
     return args[0] if args else None
 
@@ -301,6 +302,7 @@ class ClusterLane:
         delay = 0.01
         while True:
             groups: dict[Address, list[int]] = {}
+            last: Address | None = None
             for i in todo:
                 addr = asked.get(i)
                 if addr is None:
@@ -309,8 +311,12 @@ class ClusterLane:
                         for master in self._topology.masters():
                             groups.setdefault(master, []).append(i)
                         continue
-                    addr = await self._topology.owner(None if key is None else key_slot(key))
+                    if key is None and last is not None:
+                        addr = last  # keyless (WAIT): behind the command before it
+                    else:
+                        addr = await self._topology.owner(None if key is None else key_slot(key))
                 groups.setdefault(addr, []).append(i)
+                last = addr
             sent = list(groups.items())
             if len(sent) == 1:
                 results: list[Any] = [await self._send(*sent[0], commands, asked, idempotent)]

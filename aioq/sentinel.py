@@ -36,6 +36,15 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     failing when every one is in use."""
 
 
+class _SentinelRedis(Redis):
+    """Closes the sentinel manager's own connections (to the sentinels) with the client."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for client in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+            await client.aclose()
+
+
 def _kwargs(url: HostsURL) -> tuple[dict[str, Any], dict[str, Any]]:
     """The master's connection settings (user, password, db, query) and the sentinels'
     (timeouts, TLS)."""
@@ -60,7 +69,7 @@ def sentinel_client(url: HostsURL, max_connections: int, **pool_options: Any) ->
         max_connections=max_connections,
         **{**pool_options, **node},
     )
-    return Redis.from_pool(pool)
+    return _SentinelRedis.from_pool(pool)
 
 
 def sync_sentinel_client(url: HostsURL, **options: Any) -> redis.Redis:
