@@ -47,7 +47,13 @@ from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.connection import parse_url
 from redis.crc import key_slot
-from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -179,6 +185,10 @@ class Topology:
         """The master serving ``slot`` (any master for ``None``)."""
         if self._stale:
             await self.load()
+        return self.owner_now(slot)
+
+    def owner_now(self, slot: int | None) -> Address:
+        """``owner`` from the slot map as loaded (the caller loads it first when stale)."""
         if slot is None:
             return self.masters()[0]
         addr = self._slots[slot] if self._slots else None
@@ -193,6 +203,11 @@ class Topology:
 
     def stale(self) -> None:
         self._stale = True
+
+    @property
+    def stale_now(self) -> bool:
+        """Whether the slot map must be loaded before it is read."""
+        return self._stale
 
     async def load(self) -> None:
         if self._loading is None or self._loading.done():
@@ -291,6 +306,7 @@ class ClusterLane:
     ) -> list[Any]:
         """As ``CommandLane.call``; ``packed`` holds one command per reply (they may go to
         different nodes: each node's are written together, in order, the nodes at once)."""
+        topology = self._topology
         commands = [packed] if isinstance(packed, bytes) else list(packed)
         if len(commands) != replies:
             raise ValueError(f"a cluster lane call takes one command per reply, got {replies}")
@@ -314,12 +330,17 @@ class ClusterLane:
                     if key is None and last is not None:
                         addr = last  # keyless (WAIT): behind the command before it
                     else:
-                        addr = await self._topology.owner(None if key is None else key_slot(key))
+                        if topology.stale_now:
+                            await topology.load()
+                        addr = topology.owner_now(None if key is None else key_slot(key))
                 groups.setdefault(addr, []).append(i)
                 last = addr
             sent = list(groups.items())
             if len(sent) == 1:
-                results: list[Any] = [await self._send(*sent[0], commands, asked, idempotent)]
+                got: list[Any] = await self._send(*sent[0], commands, asked, idempotent)
+                if len(got) == len(commands) and not any(isinstance(r, ResponseError) for r in got):
+                    return got  # the common case: one node, no redirection
+                results: list[Any] = [got]
             else:
                 results = await asyncio.gather(
                     *(self._send(a, idx, commands, asked, idempotent) for a, idx in sent),
@@ -368,7 +389,7 @@ class ClusterLane:
     ) -> list[Any]:
         packed: list[bytes] = []
         for i in idx:
-            if i in asked:
+            if asked and i in asked:
                 packed.append(_ASKING)
             packed.append(commands[i])
         try:
@@ -378,6 +399,8 @@ class ClusterLane:
         except (RedisConnectionError, RedisTimeoutError, OSError):
             self._topology.stale()  # a failover, or a node gone: where do its slots live now
             raise
+        if not asked:
+            return replies
         out, pos = [], 0
         for i in idx:
             pos += i in asked  # ASKING's reply (OK) is dropped
