@@ -10,12 +10,14 @@ from .errors import (
     JobCancelled,
     JobNotFound,
     NotDurable,
+    PermissionDenied,
     RedisUnavailable,
     Retry,
     TaskFailed,
 )
 from .group_job import GroupJob
 from .job import Job, JobInfo, JobStatus
+from .sync import SyncJob
 from .task import Call, Task, TaskOptions
 from .worker import Worker
 
@@ -38,8 +40,10 @@ __all__ = [
     "JobNotFound",
     "JobStatus",
     "NotDurable",
+    "PermissionDenied",
     "RedisUnavailable",
     "Retry",
+    "SyncJob",
     "Task",
     "TaskFailed",
     "TaskOptions",

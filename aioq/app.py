@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .acl import explained
 from .cluster import ClusterLane, ClusterResults, Topology, cluster_client
 from .connection import (
     CommandLane,
@@ -22,6 +23,7 @@ from .connection import (
     check_url,
     make_client,
     redacted,
+    tls_hint,
 )
 from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
 from .env import AppOptions, options_from_env
@@ -33,6 +35,8 @@ from .keys import QueueKeys, validate_name
 from .ratelimit import RateLimit, parse_rate
 from .results import ResultListener
 from .scripts import Scripts
+from .signing import Signer, signing_keys
+from .sync import ClientHolder, SyncClient, SyncJob, enqueue_call
 from .task import AutoRetry, Backoff, Call, Options, Task
 from .tracing import publish
 
@@ -40,6 +44,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, NotRedis, MissingDatabase)
+"""The errors that mean Redis could not be talked to (``App._unavailable`` names the URL)."""
 
 
 class _Connection:
@@ -75,6 +82,11 @@ class App:
     job is poison and goes to the dead-letter stream. ``workflow_ttl`` is how long a workflow
     step may wait for its predecessors (seconds, from the workflow's enqueue): a held step or
     group record not reached by then expires, so nothing a dead producer half-wrote stays.
+
+    ``signing_key`` (bytes, or a list of bytes keys: the first signs, every one verifies)
+    puts an HMAC-SHA256 on every job this app enqueues, and makes its workers run signed jobs
+    only: an unsigned or tampered job fails with "bad signature" and goes to the dead-letter
+    stream (``signing.py``).
     """
 
     def __init__(
@@ -89,8 +101,10 @@ class App:
         dead_letter_max: int = 100_000,
         max_connections: int = 200,
         workflow_ttl: int = 7 * 86_400,
+        signing_key: bytes | Sequence[bytes] | None = None,
     ) -> None:
         self._name = validate_name("app", name)
+        self._signer = None if signing_key is None else Signer(signing_keys(signing_key))
         env_url = os.environ.get("AIOQ_REDIS_URL")
         source = "redis_url" if redis_url else "AIOQ_REDIS_URL" if env_url else "redis_url"
         self._redis_url = check_url(redis_url or env_url or DEFAULT_REDIS_URL, source)
@@ -114,6 +128,7 @@ class App:
         self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
             weakref.WeakKeyDictionary()
         )
+        self._sync_client = ClientHolder()  # the blocking client of enqueue_sync (sync.py)
 
     @classmethod
     def from_env(cls, **options: Unpack[AppOptions]) -> App:
@@ -312,8 +327,8 @@ class App:
         """
         queue = queue or self.default_queue
         keys = self._keys.get(queue)
-        if keys is None:
-            keys = self._keys[queue] = QueueKeys(self.name, validate_name("queue", queue))
+        if keys is None:  # setdefault: producer threads (enqueue_sync) agree on one object
+            keys = self._keys.setdefault(queue, QueueKeys(self.name, validate_name("queue", queue)))
         return keys
 
     # -- connections ----------------------------------------------------------------------
@@ -343,6 +358,15 @@ class App:
         if conn is not None:
             await conn.aclose()
 
+    def _sync(self) -> SyncClient:
+        """The app's blocking client (``enqueue_sync``, ``SyncJob``), shared by every thread."""
+        return self._sync_client.get(self.redis_url, self.max_connections)
+
+    def close(self) -> None:
+        """Close the blocking client's connections (``enqueue_sync``; they reopen on next
+        use); ``await app.aclose()`` closes an event loop's."""
+        self._sync_client.close()
+
     async def __aenter__(self) -> App:
         return self
 
@@ -356,19 +380,26 @@ class App:
     async def _call(self, awaitable: Awaitable[R]) -> R:
         try:
             return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError, NotRedis, MissingDatabase) as exc:
-            url = redacted(self.redis_url)
-            cause: BaseException | None = exc
-            seen: set[int] = set()
-            while cause is not None and not isinstance(cause, MissingDatabase):
-                if id(cause) in seen:  # a cycle of contexts
-                    cause = None
-                    break
-                seen.add(id(cause))
-                cause = cause.__cause__ or cause.__context__  # redis-py may wrap it
-            if cause is not None:
-                raise DatabaseMissing(f"redis_url {url!r}: {cause}") from exc
-            raise RedisUnavailable(f"cannot reach Redis at {url}: {exc}") from exc
+        except UNREACHABLE as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> RedisUnavailable:
+        """What a connection failure to this app's Redis raises: ``RedisUnavailable`` naming
+        the URL (password hidden), or ``DatabaseMissing`` when the URL's database is not
+        there (the async and the blocking client both raise it, ``sync.py``)."""
+        url = redacted(self.redis_url)
+        cause: BaseException | None = exc
+        seen: set[int] = set()
+        while cause is not None and not isinstance(cause, MissingDatabase):
+            if id(cause) in seen:  # a cycle of contexts
+                cause = None
+                break
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__  # redis-py may wrap it
+        if cause is not None:
+            return DatabaseMissing(f"redis_url {url!r}: {cause}")
+        hint = tls_hint(self.redis_url, str(exc))
+        return RedisUnavailable(f"cannot reach Redis at {url}: {exc}{hint}")
 
     # -- producing ------------------------------------------------------------------------
 
@@ -381,6 +412,11 @@ class App:
         that does not know it fails the job with a message naming it.
         """
         return await self._enqueue_call(self._named_call(name, args, kwargs, Options()))
+
+    def enqueue_sync(self, name: str, /, *args: Any, **kwargs: Any) -> SyncJob[Any]:
+        """``enqueue`` by name for code without an event loop: blocks for the one round trip
+        and returns a ``SyncJob`` (``sync.py``)."""
+        return enqueue_call(self, self._named_call(name, args, kwargs, Options()))
 
     def options(self, name: str, /, **options: Any) -> _NamedOptions:
         """Per-enqueue options for a task known only by name: ``app.options("x", queue=...)``."""
@@ -409,6 +445,10 @@ class App:
     def job(self, job_id: str, queue: str | None = None) -> Job[Any]:
         """A handle to an existing job id (no I/O); ``queue`` when it is not a known one."""
         return Job(self, job_id, queue)
+
+    def job_sync(self, job_id: str, queue: str | None = None) -> SyncJob[Any]:
+        """``job`` for code without an event loop: a ``SyncJob`` whose methods block."""
+        return SyncJob(self, job_id, queue)
 
     def s(self, name: str, /, *args: Any, **kwargs: Any) -> Call[Any]:
         """A workflow step of a task known by name (``task.s()`` for producers that do not
@@ -472,11 +512,13 @@ class App:
 
     async def _find_job(self, job_id: str, group: bool = False) -> QueueKeys:
         queues = self.queues
+        action = f"find job {job_id!r} (EXISTS {self.keys(queues[0]).job(job_id)}, ...)"
         async with self.redis.pipeline(transaction=False) as pipe:
             for q in queues:
                 keys = self.keys(q)
                 pipe.exists(keys.flow(job_id) if group else keys.job(job_id))
-            found = await self._call(pipe.execute())
+            with explained(self.redis_url, action):
+                found = await self._call(pipe.execute())
         for q, hit in zip(queues, found, strict=True):
             if hit:
                 return self.keys(q)
@@ -602,6 +644,9 @@ class _NamedOptions:
     async def enqueue(self, *args: Any, **kwargs: Any) -> Job[Any]:
         call = Call(self._task, args, kwargs, self._options)
         return await self._app._enqueue_call(call)
+
+    def enqueue_sync(self, *args: Any, **kwargs: Any) -> SyncJob[Any]:
+        return enqueue_call(self._app, Call(self._task, args, kwargs, self._options))
 
     def call(self, *args: Any, **kwargs: Any) -> Call[Any]:
         return Call(self._task, args, kwargs, self._options)

@@ -299,6 +299,7 @@ class ClusterLane:
 
     def __init__(self, topology: Topology) -> None:
         self._topology = topology
+        self.user: str | None = _node_kwargs(topology.url).get("username")
         self.redirects: Counter[str] = Counter()  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN replies
 
     async def call(

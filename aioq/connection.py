@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import os
 from collections import deque
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -18,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 from hiredis import pack_command as _hiredis_pack  # redis[hiredis] is a dependency
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.connection import parse_url
@@ -33,6 +35,15 @@ CONNECT_TIMEOUT = 5.0
 finish its handshake (a ``socket_connect_timeout=`` query parameter of the URL overrides it)."""
 
 _SCHEMES = ("redis", "rediss", "unix")
+
+TLS_PARAMETERS = frozenset(
+    p for p in inspect.signature(SSLConnection.__init__).parameters if p.startswith("ssl_")
+)
+"""The TLS query parameters a ``rediss://`` URL may carry (``ssl_ca_certs=``, ``ssl_certfile=``,
+``ssl_keyfile=``, ``ssl_cert_reqs=``, ...): those redis-py's asyncio TLS connection takes,
+which its blocking one (``enqueue_sync``) takes too."""
+
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 def redacted(url: str) -> str:
@@ -59,10 +70,10 @@ def check_url(url: str, source: str = "redis_url") -> str:
         raise ValueError(f"{source} must be a string, got {type(url).__name__}")
     if is_hosts_url(url):  # redis+cluster://, redis+sentinel:// (hosts.py)
         hosts = parse_hosts_url(url, source)
-        try:
-            parse_url(hosts.node_url(*hosts.hosts[0]))  # type: ignore[no-untyped-call]
+        try:  # its user, password and query, as a data node's URL has them
+            check_url(hosts.node_url(*hosts.hosts[0]), source)
         except ValueError as exc:
-            raise bad(str(exc)) from None
+            raise bad(str(exc).partition(" is not a Redis URL: ")[2] or str(exc)) from None
         return url
     parts = urlsplit(url)
     if parts.scheme not in _SCHEMES:
@@ -85,7 +96,17 @@ def check_url(url: str, source: str = "redis_url") -> str:
         if not parts.hostname:
             raise bad("no host (expected redis://HOST[:PORT][/DB])")
         db = parts.path.lstrip("/") or None
-    dbs = parse_qs(parts.query).get("db", [])
+    query = parse_qs(parts.query)
+    for name in query:
+        if not name.startswith("ssl_"):
+            continue
+        if parts.scheme != "rediss":
+            raise bad(f"{name}= is a TLS parameter, and TLS needs rediss://")
+        if name not in TLS_PARAMETERS:
+            raise bad(
+                f"unknown TLS parameter {name!r} (known: {', '.join(sorted(TLS_PARAMETERS))})"
+            )
+    dbs = query.get("db", [])
     for value in [db, *dbs]:
         if value is not None and not (value.isascii() and value.isdigit()):
             raise bad(f"the database must be a non-negative integer, got {value!r}")
@@ -94,6 +115,46 @@ def check_url(url: str, source: str = "redis_url") -> str:
     except ValueError as exc:
         raise bad(str(exc)) from None
     return url
+
+
+def tls_hint(url: str, error: str) -> str:
+    """What a failed connection's error most likely means for a TLS set-up, to add to the
+    message (" (...)"), or "". The files are checked here, when connecting failed, not when
+    the ``App`` is made: an app is often imported where the certificates are not mounted."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    reset = "reset by peer" in error or "Connection closed by server" in error
+    if parts.scheme != "rediss":
+        if reset:
+            return " (a server that speaks only TLS resets plain connections: is it rediss://?)"
+        return ""
+    for name in _TLS_FILES:
+        for path in query.get(name, [])[-1:]:
+            if not os.path.isfile(path):
+                return f" ({name}: no such file {path!r})"
+    if "CERTIFICATE_VERIFY_FAILED" in error:
+        if "mismatch" in error:
+            return (
+                " (the server's certificate does not name the URL's host: connect by a name "
+                "it holds)"
+            )
+        return (
+            " (the server's certificate is not signed by a CA this client trusts: give the CA "
+            "with ssl_ca_certs=PATH)"
+        )
+    if "ssl_certfile" not in query and (
+        reset or "CERTIFICATE_REQUIRED" in error or "EOF occurred" in error
+    ):
+        return (
+            " (the server asks for a client certificate, tls-auth-clients: give "
+            "ssl_certfile=PATH&ssl_keyfile=PATH)"
+        )
+    if "PEM lib" in error:
+        return (
+            " (ssl_certfile/ssl_keyfile are not a PEM certificate and its private key: a "
+            "certificate file without the key needs ssl_keyfile=)"
+        )
+    return ""
 
 
 class NotRedis(RedisError):
@@ -213,6 +274,8 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
 class Lane(Protocol):
     """What ``Scripts`` sends through: a ``CommandLane``, or a cluster's ``ClusterLane``."""
 
+    user: str | None  # the ACL user it connects as (named when Redis refuses a command)
+
     async def call(
         self, packed: bytes | list[bytes], replies: int = 1, *, idempotent: bool = True
     ) -> list[Any]: ...
@@ -238,6 +301,7 @@ class CommandLane:
 
     def __init__(self, redis: Redis, size: int, retries: int = 6) -> None:
         self._pool = redis.connection_pool
+        self.user: str | None = self._pool.connection_kwargs.get("username")
         self._idle: list[AbstractConnection] = []
         self._open = 0
         self._size = max(1, size)

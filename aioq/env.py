@@ -11,6 +11,8 @@ One variable per option, named after it: ``AIOQ_`` and the option in capitals.
     AIOQ_DEAD_LETTER_MAX      dead_letter_max    whole number >= 0
     AIOQ_MAX_CONNECTIONS      max_connections    whole number >= 1
     AIOQ_WORKFLOW_TTL         workflow_ttl       whole seconds >= 1
+    AIOQ_SIGNING_KEY          signing_key        the key as text (UTF-8); several: comma-separated,
+                                                 the first signing
 
 An unset or empty variable leaves the option's default (``VAR=`` in a compose file means
 "not set"). A value that does not parse, or is out of range, is a ``ValueError`` naming the
@@ -41,6 +43,7 @@ class AppOptions(TypedDict, total=False):
     dead_letter_max: int
     max_connections: int
     workflow_ttl: int
+    signing_key: bytes | list[bytes] | None
 
 
 Parser = Callable[[str, str], Any]
@@ -80,6 +83,13 @@ def _name(kind: str) -> Parser:
     return parse
 
 
+def _signing_keys(variable: str, raw: str) -> bytes | list[bytes]:
+    keys = [k.strip().encode() for k in raw.split(",")]
+    if not all(keys):
+        raise ValueError(f"{variable}: an empty key between commas (give non-empty keys)")
+    return keys[0] if len(keys) == 1 else keys
+
+
 def _url(variable: str, raw: str) -> str:
     return check_url(raw, variable)  # its message names the variable, the password hidden
 
@@ -95,6 +105,7 @@ VARIABLES: dict[str, tuple[str, Parser]] = {
     "dead_letter_max": ("AIOQ_DEAD_LETTER_MAX", _whole(0)),
     "max_connections": ("AIOQ_MAX_CONNECTIONS", _whole(1)),
     "workflow_ttl": ("AIOQ_WORKFLOW_TTL", _whole(1)),
+    "signing_key": ("AIOQ_SIGNING_KEY", _signing_keys),
 }
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "AioqError",
     "JobCancelled",
     "JobNotFound",
+    "PermissionDenied",
     "RedisUnavailable",
     "Retry",
     "TaskFailed",
@@ -63,6 +64,17 @@ class JobNotFound(AioqError):
         names = ", ".join(repr(q) for q in queues)
         super().__init__(f"no job {job_id!r} in queues {names} (finished jobs expire)")
         self.job_id = job_id
+
+
+class PermissionDenied(AioqError):
+    """Raised when Redis refuses a command for the URL's ACL user (NOPERM): by producers,
+    ``Job``/``SyncJob`` methods and a starting worker. The message names the user, what was
+    refused (the command, the script, the keys or channel) and the patterns an aioq user of
+    the app needs (``aioq.acl``)."""
+
+    def __init__(self, message: str, user: str) -> None:
+        super().__init__(message)
+        self.user = user
 
 
 class RedisUnavailable(AioqError, ConnectionError):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -14,6 +15,7 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .acl import explained
 from .connection import pack
 from .errors import JobCancelled, JobNotFound, TaskFailed
 from .message import history_field
@@ -46,7 +48,7 @@ class JobStatus(StrEnum):
 _FINISHED = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
 )
-_STATE_FIELDS = ("status", "result", "error", "exc_type", "traceback")
+STATE_FIELDS = ("status", "result", "error", "exc_type", "traceback")
 _PROGRESS_RECHECK = 5.0  # seconds without a message before progress() re-reads the record
 
 
@@ -120,7 +122,9 @@ class Job(Generic[R]):
     async def status(self) -> JobStatus:
         """The job's current status; raises ``JobNotFound`` when there is no such job."""
         keys = await self._resolve()
-        raw: bytes | None = await self._app.redis.hget(keys.job(self.id), "status")  # type: ignore[assignment]
+        key = keys.job(self.id)
+        with explained(self._app.redis_url, f"read job {self.id!r} (HGET {key})"):
+            raw: bytes | None = await self._app.redis.hget(key, "status")  # type: ignore[assignment]
         if raw is None:
             raise JobNotFound(self.id, [keys.queue])
         return JobStatus(raw.decode())
@@ -134,13 +138,15 @@ class Job(Generic[R]):
     async def info(self) -> JobInfo:
         """Everything recorded about the job."""
         keys = await self._resolve()
+        action = f"read job {self.id!r} (HGETALL {keys.job(self.id)}, ZSCORE {keys.scheduled})"
         async with self._app.redis.pipeline(transaction=False) as pipe:  # one round trip
             pipe.hgetall(keys.job(self.id))
             pipe.zscore(keys.scheduled, self.id)
-            raw, due = await pipe.execute()
+            with explained(self._app.redis_url, action):
+                raw, due = await pipe.execute()
         if not raw:
             raise JobNotFound(self.id, [keys.queue])
-        return _info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()}, due)
+        return record_info(self.id, keys.queue, {k.decode(): v for k, v in raw.items()}, due)
 
     async def cancel(self) -> bool:
         """Cancel the job; ``False`` when it had already finished (nothing changes then).
@@ -151,7 +157,8 @@ class Job(Generic[R]):
         step of the workflow that has not finished.
         """
         keys = await self._resolve()
-        flow = await self._app.redis.hget(keys.job(self.id), "flow")
+        with explained(self._app.redis_url, f"read job {self.id!r} (HGET {keys.job(self.id)})"):
+            flow = await self._app.redis.hget(keys.job(self.id), "flow")
         outcome = await self._app.scripts.cancel(keys, self.id, self._app.result_ttl)
         if outcome < 0:
             raise JobNotFound(self.id, [keys.queue])
@@ -170,13 +177,20 @@ class Job(Generic[R]):
         subscription, never polled.
         """
         keys = await self._resolve()
+        action = f"wait for job {self.id!r} (SUBSCRIBE {keys.done(self.id)}, HMGET its record)"
+        with explained(self._app.redis_url, action):
+            return await self._wait(keys, timeout)
+
+    async def _wait(self, keys: QueueKeys, timeout: float | None) -> R:
         deadline = None if timeout is None else time.monotonic() + timeout
         conn = self._app._connection()
-        read = pack("HMGET", keys.job(self.id), *_STATE_FIELDS)
+        read = pack("HMGET", keys.job(self.id), *STATE_FIELDS)
         # over RESP3 the subscription reads the state itself, right behind the SUBSCRIBE
         async with conn.results.watch(keys.done(self.id), read) as w:
             state, w.state = w.state, None
             while True:
+                if w.error is not None:  # a resubscription (after a reconnection) refused
+                    raise w.error
                 w.event.clear()
                 pushed, w.message = w.message, None
                 if pushed is not None:  # the outcome, when the message carries it all
@@ -221,6 +235,13 @@ class Job(Generic[R]):
         iterator in ``contextlib.aclosing`` to unsubscribe at once.
         """
         keys = await self._resolve()
+        action = f"follow job {self.id!r} (SUBSCRIBE {keys.progress(self.id)}, HMGET its record)"
+        with explained(self._app.redis_url, action):
+            async with contextlib.aclosing(self._progress(keys)) as values:  # closed with us
+                async for value in values:
+                    yield value
+
+    async def _progress(self, keys: QueueKeys) -> AsyncGenerator[Any]:
         key, redis = keys.job(self.id), self._app.redis
         channels = (keys.progress(self.id).encode(), keys.done(self.id).encode())
         seen, delay = 0, 0.05
@@ -261,42 +282,51 @@ class Job(Generic[R]):
                 await pubsub.aclose()
 
     def _pushed(self, message: bytes) -> tuple[Any] | None:
-        """``(value,)`` (or the raised outcome) from a ``done`` message, None when it does not
-        carry the whole outcome or cannot be read: then the record is read instead."""
-        state = _pushed_state(message)
-        if state is None:
-            return None
-        try:
-            return (self._outcome(JobStatus(state[0].decode()), state),)  # type: ignore[union-attr]
-        except orjson.JSONDecodeError:
-            return None
+        return pushed_outcome(self.id, message)
 
     def _outcome(self, status: JobStatus, state: list[bytes | None]) -> Any:
-        _, result, error, exc_type, tb = state
-        if status is JobStatus.SUCCEEDED:
-            return orjson.loads(result) if result is not None else None
-        if status is JobStatus.CANCELLED:
-            if error:  # a workflow step cancelled because an earlier step failed
-                raise TaskFailed(
-                    self.id,
-                    exc_type.decode(errors="replace") if exc_type else "Error",
-                    error.decode(errors="replace"),
-                    tb.decode(errors="replace") if tb else "",
-                )
-            raise JobCancelled(self.id)
-        message = error.decode(errors="replace") if error else status.value
-        if status is JobStatus.EXPIRED:
-            raise TaskFailed(self.id, "JobExpired", message)
-        raise TaskFailed(
-            self.id,
-            exc_type.decode(errors="replace") if exc_type else "Error",
-            message,
-            tb.decode(errors="replace") if tb else "",
-        )
+        return outcome(self.id, status, state)
+
+
+def pushed_outcome(job_id: str, message: bytes) -> tuple[Any] | None:
+    """``(value,)`` (or the raised outcome) from a ``done`` message, None when it does not
+    carry the whole outcome or cannot be read: then the record is read instead."""
+    state = _pushed_state(message)
+    if state is None:
+        return None
+    try:
+        return (outcome(job_id, JobStatus(state[0].decode()), state),)  # type: ignore[union-attr]
+    except orjson.JSONDecodeError:
+        return None
+
+
+def outcome(job_id: str, status: JobStatus, state: list[bytes | None]) -> Any:
+    """A finished job's value from its ``STATE_FIELDS``, or the exception it ended with."""
+    _, result, error, exc_type, tb = state
+    if status is JobStatus.SUCCEEDED:
+        return orjson.loads(result) if result is not None else None
+    if status is JobStatus.CANCELLED:
+        if error:  # a workflow step cancelled because an earlier step failed
+            raise TaskFailed(
+                job_id,
+                exc_type.decode(errors="replace") if exc_type else "Error",
+                error.decode(errors="replace"),
+                tb.decode(errors="replace") if tb else "",
+            )
+        raise JobCancelled(job_id)
+    message = error.decode(errors="replace") if error else status.value
+    if status is JobStatus.EXPIRED:
+        raise TaskFailed(job_id, "JobExpired", message)
+    raise TaskFailed(
+        job_id,
+        exc_type.decode(errors="replace") if exc_type else "Error",
+        message,
+        tb.decode(errors="replace") if tb else "",
+    )
 
 
 def _pushed_state(message: bytes) -> list[bytes | None] | None:
-    """The ``_STATE_FIELDS`` of a final outcome carried by a ``done`` message ("<status>
+    """The ``STATE_FIELDS`` of a final outcome carried by a ``done`` message ("<status>
     <payload>", see ``finish`` in scripts/worker.py), or None when the message does not carry
     it all (a bare status, an outcome too large to carry, another program's message): the
     caller reads the record then."""
@@ -355,7 +385,9 @@ def _json(value: bytes | None, default: Any = None) -> Any:
         return value.decode(errors="replace")
 
 
-def _info(job_id: str, queue: str, raw: dict[str, bytes], due: float | None = None) -> JobInfo:
+def record_info(
+    job_id: str, queue: str, raw: dict[str, bytes], due: float | None = None
+) -> JobInfo:
     try:
         status = JobStatus(raw.get("status", b"").decode())
     except ValueError:

@@ -33,6 +33,8 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
     cause        JSON of the failure upstream that cancelled a step (``handover.lua``)
     hold_delay, hold_eta, hold_expires     a held step's delay, eta and expiry, applied when
                  it starts (``flow.lua``); wait is "workflow" while it is held
+    sig          hex HMAC-SHA256 of the job's identity, call and options, written only by an
+                 app with a ``signing_key`` (``signing.py``)
 
 Everything is JSON through orjson; nothing is pickled.
 """
@@ -132,9 +134,14 @@ def job_fields(
     """The values the enqueue script (``scripts/enqueue.py``) writes, in its order: task, queue,
     args, kwargs, retries, timeout, priority, trace (it adds status, attempts and the
     enqueue time itself). ``trace`` stays empty (nothing written) unless ``tracing.publish``
-    fills it in, as the last value."""
-    t = "" if timeout is None else repr(float(timeout))
-    return [task, queue, args, kwargs, retries, t, priority, trace]
+    fills it in (at ``tracing.TRACE``). ``Call.prepare`` puts the workflow's values and the
+    signature (``signing.py``) after them."""
+    return [task, queue, args, kwargs, int(retries), timeout_text(timeout), priority, trace]
+
+
+def timeout_text(timeout: float | None) -> str:
+    """The ``timeout`` field as written ("" = no limit): what a job's signature covers."""
+    return "" if timeout is None else repr(float(timeout))
 
 
 class Delivery:
@@ -142,7 +149,16 @@ class Delivery:
     validated."""
 
     __slots__ = (
-        "args", "attempt", "entry_id", "job_id", "kwargs", "retries", "task", "timeout", "trace",
+        "args",
+        "attempt",
+        "entry_id",
+        "job_id",
+        "kwargs",
+        "retries",
+        "sig",
+        "task",
+        "timeout",
+        "trace",
     )  # fmt: skip
 
     entry_id: bytes
@@ -154,6 +170,7 @@ class Delivery:
     timeout: float | None
     retries: int
     trace: bytes | None  # the raw ``trace`` field: decoded only by a worker that traces
+    sig: bytes | None  # the raw ``sig`` field: checked by a worker with a signing key
 
 
 def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
@@ -174,6 +191,7 @@ def parse_delivery(row: list[Any]) -> tuple[Delivery, str | None]:
     d.trace = row[9]
     task, args, kwargs, timeout, retries = row[3:8]
     piped = row[10] if len(row) > 10 else None
+    d.sig = row[11] if len(row) > 11 else None
     if "\ufffd" in d.job_id and d.job_id.encode() != row[1]:
         # the decoded id would name another record: the caller must use the raw id (row[1])
         return d, f"job id {row[1]!r} is not UTF-8"

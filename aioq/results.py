@@ -63,14 +63,16 @@ log = logging.getLogger("aioq.results")
 class Watch:
     """One waiter's view of a channel: ``event`` is set on each message (``message`` holds
     its data) and on a reconnection (``message`` None: read the stored state). ``state`` is
-    the reply of the read ``watch`` ran after subscribing (None: it did not, read it)."""
+    the reply of the read ``watch`` ran after subscribing (None: it did not, read it).
+    ``error``: Redis refused the SUBSCRIBE (an ACL user without the channel): raise it."""
 
-    __slots__ = ("event", "message", "state")
+    __slots__ = ("error", "event", "message", "state")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
         self.message: bytes | None = None
         self.state: Any = None
+        self.error: Exception | None = None
 
     def push(self, message: bytes | None) -> None:
         self.message = message
@@ -88,7 +90,10 @@ class ResultListener:
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._resp3 = _PUSH is not None  # until a server refuses HELLO 3
-        self._replies: deque[asyncio.Future[Any]] = deque()  # reads sent, in order (RESP3)
+        # what each command sent will answer, in order: a read's reply (its future), or a
+        # SUBSCRIBE's confirmation, or its error reply (the channel's key): the answers come
+        # in the order the commands went, so an error reply belongs to the oldest entry
+        self._replies: deque[asyncio.Future[Any] | bytes] = deque()
         self._unsub: set[bytes] = set()  # channels to unsubscribe with the next write
         self._unsub_timer: asyncio.TimerHandle | None = None
         self._frames = 0  # frames read on the current connection (the watchdog's pulse)
@@ -110,6 +115,8 @@ class ResultListener:
                 await self._subscribe_and_read(key, first, read, w)
             elif first:
                 await self._subscribe(key)
+            if w.error is not None:
+                raise w.error
             yield w
         finally:
             waiters = self._waiters.get(key)
@@ -135,6 +142,8 @@ class ResultListener:
                 await self._subscribe(key)
             return
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if first:
+            self._replies.append(key)  # its confirmation, or its error reply, comes first
         self._replies.append(fut)  # before the write: replies come back in this order
         try:
             # a channel already subscribed (another waiter here): the read alone, which still
@@ -152,9 +161,12 @@ class ResultListener:
             conn = await self._ensure()
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._confirm.setdefault(key, []).append(fut)
+            self._replies.append(key)
             try:
                 await self._write(conn, pack("SUBSCRIBE", key))
                 await fut
+                return
+            except ResponseError:  # refused: the waiters were told (_refuse)
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError, ConnectionError):
                 # the reader reconnects and resubscribes everything in _waiters
@@ -216,13 +228,18 @@ class ResultListener:
             try:
                 self._unsub.clear()  # a new connection: nothing else is subscribed
                 if self._waiters:
-                    keys = list(self._waiters)
-                    await self._write(conn, pack("SUBSCRIBE", *keys))
-                    pending = set(keys)
+                    # one SUBSCRIBE each, so a refused channel (its error reply, in order)
+                    # fails its own waiters only
+                    pending = deque(self._waiters)
+                    await self._write(conn, b"".join(pack("SUBSCRIBE", k) for k in pending))
                     while pending:  # confirmed before anyone re-reads the stored state
-                        msg = await self._read(conn)
-                        if isinstance(msg, list) and msg[0] == b"subscribe":
-                            pending.discard(msg[1])
+                        try:
+                            msg = await self._read(conn)
+                        except ResponseError as exc:
+                            self._refuse(pending.popleft(), exc)
+                            continue
+                        if isinstance(msg, list) and msg[0] == b"subscribe" and pending:
+                            pending.popleft()  # confirmations come in the order sent
                         self._dispatch(msg)
                 self._conn = conn
                 self._connected.set()
@@ -309,16 +326,34 @@ class ResultListener:
                 if not f.done():
                     f.set_exception(RedisConnectionError(str(exc)))
         replies, self._replies = self._replies, deque()
-        for f in replies:
-            if not f.done():
-                f.set_exception(RedisConnectionError(str(exc)))
+        for entry in replies:
+            if isinstance(entry, asyncio.Future) and not entry.done():
+                entry.set_exception(RedisConnectionError(str(exc)))
 
     def _reply(self, value: Any) -> None:
-        """A reply (not a pushed frame): the oldest read still waiting for one gets it."""
-        if self._replies:
-            fut = self._replies.popleft()
-            if not fut.done():  # its waiter was cancelled: the reply is dropped
-                fut.set_result(value)
+        """A reply (not a pushed frame): the oldest command still waiting for one gets it. An
+        error reply to a SUBSCRIBE (an ACL user without the channel) fails its waiters."""
+        while self._replies:
+            entry = self._replies.popleft()
+            if isinstance(entry, bytes):  # a SUBSCRIBE: only an error replies (not pushed)
+                if isinstance(value, Exception):
+                    self._refuse(entry, value)
+                    return
+                continue  # its confirmation went by unseen: this reply is the next one's
+            if not entry.done():  # its waiter was cancelled: the reply is dropped
+                entry.set_result(value)
+            return
+
+    def _refuse(self, key: bytes, exc: Exception) -> None:
+        """Redis refused to SUBSCRIBE ``key``: its waiters raise ``exc``, and it is no longer
+        subscribed again after a reconnection."""
+        log.debug("SUBSCRIBE %r refused: %s", key, exc)
+        for fut in self._confirm.pop(key, ()):
+            if not fut.done():
+                fut.set_exception(exc)
+        for w in self._waiters.pop(key, ()):
+            w.error = exc
+            w.push(None)
 
     @staticmethod
     async def _read(conn: AbstractConnection) -> object:
@@ -336,6 +371,8 @@ class ResultListener:
             for w in self._waiters.get(channel, ()):
                 w.push(data)
         elif kind == b"subscribe":
+            if self._replies and self._replies[0] == channel:
+                self._replies.popleft()  # confirmed: no reply of its own will come
             for fut in self._confirm.pop(channel, ()):
                 if not fut.done():
                     fut.set_result(None)

@@ -11,12 +11,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from .keys import PRIORITIES, validate_name
-from .message import encode_call, job_fields
+from .message import encode_call, job_fields, timeout_text
 from .ratelimit import RateLimit, parse_rate
+from .signing import sign_job
 
 if TYPE_CHECKING:
     from .app import App
     from .job import Job
+    from .sync import SyncJob
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
@@ -100,7 +102,8 @@ class Call(Generic[R]):
     ) -> tuple[str, list[Any]]:
         """Validate and encode: the queue, and the job's values for the enqueue script (job id,
         delay ms, eta ms, expires-in ms, expires-at ms, ``job_fields``, then the workflow's:
-        ``then``, ``flow`` and ``hold``, see ``enqueue_job.lua``). Writes nothing.
+        ``then``, ``flow`` and ``hold``, and the signature, see ``enqueue_job.lua``). Writes
+        nothing.
 
         ``piped``: the job receives its predecessor's result as its first positional argument
         (a mutable step of a workflow), so the arguments are checked with it in front."""
@@ -124,10 +127,20 @@ class Call(Generic[R]):
         eta_ms = 0 if opts.eta is None else _epoch_ms(opts.eta)
         expires_in = 0 if opts.expires is None else max(1, round(opts.expires * 1000))
         expires_at = 0 if opts.expires_at is None else _epoch_ms(opts.expires_at)
+        signer = task.app._signer
+        sig = b""
+        if signer is not None:  # every job is encoded here, so every job is signed here
+            t = timeout_text(timeout)
+            sig = sign_job(
+                signer, task.app.name, queue, job_id, task.name, args, kwargs, int(retries), t,
+                piped,
+            )  # fmt: skip
         fields = job_fields(task.name, queue, args, kwargs, retries, timeout, priority)
         delay = round(opts.delay * 1000)
         held = "" if hold is None else max(1, hold)
-        return queue, [job_id, delay, eta_ms, expires_in, expires_at, *fields, then, flow, held]
+        return queue, [
+            job_id, delay, eta_ms, expires_in, expires_at, *fields, then, flow, held, sig,
+        ]  # fmt: skip
 
 
 class Task(Generic[P, R]):
@@ -235,6 +248,14 @@ class Task(Generic[P, R]):
         """Send one call to the task's queue; returns its ``Job`` (one round trip)."""
         return await self.app._enqueue_call(Call(self, args, kwargs, self._defaults))
 
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> SyncJob[R]:
+        """``enqueue`` for code without an event loop (Django, Flask, scripts): blocks for
+        the one round trip and returns a ``SyncJob[R]`` whose methods block (``sync.py``).
+        ``RuntimeError`` from a thread that runs an event loop: it would block it."""
+        from .sync import enqueue_call
+
+        return enqueue_call(self.app, Call(self, args, kwargs, self._defaults))
+
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
         """A call to enqueue later, e.g. many at once with ``app.enqueue_many``."""
         return Call(self, args, kwargs, self._defaults)
@@ -295,6 +316,11 @@ class TaskOptions(Generic[P, R]):
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         return await self.task.app._enqueue_call(Call(self.task, args, kwargs, self._options))
+
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> SyncJob[R]:
+        from .sync import enqueue_call
+
+        return enqueue_call(self.task.app, Call(self.task, args, kwargs, self._options))
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
         return Call(self.task, args, kwargs, self._options)

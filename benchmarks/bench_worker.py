@@ -1,10 +1,12 @@
 """What a user's worker does: the default ``aioq worker`` command beside the same command with
-logging off and the worker started through the API, and an awaited job's round trip against
-its floor, all in one run.
+logging off, with signed jobs, and the worker started through the API, an awaited job's round
+trip against its floor, and the enqueue rates with and without signing, all in one run.
 
     .venv/bin/python benchmarks/bench_worker.py          # 20,000 jobs, 1,000 round trips, 3 reps
     .venv/bin/python benchmarks/bench_worker.py --quick  # 5,000 jobs, 300 round trips
     .venv/bin/python benchmarks/bench_worker.py --variants cli,cli-uvloop   # uvloop or not
+    .venv/bin/python benchmarks/bench_worker.py --variants cli-quiet,signed \
+        --scenarios drain,enqueue                        # signed jobs or not, enqueue rates
 
 Starts its own redis-server (TCP loopback, as ``bench_core.py``; ``--redis-url`` to use a
 running one, which is FLUSHALL'd). Every repeat runs each variant once, order rotated:
@@ -18,6 +20,8 @@ running one, which is FLUSHALL'd). Every repeat runs each variant once, order ro
                           with ``--variants``; the producer here stays on asyncio's loop)
                api        ``python api_worker.py --burst``: ``Worker(app, burst=True)`` in a
                           script that configures no logging (warnings only)
+               signed     cli-quiet with ``App(signing_key=...)`` (BENCH_SIGNING_KEY): the
+                          jobs were enqueued signed, the worker verifies each one
              jobs/s = N / (first job start .. process exit), i.e. excluding start-up (the
              first start is recorded in the worker, the exit seen by this process), and
              N / (spawn .. exit) including it.
@@ -28,6 +32,10 @@ running one, which is FLUSHALL'd). Every repeat runs each variant once, order ro
                           acknowledges the entry and PUBLISHes its id in one pipelined write;
                           one subscriber here, subscribed once, waits for that id
              ratio = the variant's p50 / the floor's p50 of the same repeat.
+
+  enqueue    from this process, no worker: M sequential ``await noop.enqueue()``, N in
+             ``enqueue_many`` batches of 10,000, and M sequential ``noop.enqueue_sync()`` (the
+             blocking client, in a thread), each by an unsigned and a signed app (jobs/s).
 
 Prints versions and a table of medians (min-max) over the repeats. ``--json PATH`` writes
 every single run.
@@ -58,12 +66,14 @@ from bench_core import med, pct, redis_server, versions  # noqa: E402
 K_FIRST_START = "bench:first_start"
 RPC_STREAM, RPC_DONE = "raw:rpc", "raw:done"
 VARIANTS = ("cli", "cli-quiet", "api")  # the default --variants
-KNOWN = (*VARIANTS, "cli-uvloop")
+KNOWN = (*VARIANTS, "cli-uvloop", "signed")
+SIGNING_KEY = b"bench-signing-key"
 LABELS = {
     "cli": "aioq worker (defaults: --log-level info)",
     "cli-quiet": "aioq worker --log-level warning",
     "cli-uvloop": "aioq worker --loop uvloop",
     "api": "Worker(app) through the API",
+    "signed": "aioq worker --log-level warning, signed jobs",
     "floor": "floor: raw XADD / XREADGROUP+XACK+PUBLISH",
 }
 
@@ -87,6 +97,20 @@ class Bench:
         self.env = as_installed.child_env(
             {**os.environ, "AIOQ_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
         )
+        self.signed_env = {**self.env, "BENCH_SIGNING_KEY": SIGNING_KEY.decode()}
+        from aioq import App
+
+        self.signed = App("bench", redis_url=url, signing_key=SIGNING_KEY)
+
+        @self.signed.task(name="noop")  # the same task, registered: the same enqueue path
+        async def _noop() -> None:
+            return None
+
+        @self.signed.task(name="rpc")
+        async def _rpc() -> None:
+            return None
+
+        self.signed_noop, self.signed_rpc = _noop, _rpc
         self.logdir = Path(tempfile.mkdtemp(prefix="aioq-bench-worker-"))
         self.runs: list[dict[str, Any]] = []
 
@@ -94,7 +118,7 @@ class Bench:
         b = ["--burst"] if burst else []
         if variant == "cli":
             return [sys.executable, "-m", "aioq", "worker", "bench_tasks:app", *b]
-        if variant == "cli-quiet":
+        if variant in ("cli-quiet", "signed"):
             return [sys.executable, "-m", "aioq", "worker", "bench_tasks:app", *b,
                     "--log-level", "warning"]  # fmt: skip
         if variant == "cli-uvloop":
@@ -106,8 +130,9 @@ class Bench:
 
     async def spawn(self, variant: str, burst: bool, tag: str) -> asyncio.subprocess.Process:
         with open(self.logdir / f"{tag}.log", "ab") as out:  # noqa: ASYNC230 - before timing
+            env = self.signed_env if variant == "signed" else self.env
             return await asyncio.create_subprocess_exec(
-                *self.cmd(variant, burst), cwd=HERE, env=self.env, stdout=out, stderr=out
+                *self.cmd(variant, burst), cwd=HERE, env=env, stdout=out, stderr=out
             )
 
     async def stop(self, p: asyncio.subprocess.Process) -> None:
@@ -125,8 +150,9 @@ class Bench:
         n = self.args.n
         await self.r.flushall()
         app, noop = self.bt.app, self.bt.noop
+        call = self.signed_noop.call if variant == "signed" else noop.call
         for i in range(0, n, 10_000):
-            await app.enqueue_many([noop.call() for _ in range(min(10_000, n - i))])
+            await app.enqueue_many([call() for _ in range(min(10_000, n - i))])
         t_spawn = time.time()
         p = await self.spawn(variant, True, f"drain.{variant}.r{rep}")
         try:
@@ -136,8 +162,9 @@ class Bench:
         t_exit = time.time()
         first = float(await self.r.get(K_FIRST_START) or "nan")
         left = await self.r.xlen(app.keys().stream)
-        if rc != 0 or left:
-            raise RuntimeError(f"{variant} drain: exit code {rc}, {left} entries left")
+        dead = await self.r.xlen(app.keys().dead)
+        if rc != 0 or left or dead:
+            raise RuntimeError(f"{variant} drain: exit {rc}, {left} entries left, {dead} dead")
         rec = {
             "variant": variant, "scenario": "drain", "rep": rep,
             "steady": n / (t_exit - first), "total": n / (t_exit - t_spawn),
@@ -159,7 +186,7 @@ class Bench:
             if variant == "floor":
                 times = await self._floor(m, warm)
             else:
-                rpc = self.bt.rpc
+                rpc = self.signed_rpc if variant == "signed" else self.bt.rpc
                 times = []
                 for i in range(warm + m):
                     t0 = time.perf_counter()
@@ -179,6 +206,43 @@ class Bench:
             f"rep {rep} round trip {variant:>9}: p50 {rec['p50']:.3f} ms, p90 {rec['p90']:.3f}, "
             f"p99 {rec['p99']:.3f}"
         )
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    async def enqueue(self, rep: int) -> None:
+        m, n = self.args.m, self.args.n
+        pairs = [("unsigned", self.bt.app, self.bt.noop), ("signed", self.signed, self.signed_noop)]
+        for label, app, noop in pairs if rep % 2 else pairs[::-1]:  # order alternates
+            for _ in range(20):  # warm: the app's connections open outside the timing
+                await noop.enqueue()
+            await self.r.flushall()
+            t0 = time.perf_counter()
+            for _ in range(m):
+                await noop.enqueue()
+            seq = m / (time.perf_counter() - t0)
+            await self.r.flushall()
+            t0 = time.perf_counter()
+            for i in range(0, n, 10_000):
+                await app.enqueue_many([noop.call() for _ in range(min(10_000, n - i))])
+            bulk = n / (time.perf_counter() - t0)
+            await self.r.flushall()
+
+            def blocking(noop: Any = noop) -> float:
+                noop.enqueue_sync()  # the pool's first connection, outside the timing
+                t0 = time.perf_counter()
+                for _ in range(m):
+                    noop.enqueue_sync()
+                return m / (time.perf_counter() - t0)
+
+            sync = await asyncio.to_thread(blocking)
+            cpu = _cpu_per_job(app, noop)
+            rec = {"variant": label, "scenario": "enqueue", "rep": rep,
+                   "sequential": seq, "bulk": bulk, "sync": sync, **cpu}  # fmt: skip
+            self.runs.append(rec)
+            log(f"rep {rep} enqueue {label:>8}: {seq:,.0f}/s awaited, {bulk:,.0f}/s bulk, "
+                f"{sync:,.0f}/s enqueue_sync")  # fmt: skip
+        self.signed.close()
+        self.bt.app.close()
 
     async def _floor(self, m: int, warm: int) -> list[float]:
         r = self.r
@@ -214,12 +278,39 @@ class Bench:
             if "drain" in sc:
                 for v in order:
                     await self.drain(v, rep)
+            if "enqueue" in sc:
+                await self.enqueue(rep)
             if "roundtrip" in sc:
                 for v in ("floor", *order):
                     await self.roundtrip(v, rep)
         await self.r.flushall()
         await self.bt.app.aclose()
+        await self.signed.aclose()
         await self.r.aclose()
+
+
+def _cpu_per_job(app: Any, noop: Any, n: int = 20_000) -> dict[str, float]:
+    """Microseconds of CPU per job: encoding one (``Call.prepare``, which signs when the app
+    has a key) and, for a signed app, the worker's check of a started row (``verify_row``)."""
+    from aioq.signing import verify_row
+
+    t0 = time.perf_counter()
+    for _ in range(n):
+        noop.call().prepare()
+    out = {"encode_us": (time.perf_counter() - t0) / n * 1e6}
+    if app._signer is not None:
+        queue, job = noop.call().prepare()
+        # as start.lua returns it: entry id, job id, attempt, task, args, kwargs, timeout,
+        # retries, priority, trace, input, sig (from the ENQUEUE values: Call.prepare; the
+        # signature last)
+        row = [b"1-0", job[0].encode(), 1, job[5].encode(), job[7], job[8], job[10].encode(),
+               str(job[9]).encode(), 0, None, None, job[-1]]  # fmt: skip
+        assert verify_row(app._signer, app.name, queue, row) is None
+        t0 = time.perf_counter()
+        for _ in range(n):
+            verify_row(app._signer, app.name, queue, row)
+        out["verify_us"] = (time.perf_counter() - t0) / n * 1e6
+    return out
 
 
 def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, str]) -> str:
@@ -254,6 +345,34 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, info: dict[str,
             rows.append((LABELS[v], cell(steady, ",.0f"), cell(vals(v, "drain", "total"), ",.0f"),
                          cell(vals(v, "drain", "startup"), ".3f"), ratio))  # fmt: skip
         L.extend(_table(rows))
+        if "signed" in args.variants and "cli-quiet" in args.variants:
+            signed = [
+                s / u
+                for s, u in zip(vals("signed", "drain", "steady"),
+                                vals("cli-quiet", "drain", "steady"), strict=True)
+            ]  # fmt: skip
+            L.append(f"signed / logging off, per repeat: {cell(signed, '.2f')}")
+        L.append("")
+    if "enqueue" in args.scenarios:
+        L.append(f"enqueue from one process, no worker (jobs/s): {args.m} awaited, {args.n:,} "
+                 f"bulk, {args.m} enqueue_sync")  # fmt: skip
+        rows = [("app", "await enqueue()", "enqueue_many", "enqueue_sync()")]
+        for v in ("unsigned", "signed"):
+            rows.append((v, *(cell(vals(v, "enqueue", k), ",.0f")
+                              for k in ("sequential", "bulk", "sync"))))  # fmt: skip
+        ratios = [
+            cell([s / u for s, u in zip(vals("signed", "enqueue", k),
+                                        vals("unsigned", "enqueue", k), strict=True)], ".2f")
+            for k in ("sequential", "bulk", "sync")
+        ]  # fmt: skip
+        rows.append(("signed / unsigned", *ratios))
+        L.extend(_table(rows))
+        enc = {v: vals(v, "enqueue", "encode_us") for v in ("unsigned", "signed")}
+        L.append(
+            f"CPU per job: encode (Call.prepare) unsigned {cell(enc['unsigned'], '.2f')} us, "
+            f"signed {cell(enc['signed'], '.2f')} us; the worker's check of a signed job "
+            f"{cell(vals('signed', 'enqueue', 'verify_us'), '.2f')} us"
+        )
         L.append("")
     if "roundtrip" in args.scenarios:
         L.append(
@@ -300,7 +419,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n", type=int, help="jobs per drain (20,000; quick 5,000)")
     ap.add_argument("--m", type=int, help="round trips per variant (1,000; quick 300)")
-    ap.add_argument("--scenarios", default="drain,roundtrip", help="drain, roundtrip or both")
+    ap.add_argument(
+        "--scenarios", default="drain,roundtrip", help="drain, roundtrip, enqueue (any of them)"
+    )
     ap.add_argument(
         "--variants",
         default=",".join(VARIANTS),

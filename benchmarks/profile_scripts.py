@@ -237,7 +237,7 @@ async def run(url: str, n: int, batch: int, repeats: int) -> None:
             recs: list[Any] = []
             for row in rows[i : i + batch]:
                 recs += ["ok", row[0], row[1], row[2], b"null", "", "", 0]
-            fenced = await complete(keys=k3, args=[*wa.args, 0, *recs])  # priority 0
+            fenced, _ = await complete(keys=k3, args=[*wa.args, 0, *recs])  # priority 0
             assert not fenced, fenced[:3]
         show("aioq COMPLETE", await phase(r, n))
         for mode, script in variants.items():

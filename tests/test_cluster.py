@@ -119,6 +119,22 @@ async def test_retries_failures_and_cancel_on_a_cluster(cluster: LocalCluster, c
     assert (await long.info()).status is JobStatus.CANCELLED
 
 
+async def test_enqueue_sync_on_a_cluster(cluster: LocalCluster, capp: App) -> None:
+    """The blocking producer (``enqueue_sync``, ``SyncJob.result``) routes by slot too."""
+    qs = cluster.queues_on_each_node(capp.name)
+
+    @capp.task(queue=qs[1])
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    def produce() -> list[int]:
+        jobs = [add.enqueue_sync(i, 1) for i in range(5)]
+        return [j.result(timeout=10) for j in jobs]
+
+    async with Worker(capp):
+        assert await asyncio.to_thread(produce) == [1, 2, 3, 4, 5]
+
+
 async def test_cron_once_per_tick_and_rate_limit_on_a_cluster(
     cluster: LocalCluster, capp: App
 ) -> None:

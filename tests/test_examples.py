@@ -1,19 +1,25 @@
 """The examples run as documented: FastAPI and aiohttp apps with the worker in their lifespan,
-the embedded-worker script, and ``aioq worker examples.tasks:app``, each against real Redis."""
+the embedded-worker script, the WSGI app enqueueing from threads, and ``aioq worker
+examples.tasks:app``, each against real Redis."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import io
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
 import anyio
 import httpx
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+
+from aioq import Worker
 
 from .conftest import unique_name
 from .helpers import ROOT
@@ -149,6 +155,62 @@ async def test_tasks_module_runs_under_the_cli_worker(shop: str) -> None:
     assert await job.result(timeout=1) == _receipt(job.id, "lamp", 1, 3000)
 
 
+def _wsgi(
+    application: object, method: str, path: str, body: object = None, query: str = ""
+) -> tuple[int, object]:
+    """One request through a WSGI callable, as a server's worker thread makes it."""
+    data = b"" if body is None else json.dumps(body).encode()
+    environ = {
+        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
+        "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data),
+    }  # fmt: skip
+    status: list[str] = []
+    out = b"".join(application(environ, lambda s, _h: status.append(s)))  # type: ignore[operator]
+    return int(status[0].split()[0]), json.loads(out)
+
+
+async def test_wsgi_app_enqueues_from_threads_without_an_event_loop(shop: str) -> None:
+    """The WSGI example's handlers run in 8 threads (as a threaded server runs them) and
+    enqueue with enqueue_sync; a worker runs the orders; the result and status endpoints
+    block on SyncJob; a failed order is 422, an unknown job 404, a bad body 400."""
+    example, tasks = _example("sync_producer"), _example("tasks")
+    wsgi = example.application
+    orders = [{"item": "book", "quantity": n} for n in range(1, 25)]
+
+    def post_all() -> list[tuple[int, object]]:
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda o: _wsgi(wsgi, "POST", "/orders", o), orders))
+
+    posted = await anyio.to_thread.run_sync(post_all)
+    assert {status for status, _ in posted} == {202}
+    ids = [body["job_id"] for _, body in posted]  # type: ignore[index]
+    assert await anyio.to_thread.run_sync(_wsgi, wsgi, "GET", f"/jobs/{ids[0]}") == (
+        200, {"id": ids[0], "status": "queued"},
+    )  # fmt: skip
+    failed_id = (await anyio.to_thread.run_sync(
+        _wsgi, wsgi, "POST", "/orders", {"item": "piano", "quantity": 1}
+    ))[1]["job_id"]  # type: ignore[index]  # fmt: skip
+
+    def results() -> list[tuple[int, object]]:
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(
+                lambda i: _wsgi(wsgi, "GET", f"/jobs/{i}/result", query="timeout=10"), ids
+            ))  # fmt: skip
+
+    async with Worker(tasks.app):
+        got = await anyio.to_thread.run_sync(results)
+        failed = await anyio.to_thread.run_sync(
+            _wsgi, wsgi, "GET", f"/jobs/{failed_id}/result", None, "timeout=10"
+        )
+    assert got == [(200, _receipt(i, "book", o["quantity"], 1250 * o["quantity"]))
+                   for i, o in zip(ids, orders, strict=True)]  # type: ignore[operator]  # fmt: skip
+    assert failed[0] == 422
+    assert "no such item: 'piano'" in failed[1]["error"]  # type: ignore[index]
+    assert (await anyio.to_thread.run_sync(_wsgi, wsgi, "GET", "/jobs/nope"))[0] == 404
+    assert (await anyio.to_thread.run_sync(_wsgi, wsgi, "POST", "/orders", {"item": 1}))[0] == 400
+    tasks.app.close()
+
+
 EXPECTED_SCRIPT_OUTPUT = [
     "add(2, 3) = 5",
     f"fingerprint('aioq') = {hashlib.sha256(b'aioq').hexdigest()[:16]}",
@@ -188,7 +250,6 @@ async def test_readme_quickstart_is_the_tested_file_and_runs(
     enqueues a job that a worker runs, and the status endpoint follows it to its result."""
     source = (ROOT / "examples" / "quickstart.py").read_text()
     assert f"```python\n{source}```" in (ROOT / "README.md").read_text()
-    from aioq import Worker
     from aioq.embedded import EmbeddedRedis
 
     # its app name is the fixed "shop": a private Redis keeps it apart from other tests

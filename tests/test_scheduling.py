@@ -70,8 +70,7 @@ async def test_waiting_jobs_say_when_they_are_due_and_why(app: App) -> None:
     assert row.as_dict()["due_at"] == info.due_at.isoformat()
 
     await app.redis.zadd(app.keys().scheduled, {later.id: 0})  # due now: promoted
-    async with Worker(app, burst=True):
-        pass
+    await Worker(app, burst=True).run()  # drains, then returns (leaving `async with` would stop it)
     info = await later.info()
     assert info.status.finished or info.status is JobStatus.SCHEDULED
     assert info.wait_reason in (None, "retry")  # the delay is over; a retry may wait again

@@ -118,6 +118,9 @@ async def test_a_worker_and_a_producer_follow_a_failover(
             return all(s in (None, b"succeeded") for s in got)
 
         await eventually(before_done, 30, "every surviving job to succeed")
+        # the blocking producer asks the sentinels too
+        sync_job = await asyncio.to_thread(app.enqueue_sync, "work", 7, 1)
+        assert await asyncio.to_thread(sync_job.result, 10) == 7
         assert worker.alive, "the worker had to be restarted"
         info = await app.job(after[-1]).info()
         assert info.status is JobStatus.SUCCEEDED

@@ -246,3 +246,14 @@ async def test_group_cancel_cancels_every_member_not_finished(app: App) -> None:
             await g.results(timeout=10)
         done, total = await g.progress()
     assert (done, total) == (6, 6)
+
+
+async def test_drain_runs_a_whole_workflow_across_queues(app: App) -> None:
+    """aioq.testing.drain runs a chord whose callback lives on another queue to its end."""
+    from aioq.testing import drain
+
+    t = _tasks(app)
+    job = await chord([t["mul"].s(i, 2) for i in range(4)], t["tsum"].s()).enqueue()
+    await drain(app)
+    assert await job.status() is JobStatus.SUCCEEDED
+    assert await job.result(timeout=1) == 12

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from ..app import App
 from ..connection import redacted
-from ..errors import RedisUnavailable
+from ..errors import PermissionDenied, RedisUnavailable
 from . import target
 
 T = TypeVar("T")
@@ -59,7 +59,7 @@ def run(app: App, work: Callable[[], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(main())
-    except RedisUnavailable as exc:
+    except (RedisUnavailable, PermissionDenied) as exc:
         raise fail(str(exc)) from None
     except (RedisError, OSError) as exc:
         where = redacted(app.redis_url)

@@ -28,6 +28,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from ..acl import denied, refused
 from ..connection import Lane, pack
 from ..errors import NotDurable
 from ..keys import GROUP, QueueKeys
@@ -85,10 +86,11 @@ class _Script:
     """A Lua script called by its SHA1 over the command lane; reloaded after NOSCRIPT (a
     restarted or flushed Redis forgets scripts)."""
 
-    __slots__ = ("sha", "source")
+    __slots__ = ("name", "sha", "source")
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, name: str) -> None:
         self.source = source
+        self.name = name
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     def command(self, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
@@ -101,31 +103,33 @@ class Scripts:
 
     def __init__(self, lane: Lane) -> None:
         self._lane = lane
-        self._enqueue = _Script(ENQUEUE)
-        self._fetch = _Script(FETCH)
-        self._start_new = _Script(START_NEW)
-        self._reclaim = _Script(RECLAIM)
-        self._recover = _Script(RECOVER)
-        self._complete = _Script(COMPLETE)
-        self._renew = _Script(RENEW)
-        self._release_all = _Script(RELEASE_ALL)
-        self._promote = _Script(PROMOTE)
-        self._cancel = _Script(CANCEL)
+        self._user: str | None = lane.user  # named when Redis refuses a command (NOPERM)
+        self._enqueue = _Script(ENQUEUE, "ENQUEUE")
+        self._fetch = _Script(FETCH, "FETCH")
+        self._start_new = _Script(START_NEW, "START_NEW")
+        self._reclaim = _Script(RECLAIM, "RECLAIM")
+        self._recover = _Script(RECOVER, "RECOVER")
+        self._complete = _Script(COMPLETE, "COMPLETE")
+        self._renew = _Script(RENEW, "RENEW")
+        self._release_all = _Script(RELEASE_ALL, "RELEASE_ALL")
+        self._promote = _Script(PROMOTE, "PROMOTE")
+        self._cancel = _Script(CANCEL, "CANCEL")
         # operations (ops.py)
-        self._requeue_dead = _Script(REQUEUE_DEAD)
-        self._retry = _Script(RETRY)
-        self._purge = _Script(PURGE)
-        self._heartbeat = _Script(HEARTBEAT)
-        self._cron = _Script(CRON)
-        self._flow = _Script(FLOW)
-        self._sweep = _Script(SWEEP)
+        self._requeue_dead = _Script(REQUEUE_DEAD, "REQUEUE_DEAD")
+        self._retry = _Script(RETRY, "RETRY")
+        self._purge = _Script(PURGE, "PURGE")
+        self._heartbeat = _Script(HEARTBEAT, "HEARTBEAT")
+        self._cron = _Script(CRON, "CRON")
+        self._flow = _Script(FLOW, "FLOW")
+        self._sweep = _Script(SWEEP, "SWEEP")
 
     async def prepare(
         self, queues: Sequence[QueueKeys], rate_limits: dict[QueueKeys, dict[str, str | None]]
-    ) -> None:
+    ) -> str | None:
         """Create each queue's consumer group (at id 0, so nothing enqueued before is missed),
         record the rate limits the code declares (``None``: none) and load every script, in
-        one round trip."""
+        one round trip; returns the server's ``maxmemory-policy`` (None when the user may not
+        read INFO)."""
         commands = [c for keys in queues for c in _create_groups(keys)]
         for keys, limits in rate_limits.items():
             for task, wire in limits.items():
@@ -135,12 +139,26 @@ class Scripts:
                     commands.append(pack("HSET", keys.ratelimits, task, wire))
         scripts = [s for s in vars(self).values() if isinstance(s, _Script)]
         commands += [pack("SCRIPT", "LOAD", s.source) for s in scripts]
-        for reply in await self._lane.call(commands, len(commands)):
+        commands.append(pack("INFO", "memory"))  # last: its refusal (an ACL user) is no fault
+        *replies, memory = await self._lane.call(commands, len(commands))
+        for reply in replies:
+            if isinstance(reply, Exception) and refused(reply):
+                where = ", ".join(_keys_of(k.stream) for k in queues)
+                raise denied(
+                    self._user, f"create the consumer groups (XGROUP CREATE) of {where}, "
+                    "record rate limits (HSET) and load aioq's scripts (SCRIPT LOAD)", reply,
+                ) from reply  # fmt: skip
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                 raise reply
+        if isinstance(memory, Exception):
+            return None
+        for line in memory.decode(errors="replace").splitlines():
+            if line.startswith("maxmemory_policy:"):
+                return str(line.partition(":")[2].strip())
+        return None
 
     async def _run(
-        self, script: _Script, commands: list[bytes], idempotent: bool = True
+        self, script: _Script, commands: list[bytes], idempotent: bool = True, where: str = ""
     ) -> list[Any]:
         """Send script calls in one write; return their replies, raising the first error.
 
@@ -154,14 +172,20 @@ class Scripts:
             await self._lane.call(pack("SCRIPT", "LOAD", script.source))
             replies = await self._lane.call(commands, n, idempotent=idempotent)
         for reply in replies:
+            if isinstance(reply, Exception) and refused(reply):
+                raise self._denied(script, where, reply) from reply
             if isinstance(reply, Exception):
                 raise reply
         return replies
 
+    def _denied(self, script: _Script, where: str, exc: Exception) -> Exception:
+        return denied(self._user, f"run aioq's {script.name} script (EVALSHA) on {where}", exc)
+
     async def _call(
         self, script: _Script, keys: Sequence[Any], args: Sequence[Any], idempotent: bool = True
     ) -> Any:
-        return (await self._run(script, [script.command(keys, args)], idempotent))[0]
+        where = _keys_of(keys[0])
+        return (await self._run(script, [script.command(keys, args)], idempotent, where))[0]
 
     async def enqueue(
         self,
@@ -193,7 +217,8 @@ class Scripts:
                     commands.append(wait)
         out: list[int] = []
         replicas: list[int] = []
-        for reply in (await self._run(self._enqueue, commands))[len(before) :]:
+        where = ", ".join(_keys_of(keys.stream) for keys, _ in batches)
+        for reply in (await self._run(self._enqueue, commands, where=where))[len(before) :]:
             if isinstance(reply, int):
                 replicas.append(reply)
             else:
@@ -246,6 +271,11 @@ class Scripts:
             self._start_new.command(keys.declared, start_args),
         ]  # fmt: skip
         read, started = await self._lane.call(commands, 2, idempotent=False)
+        if isinstance(read, Exception) and refused(read):
+            action = f"read its streams (XREADGROUP) of {_keys_of(keys.stream)}"
+            raise denied(self._user, action, read) from read
+        if isinstance(started, Exception) and refused(started):
+            raise self._denied(self._start_new, _keys_of(keys.stream), started) from started
         if isinstance(started, NoScriptError):  # a restarted Redis: load, then start them
             await self._lane.call(pack("SCRIPT", "LOAD", START_NEW))
             started = await self._call(self._start_new, keys.declared, start_args, idempotent=False)
@@ -411,6 +441,12 @@ class Scripts:
             self._heartbeat, list(keys), [consumer, stats, ttl, done, reported]
         )
         return now
+
+
+def _keys_of(key: str) -> str:
+    """The class of keys ``key`` belongs to, for messages: "the keys aioq:{shop:default}:*"."""
+    tag_end = key.find("}:")
+    return f"the keys {key[: tag_end + 2]}*" if tag_end > 0 else f"the key {key}"
 
 
 def _create_groups(keys: QueueKeys) -> list[bytes]:

@@ -3,7 +3,8 @@
 -- retries, timeout, priority (0-9: the stream it goes to; recorded when not 0), trace (JSON of
 -- the trace context, tracing.py; recorded when not ""), then (the JSON list of successors a
 -- workflow step tells when it finishes, canvas.py; ""), flow (the workflow's "<queue> <id>";
--- ""), hold (seconds; "": not held). A held job is a workflow step waiting for its
+-- ""), hold (seconds; "": not held), sig (the job's signature, signing.py; recorded when not
+-- ""). A held job is a workflow step waiting for its
 -- predecessors: recorded `scheduled` with wait "workflow", in no stream or set, its delay and
 -- expiry kept for when flow.lua starts it, and the record expires after `hold` seconds unless
 -- started. Returns 1 when written, 0 when the id
@@ -49,9 +50,17 @@ local function enqueue_job(key, a)
     expires_in = 0
   end
   if expires_in > 0 then expires_at = stamp + expires_in end
-  redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
-             'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
-             'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
+  local sig = ARGV[a + 17]
+  if sig == '' then
+    redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
+               'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
+               'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11])
+  else                                                   -- signed: in the same HSET
+    redis.call('HSET', key, 'status', status, 'enqueued_at', stamp, 'attempts', 0,
+               'task', ARGV[a + 6], 'queue', ARGV[a + 7], 'args', ARGV[a + 8],
+               'kwargs', ARGV[a + 9], 'retries', ARGV[a + 10], 'timeout', ARGV[a + 11],
+               'sig', sig)
+  end
   if expires_at > 0 then redis.call('HSET', key, 'expires_at', expires_at) end
   if level > 0 then redis.call('HSET', key, 'priority', ARGV[a + 12]) end
   if ARGV[a + 13] ~= '' then redis.call('HSET', key, 'trace', ARGV[a + 13]) end

@@ -86,7 +86,8 @@ end
 -- Mark delivered entries (of STREAM) as started jobs, appended to `out`; bury what is not a
 -- job or is poison. Each started job: entry id, job id, attempt, task, args, kwargs, timeout,
 -- retries, priority, trace (the trace-context carrier, nil when the job has none), input (the
--- JSON value a workflow step gets from its predecessor as first argument, nil for others).
+-- JSON value a workflow step gets from its predecessor as first argument, nil for others), sig
+-- (its signature, nil when unsigned: the worker checks it, signing.py).
 local function start(entries, now, out)
   out = out or {}
   for _, e in ipairs(entries) do
@@ -114,7 +115,7 @@ local function start(entries, now, out)
       if jid then
         v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
                         'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at', 'worker',
-                        'trace', 'input')
+                        'trace', 'input', 'sig')
         if v.err then
           problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
           v = false
@@ -158,7 +159,8 @@ local function start(entries, now, out)
       else
         redis.call('HSET', JOBP .. jid, 'status', 'running', 'started_at', now,
                    'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
-        out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12], v[13]}
+        out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12], v[13],
+                         v[14]}
       end
     end
   end
@@ -170,9 +172,9 @@ end
 -- (and the row is ignored) or lost the reply that started it, and runs it now (RECOVER).
 local function held_row(eid, jid)
   local v = redis.pcall('HMGET', JOBP .. jid, 'status', 'worker', 'attempts', 'task', 'args',
-                        'kwargs', 'timeout', 'retries', 'trace', 'input')
+                        'kwargs', 'timeout', 'retries', 'trace', 'input', 'sig')
   if v.err or v[1] ~= 'running' or v[2] ~= CONSUMER then return nil end
-  return {eid, jid, tonumber(v[3]) or 0, v[4], v[5], v[6], v[7], v[8], LEVEL, v[9], v[10]}
+  return {eid, jid, tonumber(v[3]) or 0, v[4], v[5], v[6], v[7], v[8], LEVEL, v[9], v[10], v[11]}
 end
 
 -- Call fn(entry id, entry or nil, job id or nil) for each entry of STREAM pending for this

@@ -41,6 +41,7 @@ from .fetch import fetch_loop
 from .flows import HandOvers
 from .heartbeat import PausedQueues, heartbeat_loop
 from .lease import LeaseKeeper
+from .recycle import memory_loop
 from .run import Runner
 from .schedule import promote_loop
 from .slots import Slots
@@ -58,7 +59,10 @@ class Worker:
     else ``MissingMetricsExtra``, an ``ImportError``, names it); ``max_loop_block``: seconds
     the event loop may stay blocked (sync code in an async task) while this worker keeps its
     jobs' leases; a worker blocked longer counts as hung and its jobs go to other workers
-    (``lease.py``).
+    (``lease.py``). ``max_jobs`` and ``max_memory`` (MB of resident set) make the worker
+    stop itself gracefully once it has taken that many jobs or grown that big, for a
+    supervisor to replace it (``aioq worker --max-jobs-per-process``; ``recycle.py``):
+    ``recycled`` then says why.
     """
 
     def __init__(
@@ -73,12 +77,20 @@ class Worker:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         max_loop_block: float = 600.0,
+        max_jobs: int | None = None,
+        max_memory: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
         if max_loop_block <= 0:
             raise ValueError(f"max_loop_block must be > 0 seconds, got {max_loop_block!r}")
+        if max_jobs is not None and max_jobs < 1:
+            raise ValueError(f"max_jobs must be >= 1, got {max_jobs!r}")
+        if max_memory is not None and not max_memory > 0:
+            raise ValueError(f"max_memory must be > 0 MB, got {max_memory!r}")
         self.max_loop_block = float(max_loop_block)
+        self.max_jobs, self.max_memory = max_jobs, max_memory
+        self.recycled: str | None = None  # why a limit stopped the worker (recycle.py)
         self._leases: LeaseKeeper | None = None
         self.app = app
         self.concurrency = concurrency
@@ -130,6 +142,19 @@ class Worker:
         """Ask the worker to stop gracefully (safe to call from a signal handler)."""
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` was called: fetchers take nothing more."""
+        return self._stop.is_set()
+
+    def recycle(self, reason: str) -> None:
+        """Stop gracefully because a limit was reached (``max_jobs``, ``max_memory``)."""
+        if self._stop.is_set():
+            return  # stopping already (a signal, or a limit reached before)
+        self.recycled = reason
+        log.info("recycling: %s; taking no new jobs, stopping", reason)
+        self.stop()
+
     async def run(self) -> None:
         """Run until ``stop()``, cancellation, or (burst) an empty queue; then drain."""
         await self._open()
@@ -170,7 +195,13 @@ class Worker:
             }
             for keys in self.queue_keys
         }
-        await self.app._call(self.app.scripts.prepare(self.queue_keys, limits))
+        policy = await self.app._call(self.app.scripts.prepare(self.queue_keys, limits))
+        if policy is not None and policy != "noeviction":
+            log.warning(
+                "Redis evicts keys when full (maxmemory-policy %s): an evicted job record or "
+                "stream is a lost job; set maxmemory-policy noeviction on the Redis aioq uses",
+                policy,
+            )
         self.runner.redis = self.app.redis
         await self._open_metrics()
         loop = asyncio.get_running_loop()
@@ -189,6 +220,8 @@ class Worker:
             self._loops.append(spawn(promote_loop(self, keys), name=f"aioq-promote-{keys.queue}"))
         if self._summary is not None:
             self._loops.append(spawn(self._summary.run(), name="aioq-summary"))
+        if self.max_memory is not None:
+            self._loops.append(spawn(memory_loop(self, self.max_memory), name="aioq-memory"))
         self._fetchers = [
             spawn(fetch_loop(self, keys), name=f"aioq-fetch-{keys.queue}")
             for keys in self.queue_keys

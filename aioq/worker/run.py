@@ -18,6 +18,7 @@ from ..context import JobContext, _current
 from ..errors import Retry
 from ..keys import QueueKeys
 from ..message import Delivery, encode_result, parse_delivery
+from ..signing import verify_row
 from .complete import Record
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class Runner:
         self.redis: Redis  # set when the worker opens (it runs in one event loop)
         self._threads = anyio.CapacityLimiter(min(worker.concurrency, 64))
         self.observer: JobObserver | None = None  # set when metrics or job logs are on
+        self.started = 0  # jobs delivered to this worker (``max_jobs`` counts them)
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.running.values())
@@ -55,6 +57,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         complete = self.worker.completer.add
         tracer = tracing.tracer()  # None (the usual case) unless a tracer provider is set
+        signer, app_name = self.app._signer, self.app.name
         for row in rows:
             level = levels[row[8]]  # the stream of the job's priority
             running = self.running.get(level)
@@ -66,13 +69,18 @@ class Runner:
                 self.worker.slots.give(1)
                 continue
             d, problem = parse_delivery(row)
+            exc_type = "BadJob"
+            if signer is not None and problem is None:  # every started job passes here
+                problem = verify_row(signer, app_name, level.queue, row)
+                if problem is not None:
+                    exc_type = "BadSignature"
             if problem is None and d.task not in self.app.tasks:
                 known = ", ".join(sorted(self.app.tasks)) or "none"
                 problem = f"unknown task {d.task!r} (this worker knows: {known})"
             if problem is not None:
                 log.error("job %s is not runnable: %s", d.job_id, problem)
                 # row[1]: the raw id, which a job id that is not UTF-8 needs to name its record
-                complete(level, ("dead", d.entry_id, row[1], d.attempt, problem, "BadJob", "", 0))
+                complete(level, ("dead", d.entry_id, row[1], d.attempt, problem, exc_type, "", 0))
                 self.worker.slots.give(1)
                 continue
             t: asyncio.Task[Any]
@@ -82,6 +90,10 @@ class Runner:
                 t = loop.create_task(self._run_traced(level, d, tracer))
             running[d.entry_id] = t
             self.entries[level.queue, d.job_id] = (level, d.entry_id)
+        self.started += len(rows)
+        limit = self.worker.max_jobs
+        if limit is not None and self.started >= limit:  # once per batch: no per-job cost
+            self.worker.recycle(f"{self.started} jobs taken (the limit is {limit})")
 
     def interrupt(self, keys: QueueKeys, entry_id: bytes) -> bool:
         """Cancel a running job without recording an outcome (lease lost, or shutdown)."""

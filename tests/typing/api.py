@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, assert_type
 
-from aioq import App, Job, JobInfo, JobStatus, Task, Worker, current_job
+from aioq import App, Job, JobInfo, JobStatus, SyncJob, Task, Worker, current_job
 from aioq.task import Call
 
 app = App("typing")
@@ -55,10 +55,40 @@ async def producer() -> None:
     await add.options(job_id="x").enqueue(1, "y")  # type: ignore[arg-type]
 
 
+def sync_producer() -> None:
+    job = add.enqueue_sync(2, 3)
+    assert_type(job, SyncJob[int])
+    assert_type(job.result(timeout=1), int)
+    assert_type(job.status(), JobStatus)
+    assert_type(job.done(), bool)
+    assert_type(job.info(), JobInfo)
+    assert_type(job.cancel(), bool)
+    assert_type(job.id, str)
+    assert_type(send_email.enqueue_sync("a@b.c", subject="hi"), SyncJob[None])
+    assert_type(checksum.enqueue_sync(b"x"), SyncJob[str])
+    assert_type(add.options(job_id="order-42").enqueue_sync(1, 2), SyncJob[int])
+    assert_type(app.enqueue_sync("add", 1, 2), SyncJob[Any])
+    assert_type(app.job_sync("order-42"), SyncJob[Any])
+    app.close()
+
+    add.enqueue_sync("2", 3)  # type: ignore[arg-type]
+    add.enqueue_sync(1)  # type: ignore[call-arg]
+    send_email.enqueue_sync("a@b.c", subjet="typo")  # type: ignore[call-arg]
+    add.options(job_id="x").enqueue_sync(1, "y")  # type: ignore[arg-type]
+
+
+def signing() -> None:
+    App("signed", signing_key=b"secret")
+    App("rotated", signing_key=[b"new", b"old"])
+    App("text", signing_key="secret")  # type: ignore[arg-type]
+
+
 async def consumer() -> None:
     async with Worker(app, concurrency=10, queues=["default", "emails"]) as worker:
         assert_type(worker, Worker)
     await Worker(app, burst=True).run()
+    recycling = Worker(app, max_jobs=1000, max_memory=512.0)  # a supervisor replaces it
+    assert_type(recycling.recycled, str | None)
     ctx = current_job()
     assert_type(ctx.attempt, int)
     assert_type(ctx.id, str)
