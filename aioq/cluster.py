@@ -230,6 +230,7 @@ class Topology:
                 owner = (master[0].decode() or addr[0], int(master[1]))
                 slots[start : end + 1] = [owner] * (end + 1 - start)
             self._slots, self._stale = slots, False
+            log.debug("cluster slot map from %s:%d: masters %s", *addr, self.masters())
             return
         raise RedisConnectionError(f"no cluster node answered CLUSTER SLOTS ({'; '.join(errors)})")
 
@@ -430,6 +431,9 @@ class _NodeListener(ResultListener):
             others = [a for a in self._topology.masters() if a != self._addr]
             if not others:
                 raise
+            log.debug(
+                "result subscription: %s:%d is gone, moving to %s:%d", *self._addr, *others[0]
+            )
             self._addr = others[0]
             self._redis = self._topology.node(self._addr).redis
             raise
