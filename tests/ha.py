@@ -226,7 +226,11 @@ class LocalCluster:
         self.servers.stop()
 
     def __enter__(self) -> LocalCluster:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # what did start, stopped: nothing outlives a failed start
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -309,7 +313,11 @@ class LocalSentinel:
         self.servers.stop()
 
     def __enter__(self) -> LocalSentinel:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -328,7 +328,8 @@ async def test_slot_migration_of_a_busy_queue_loses_no_job(cluster: LocalCluster
                 return await app.redis.hlen(runs) >= len(acked)
 
             await eventually(drained, 60, "every acknowledged job to run")
-        counts = {k.decode(): int(v) for k, v in (await app.redis.hgetall(runs)).items()}
+        raw: dict[bytes, bytes] = await app.redis.hgetall(runs)  # type: ignore[assignment]
+        counts = {k.decode(): int(v) for k, v in raw.items()}
         assert set(counts) == set(acked), "a job acknowledged to the producer never ran"
         assert max(counts.values()) == 1, "a job ran twice"
         assert cluster.owner_of_slot(slot) == target

@@ -27,14 +27,14 @@ REPLICATION_LATENCY = 0.005
 
 
 @pytest.fixture
-async def sentinel() -> AsyncIterator[tuple[LocalSentinel, FaultProxy]]:
+async def deployment() -> AsyncIterator[tuple[LocalSentinel, FaultProxy]]:
     """A master, a replica following it through a proxy adding ``REPLICATION_LATENCY``, and
     3 sentinels."""
     s = LocalSentinel(down_after_ms=1000)
     proxy = await FaultProxy(s.master).start()
     proxy.latency = REPLICATION_LATENCY
-    await asyncio.to_thread(s.start, proxy.port)
     try:
+        await asyncio.to_thread(s.start, proxy.port)
         yield s, proxy
     finally:
         s.stop()
@@ -49,13 +49,13 @@ async def statuses(app: App, ids: list[str]) -> list[bytes | None]:
 
 
 async def test_a_worker_and_a_producer_follow_a_failover(
-    sentinel: tuple[LocalSentinel, FaultProxy],
+    deployment: tuple[LocalSentinel, FaultProxy],
 ) -> None:
     """The master's host dies (SIGKILL, and the replication bytes in flight with it) while
     10 producers enqueue and a worker process runs the jobs: both go on with the promoted
     replica, unrestarted; every job enqueued after the failover completes, and what is lost
     is only what the master acknowledged within the replication delay before it died."""
-    sentinel, proxy = sentinel  # type: ignore[misc]
+    sentinel, proxy = deployment
     app = App(unique_name(), redis_url=sentinel.url, visibility_timeout=2.0)
     env = {"AIOQ_TEST_APP": app.name, "AIOQ_TEST_VT": "2", "AIOQ_TEST_MAX_DELIVERIES": "5"}
     spawned = Spawned()
@@ -141,7 +141,6 @@ async def test_durable_enqueues_survive_a_failover_that_loses_plain_ones(
     monkeypatch.setattr(enqueue_scripts, "DURABLE_TIMEOUT", 1.0)
     s = LocalSentinel(down_after_ms=1000)
     proxy = await FaultProxy(s.master).start()
-    await asyncio.to_thread(s.start, proxy.port)
     app = App(unique_name(), redis_url=s.url)
 
     @app.task
@@ -149,6 +148,7 @@ async def test_durable_enqueues_survive_a_failover_that_loses_plain_ones(
         return i
 
     try:
+        await asyncio.to_thread(s.start, proxy.port)
         fast = await noop.options(durable=True).enqueue(0)  # replication flows: returns
         assert await app.redis.hget(app.keys().job(fast.id), "status") == b"queued"
         proxy.stall()
