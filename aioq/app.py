@@ -14,8 +14,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .acl import explained
+from .cluster import ClusterLane, ClusterResults, Topology, cluster_client
 from .connection import (
     CommandLane,
+    Lane,
     MissingDatabase,
     NotRedis,
     check_url,
@@ -27,6 +29,7 @@ from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
 from .env import AppOptions, options_from_env
 from .errors import JobNotFound, RedisUnavailable
 from .group_job import GroupJob
+from .hosts import is_cluster_url, parse_hosts_url
 from .job import Job
 from .keys import QueueKeys, validate_name
 from .ratelimit import RateLimit, parse_rate
@@ -50,10 +53,18 @@ class _Connection:
     """The Redis client, scripts and result subscription of one event loop."""
 
     def __init__(self, url: str, max_connections: int) -> None:
-        self.redis: Redis = make_client(url, max_connections)
-        self.lane = CommandLane(self.redis, size=min(max_connections, 64))
+        self.redis: Redis
+        self.lane: Lane
+        self.results: ResultListener | ClusterResults
+        if is_cluster_url(url):  # a lane and a subscription per master (cluster.py)
+            topology = Topology(parse_hosts_url(url), max_connections)
+            self.redis = cluster_client(topology.url, max_connections)
+            self.lane, self.results = ClusterLane(topology), ClusterResults(topology)
+        else:
+            self.redis = make_client(url, max_connections)
+            self.lane = CommandLane(self.redis, size=min(max_connections, 64))
+            self.results = ResultListener(self.redis)
         self.scripts = Scripts(self.lane)
-        self.results = ResultListener(self.redis)
 
     async def aclose(self) -> None:
         await self.results.aclose()
@@ -338,7 +349,7 @@ class App:
     def scripts(self) -> Scripts:
         return self._connection().scripts
 
-    def _results(self) -> ResultListener:
+    def _results(self) -> ResultListener | ClusterResults:
         return self._connection().results
 
     async def aclose(self) -> None:
@@ -461,7 +472,7 @@ class App:
         queue, job = call.prepare()
         keys = self.keys(queue)
         self._queues.add(queue)  # one of `queues` from now on
-        await self._send([(keys, [job])], ((queue, job),))
+        await self._send([(keys, [job])], ((queue, job),), durable=call.options.durable)
         return Job(self, job[0], queue)
 
     async def enqueue_many(self, calls: Iterable[Call[R]]) -> list[Job[R]]:
@@ -470,6 +481,7 @@ class App:
         Every call is validated and encoded before anything is sent; the jobs go as one
         script call per 200 jobs of a queue, all written at once.
         """
+        calls = list(calls)
         prepared = [c.prepare() for c in calls]
         if not prepared:
             return []
@@ -478,7 +490,7 @@ class App:
             by_queue.setdefault(queue, []).append(job)
         batches = [(self.keys(q), jobs) for q, jobs in by_queue.items()]
         self._queues.update(by_queue)  # each one of `queues` from now on
-        await self._send(batches, prepared)
+        await self._send(batches, prepared, durable=any(c.options.durable for c in calls))
         return [Job(self, job[0], queue) for queue, job in prepared]
 
     async def _send(
@@ -486,15 +498,17 @@ class App:
         batches: list[tuple[QueueKeys, list[Any]]],
         prepared: Sequence[tuple[str, list[Any]]],
         before: Sequence[bytes] = (),
+        durable: bool = False,
     ) -> None:
         """Enqueue prepared jobs, with the caller's trace context in each (``tracing.py``);
-        ``before``: packed commands sent first in the same write (a workflow's records)."""
+        ``before``: packed commands sent first in the same write (a workflow's records);
+        ``durable``: return once a replica has them (``Scripts.enqueue``)."""
         spans = publish(prepared)  # None when no span was made (tracing is off)
         if spans is None:
-            await self._call(self.scripts.enqueue(batches, before))
+            await self._call(self.scripts.enqueue(batches, before, durable))
         else:
             with spans:
-                await self._call(self.scripts.enqueue(batches, before))
+                await self._call(self.scripts.enqueue(batches, before, durable))
 
     async def _find_job(self, job_id: str, group: bool = False) -> QueueKeys:
         queues = self.queues

@@ -301,8 +301,9 @@ async def _enqueue(app: App, step: Step, workflow: bool = True) -> Any:
         )  # fmt: skip
         records.append(pack("EXPIRE", key, hold + app.result_ttl))
     # first what waits (joins, held steps, the workflow's record), then what starts
-    await app._send(_batches(app, held), held, before=records)
-    await app._send(_batches(app, heads), heads)
+    durable = any(n.call is not None and n.call.options.durable for n in plan.nodes)
+    await app._send(_batches(app, held), held, before=records, durable=durable)
+    await app._send(_batches(app, heads), heads, durable=durable)
     for queue, _ in held + heads:
         app._queues.add(queue)
     if result.call is None:

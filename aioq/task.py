@@ -48,6 +48,7 @@ class Options:
     priority: int | None = None
     on_success: Call[Any] | None = None  # enqueued with the result as first argument
     on_failure: Call[Any] | None = None  # enqueued with the job's id once it failed for good
+    durable: bool = False  # the enqueue returns once a replica has the job (WAIT)
 
 
 class _Piped:
@@ -213,6 +214,7 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         on_success: Call[Any] | None = None,
         on_failure: Call[Any] | None = None,
+        durable: bool = False,
     ) -> TaskOptions[P, R]:
         """The same task with per-enqueue options.
 
@@ -222,9 +224,16 @@ class Task(Generic[P, R]):
         starts first within its queue) overrides the task's. ``on_success=notify.s()`` is
         enqueued with the result as its first argument once the job succeeds;
         ``on_failure=alert.s()`` with the job's id once it has failed for good (after its
-        retries), never on an attempt that is retried.
+        retries), never on an attempt that is retried. ``durable=True``: the enqueue returns
+        only once a replica of the master has the job too (Redis ``WAIT``, up to
+        ``DURABLE_TIMEOUT`` seconds, else ``NotDurable``), so a failover to that replica keeps
+        it (see README, "Redis Cluster and Sentinel").
         """
         opts = _options(self.name, job_id, queue, retries, timeout, delay, eta, expires, priority)
+        if not isinstance(durable, bool):
+            raise TypeError(f"task {self.name!r}: durable must be True or False, got {durable!r}")
+        if durable:
+            opts = replace(opts, durable=True)
         for role, cb in (("on_success", on_success), ("on_failure", on_failure)):
             if cb is not None and not isinstance(cb, Call):
                 raise TypeError(

@@ -29,9 +29,11 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from ..acl import denied, refused
-from ..connection import CommandLane, pack
+from ..connection import Lane, pack
+from ..errors import NotDurable
 from ..keys import GROUP, QueueKeys
-from .enqueue import CRON, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
+from . import enqueue as _enqueue_module
+from .enqueue import CRON, DURABLE_TIMEOUT, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
 from .flows import FLOW, FLOW_ARGS, FLOW_CHUNK, SWEEP
 from .helpers import _HELPERS as _HELPERS
 from .ops import HEARTBEAT, PROGRESS, PROGRESS_SHA, PURGE, REQUEUE_DEAD, RETRY
@@ -53,6 +55,7 @@ __all__ = [
     "CANCEL",
     "COMPLETE",
     "CRON",
+    "DURABLE_TIMEOUT",
     "ENQUEUE",
     "ENQUEUE_ARGS",
     "ENQUEUE_CHUNK",
@@ -95,9 +98,10 @@ class _Script:
 
 
 class Scripts:
-    """Every script, called through typed methods over one ``CommandLane``."""
+    """Every script, called through typed methods over one ``CommandLane`` (or a cluster's
+    ``ClusterLane``)."""
 
-    def __init__(self, lane: CommandLane) -> None:
+    def __init__(self, lane: Lane) -> None:
         self._lane = lane
         self._user: str | None = lane.user  # named when Redis refuses a command (NOPERM)
         self._enqueue = _Script(ENQUEUE, "ENQUEUE")
@@ -184,7 +188,10 @@ class Scripts:
         return (await self._run(script, [script.command(keys, args)], idempotent, where))[0]
 
     async def enqueue(
-        self, batches: Sequence[tuple[QueueKeys, Sequence[Any]]], before: Sequence[bytes] = ()
+        self,
+        batches: Sequence[tuple[QueueKeys, Sequence[Any]]],
+        before: Sequence[bytes] = (),
+        durable: bool = False,
     ) -> list[int]:
         """Enqueue jobs, one written/existed flag (1/0) each, in order; one round trip.
 
@@ -192,8 +199,12 @@ class Scripts:
         Every ENQUEUE_CHUNK jobs of a queue make one EVALSHA, all written at once; they are
         safe to resend after an ambiguous network error. ``before``: packed commands that go
         first in the same write (idempotent ones: a workflow's records), replies dropped.
+        ``durable``: each script call is followed on its connection by ``WAIT 1`` (which
+        waits for this connection's writes so far), and ``NotDurable`` is raised when a
+        replica did not acknowledge them within ``DURABLE_TIMEOUT``.
         """
         commands: list[bytes] = list(before)
+        wait = pack("WAIT", 1, round(_enqueue_module.DURABLE_TIMEOUT * 1000))
         for keys, jobs in batches:
             for i in range(0, len(jobs), ENQUEUE_CHUNK):
                 chunk = jobs[i : i + ENQUEUE_CHUNK]
@@ -202,10 +213,19 @@ class Scripts:
                     argv += job
                 job_keys = [keys.job(job[0]) for job in chunk]
                 commands.append(self._enqueue.command([*keys.declared, *job_keys], argv))
+                if durable:  # behind its script: in a cluster, on the same master
+                    commands.append(wait)
         out: list[int] = []
+        replicas: list[int] = []
         where = ", ".join(_keys_of(keys.stream) for keys, _ in batches)
         for reply in (await self._run(self._enqueue, commands, where=where))[len(before) :]:
-            out += reply
+            if isinstance(reply, int):
+                replicas.append(reply)
+            else:
+                out += reply
+        if durable and min(replicas) < 1:
+            ids = [str(job[0]) for _, jobs in batches for job in jobs]
+            raise NotDurable(ids, min(replicas))
         return out
 
     async def cron(
@@ -353,7 +373,7 @@ class Scripts:
 
     async def release_all(self, keys: QueueKeys, consumer: str) -> int:
         streams = [level.stream for level in keys.levels]
-        n: int = await self._call(self._release_all, streams, [GROUP, consumer])
+        n: int = await self._call(self._release_all, [*streams, keys.guard], [GROUP, consumer])
         return n
 
     async def promote(
@@ -399,7 +419,9 @@ class Scripts:
     async def purge(self, keys: QueueKeys, until: bytes, count: int) -> tuple[int, int]:
         """Delete up to ``count`` queued entries with ids up to ``until``, and their queued
         jobs' records: (entries scanned, jobs deleted)."""
-        scanned, jobs = await self._call(self._purge, [keys.stream], [GROUP, until, count])
+        scanned, jobs = await self._call(
+            self._purge, [keys.stream, keys.guard], [GROUP, until, count]
+        )
         return int(scanned), int(jobs)
 
     async def heartbeat(
