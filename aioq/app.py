@@ -16,8 +16,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .acl import explained
 from .broadcast import BroadcastJob, BroadcastTask, fan_out
+from .cluster import ClusterLane, ClusterResults, Topology, cluster_client
 from .connection import (
     CommandLane,
+    Lane,
     MissingDatabase,
     NotRedis,
     check_url,
@@ -29,6 +31,7 @@ from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
 from .env import AppOptions, options_from_env
 from .errors import JobNotFound, QueueFull, RedisUnavailable
 from .group_job import GroupJob
+from .hosts import is_cluster_url, parse_hosts_url
 from .job import Job
 from .keys import QueueKeys, validate_name
 from .queue_limits import check_limits, wait_for_room
@@ -54,10 +57,18 @@ class _Connection:
     """The Redis client, scripts and result subscription of one event loop."""
 
     def __init__(self, url: str, max_connections: int) -> None:
-        self.redis: Redis = make_client(url, max_connections)
-        self.lane = CommandLane(self.redis, size=min(max_connections, 64))
+        self.redis: Redis
+        self.lane: Lane
+        self.results: ResultListener | ClusterResults
+        if is_cluster_url(url):  # a lane and a subscription per master (cluster.py)
+            topology = Topology(parse_hosts_url(url), max_connections)
+            self.redis = cluster_client(topology.url, max_connections)
+            self.lane, self.results = ClusterLane(topology), ClusterResults(topology)
+        else:
+            self.redis = make_client(url, max_connections)
+            self.lane = CommandLane(self.redis, size=min(max_connections, 64))
+            self.results = ResultListener(self.redis)
         self.scripts = Scripts(self.lane)
-        self.results = ResultListener(self.redis)
 
     async def aclose(self) -> None:
         await self.results.aclose()
@@ -385,7 +396,7 @@ class App:
     def scripts(self) -> Scripts:
         return self._connection().scripts
 
-    def _results(self) -> ResultListener:
+    def _results(self) -> ResultListener | ClusterResults:
         return self._connection().results
 
     async def aclose(self) -> None:
@@ -523,8 +534,10 @@ class App:
             return await enqueue_call_with_callbacks(self, call)
         queue, job = call.prepare()
         self._queues.add(queue)  # one of `queues` from now on
-        if queue in self.queue_limits:
-            outcome = (await self._write([(queue, job)], [call.options.wait_if_full]))[0]
+        durable = call.options.durable
+        if queue in self.queue_limits or durable:
+            waits = [call.options.wait_if_full]
+            outcome = (await self._write([(queue, job)], waits, durable=durable))[0]
         else:  # the hot path: one script call, nothing to wait for
             prepared = ((queue, job),)
             spans = publish(prepared)
@@ -554,7 +567,9 @@ class App:
         if not prepared:
             return []
         self._queues.update({q for q, _ in prepared})  # each one of `queues` from now on
-        outcomes = await self._write(prepared, [c.options.wait_if_full for c in calls])
+        waits = [c.options.wait_if_full for c in calls]
+        durable = any(c.options.durable for c in calls)
+        outcomes = await self._write(prepared, waits, durable=durable)
         return [
             # bytes: the id of the job holding its dedup key (inline: the bulk path's cost)
             Job(self, o.decode() if o.__class__ is bytes else job[0], queue)
@@ -566,17 +581,18 @@ class App:
         prepared: Sequence[tuple[str, list[Any]]],
         waits: Sequence[float | None],
         before: Sequence[bytes] = (),
+        durable: bool = False,
     ) -> list[Any]:
         """Enqueue prepared jobs grouped by queue, honouring ``queue_limits``; one outcome
         per job (``Scripts.enqueue``). A refused queue is waited on for room as long as the
         shortest of its jobs' ``waits`` (``wait_if_full``; ``None`` is no wait) allows and
-        tried again alone, else ``QueueFull``."""
+        tried again alone, else ``QueueFull``. ``durable``: as ``_send``'s."""
         by_queue: dict[str, list[int]] = {}
         for i, (queue, _) in enumerate(prepared):
             by_queue.setdefault(queue, []).append(i)
         if len(by_queue) == 1 and prepared[0][0] not in self.queue_limits:  # the usual case
             only = [(self.keys(prepared[0][0]), [job for _, job in prepared])]
-            reply = (await self._send(only, prepared, before))[0]
+            reply = (await self._send(only, prepared, before, durable=durable))[0]
             assert isinstance(reply, list)  # no limit: never refused
             return reply
         outcomes: list[Any] = [None] * len(prepared)
@@ -585,7 +601,7 @@ class App:
         while True:
             batches = [(self.keys(q), [prepared[i][1] for i in by_queue[q]]) for q in pending]
             sent = [prepared[i] for q in pending for i in by_queue[q]]
-            replies = await self._send(batches, sent, before)
+            replies = await self._send(batches, sent, before, durable=durable)
             before = ()
             refused: list[tuple[str, int, bytes]] = []
             for q, reply in zip(pending, replies, strict=True):
@@ -616,16 +632,18 @@ class App:
         prepared: Sequence[tuple[str, list[Any]]],
         before: Sequence[bytes] = (),
         limits: bool = True,
+        durable: bool = False,
     ) -> list[list[Any] | tuple[int, bytes]]:
         """Enqueue prepared jobs, with the caller's trace context in each (``tracing.py``);
         ``before``: packed commands sent first in the same write (a workflow's records).
-        ``limits``: apply ``queue_limits`` (a workflow checks them before it writes)."""
+        ``limits``: apply ``queue_limits`` (a workflow checks them before it writes);
+        ``durable``: return once a replica has them (``Scripts.enqueue``)."""
         spans = publish(prepared)  # None when no span was made (tracing is off)
         caps = self.queue_limits if limits else None
         if spans is None:
-            return await self._call(self.scripts.enqueue(batches, before, caps))
+            return await self._call(self.scripts.enqueue(batches, before, caps, durable))
         with spans:
-            return await self._call(self.scripts.enqueue(batches, before, caps))
+            return await self._call(self.scripts.enqueue(batches, before, caps, durable))
 
     async def _find_job(self, job_id: str, group: bool = False) -> QueueKeys:
         queues = self.queues

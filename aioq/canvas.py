@@ -313,8 +313,9 @@ async def _enqueue(app: App, step: Step, workflow: bool = True) -> Any:
         records.append(pack("EXPIRE", key, hold + app.result_ttl))
     await _admit(app, waits)
     # first what waits (joins, held steps, the workflow's record), then what starts
-    await app._send(_batches(app, held), held, before=records, limits=False)
-    await app._send(_batches(app, heads), heads, limits=False)
+    durable = any(n.call is not None and n.call.options.durable for n in plan.nodes)
+    await app._send(_batches(app, held), held, before=records, limits=False, durable=durable)
+    await app._send(_batches(app, heads), heads, limits=False, durable=durable)
     for queue, _ in held + heads:
         app._queues.add(queue)
     if result.call is None:

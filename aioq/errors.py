@@ -129,6 +129,25 @@ class RedisUnavailable(AioqError, ConnectionError):
     """Raised when the configured Redis cannot be reached; the message names the URL."""
 
 
+class NotDurable(AioqError):
+    """Raised by an enqueue with ``durable=True`` when no replica acknowledged its jobs within
+    ``DURABLE_TIMEOUT`` seconds (none is connected, or replication lags). The jobs are written
+    on the master and will run, but a failover before the master replicates them would lose
+    them; enqueueing them again with the same job ids is safe (it writes nothing twice).
+    ``job_ids`` names them."""
+
+    def __init__(self, job_ids: list[str], replicas: int) -> None:
+        self.job_ids = job_ids
+        shown = ", ".join(job_ids[:3]) + (
+            f" and {len(job_ids) - 3} more" if len(job_ids) > 3 else ""
+        )
+        super().__init__(
+            f"job(s) {shown} written on the master, but {replicas} replica(s) acknowledged "
+            "them in time: a failover now could lose them (enqueue again with the same job "
+            "ids to retry)"
+        )
+
+
 class Retry(Exception):
     """Raise inside a task to run it again after ``delay`` seconds.
 

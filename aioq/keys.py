@@ -62,6 +62,11 @@ single cluster slot and two apps (or two queues) never collide::
                                         after the last hand-over.
     aioq:{shop:default}:broadcast:<id>  hash: a broadcast's copies, worker consumer name -> the
                                         copy's job id (``broadcast.py``); expires like a workflow.
+    aioq:{shop:default}:guard           never written: every script declares it, so while the
+                                        queue's slot migrates between Redis Cluster nodes (some
+                                        keys moved, some not) Redis refuses the scripts
+                                        (TRYAGAIN) rather than run one on half the keys
+                                        (``cluster.py``).
 
 The Lua never spells a key: the suffixes below are rendered into it (``LUA``), every script of
 a queue gets the queue's keys in its KEYS (``QueueKeys.declared``, in the order
@@ -131,13 +136,15 @@ HANDED_TTL = 3_600
 takes them within a round trip; a dead one never does, and its copies fail after their
 lease, ``broadcast.lua``)."""
 
+GUARD = "guard"
+
 THROUGHPUT_BUCKET = 10
 """Seconds per bucket of the throughput hash (one bar of the dashboard's chart)."""
 
 THROUGHPUT_WINDOW = 600
 """Seconds of throughput buckets kept (the chart's 10 minutes)."""
 
-QUEUE_KEYS = PRIORITIES + 6
+QUEUE_KEYS = PRIORITIES + 7
 """How many KEYS ``QueueKeys.declared`` gives a script: the queue's keys it may touch."""
 
 LUA: dict[str, str] = {
@@ -182,7 +189,7 @@ class QueueKeys:
             declared = (
                 *(level.stream for level in levels),
                 self.scheduled, self.dead, self.failed, self.recent, self.ratelimits,
-                self.flows,
+                self.flows, self.guard,
             )  # fmt: skip
             object.__setattr__(self, "_declared", declared)
 
@@ -256,12 +263,16 @@ class QueueKeys:
         return self.tag + FLOW + flow_id
 
     @property
+    def guard(self) -> str:
+        return self.tag + GUARD
+
+    @property
     def declared(self) -> tuple[str, ...]:
         """The KEYS of every script of the queue: each priority's stream (0 first), then the
         scheduled set, the dead-letter stream, the failed index, the recent stream, the rate
-        limits and the hand-over outbox (``queue.lua`` names them). Keys named by data (a
-        job's record, a task's rate log) share their hash tag, so every script stays in one
-        cluster slot."""
+        limits, the hand-over outbox and the guard (``queue.lua`` names them). Keys named by
+        data (a job's record, a task's rate log) share their hash tag, so every script stays
+        in one cluster slot."""
         return self.levels[0]._declared
 
     def unique(self, lock: str) -> str:

@@ -32,8 +32,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .acl import explained
-from .connection import CONNECT_TIMEOUT
+from .connection import CONNECT_TIMEOUT, sync_client
 from .errors import JobNotFound, QueueFull
+from .hosts import is_hosts_url
 from .job import STATE_FIELDS, JobInfo, JobStatus, outcome, pushed_outcome, record_info
 from .queue_limits import ROOM_RECHECK
 from .scripts import CANCEL, ENQUEUE
@@ -53,22 +54,30 @@ class SyncClient:
     as the async client's, so the same SHA1s): shared by every thread."""
 
     def __init__(self, url: str, max_connections: int) -> None:
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=20,  # a thread waits this long for a free connection, then errors
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=6),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            socket_connect_timeout=CONNECT_TIMEOUT,  # the URL's own query parameter wins
-        )
-        self.redis: redis.Redis = redis.Redis(connection_pool=pool)
+        self.redis: redis.Redis
+        if is_hosts_url(url):  # a cluster or sentinels: their own clients (connection.py)
+            self.redis = sync_client(
+                url, max_connections=max_connections, socket_connect_timeout=CONNECT_TIMEOUT
+            )
+        else:
+            pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=20,  # a thread waits this long for a free connection, then errors
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=6),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                socket_connect_timeout=CONNECT_TIMEOUT,  # the URL's own query parameter wins
+            )
+            self.redis = redis.Redis(connection_pool=pool)
         # register_script: EVALSHA, and after NOSCRIPT (a restarted Redis) SCRIPT LOAD + again
         self.enqueue = self.redis.register_script(ENQUEUE)
         self.cancel = self.redis.register_script(CANCEL)
 
     def close(self) -> None:
         self.redis.close()
-        self.redis.connection_pool.disconnect()
+        pool = getattr(self.redis, "connection_pool", None)  # a cluster client has none
+        if pool is not None:
+            pool.disconnect()
 
 
 class ClientHolder:

@@ -52,6 +52,7 @@ class Options:
     priority: int | None = None
     on_success: Call[Any] | None = None  # enqueued with the result as first argument
     on_failure: Call[Any] | None = None  # enqueued with the job's id once it failed for good
+    durable: bool = False  # the enqueue returns once a replica has the job (WAIT)
     unique_for: float | None = None  # seconds after the job finished that its key stays held
     unique_key: str | None = None  # the dedup/debounce key (default: hash of the arguments)
     debounce: float | None = None  # seconds after the latest enqueue of the key it is due
@@ -241,6 +242,7 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         on_success: Call[Any] | None = None,
         on_failure: Call[Any] | None = None,
+        durable: bool = False,
         unique_for: float | timedelta | None = None,
         unique_key: str | None = None,
         debounce: float | timedelta | None = None,
@@ -254,7 +256,10 @@ class Task(Generic[P, R]):
         starts first within its queue) overrides the task's. ``on_success=notify.s()`` is
         enqueued with the result as its first argument once the job succeeds;
         ``on_failure=alert.s()`` with the job's id once it has failed for good (after its
-        retries), never on an attempt that is retried.
+        retries), never on an attempt that is retried. ``durable=True``: the enqueue returns
+        only once a replica of the master has the job too (Redis ``WAIT``, up to
+        ``DURABLE_TIMEOUT`` seconds, else ``NotDurable``), so a failover to that replica keeps
+        it (see README, "Redis Cluster and Sentinel").
 
         ``unique_for=seconds``: while a job of this task with the same key is queued,
         scheduled or running, or finished less than ``seconds`` ago, enqueueing returns that
@@ -264,6 +269,10 @@ class Task(Generic[P, R]):
         ``App(queue_limits=...)`` limit is waited on for room that long before ``QueueFull``.
         """
         opts = _options(self.name, job_id, queue, retries, timeout, delay, eta, expires, priority)
+        if not isinstance(durable, bool):
+            raise TypeError(f"task {self.name!r}: durable must be True or False, got {durable!r}")
+        if durable:
+            opts = replace(opts, durable=True)
         if unique_for is not None or debounce is not None or unique_key is not None:
             u, d, k = check_dedup(
                 self.name, unique_for, debounce, unique_key, opts.delay, eta is not None, job_id

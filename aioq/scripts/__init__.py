@@ -29,9 +29,11 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from ..acl import denied, refused
-from ..connection import CommandLane, pack
+from ..connection import Lane, pack
+from ..errors import NotDurable
 from ..keys import GROUP, QueueKeys
-from .enqueue import CRON, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
+from . import enqueue as _enqueue_module
+from .enqueue import CRON, DURABLE_TIMEOUT, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
 from .flows import FLOW, FLOW_ARGS, FLOW_CHUNK, SWEEP
 from .helpers import _HELPERS as _HELPERS
 from .ops import HEARTBEAT, PROGRESS, PROGRESS_SHA, PURGE, REQUEUE_DEAD, RETRY
@@ -54,6 +56,7 @@ __all__ = [
     "CANCEL",
     "COMPLETE",
     "CRON",
+    "DURABLE_TIMEOUT",
     "ENQUEUE",
     "ENQUEUE_ARGS",
     "ENQUEUE_CHUNK",
@@ -97,9 +100,10 @@ class _Script:
 
 
 class Scripts:
-    """Every script, called through typed methods over one ``CommandLane``."""
+    """Every script, called through typed methods over one ``CommandLane`` (or a cluster's
+    ``ClusterLane``)."""
 
-    def __init__(self, lane: CommandLane) -> None:
+    def __init__(self, lane: Lane) -> None:
         self._lane = lane
         self._user: str | None = lane.user  # named when Redis refuses a command (NOPERM)
         self._enqueue = _Script(ENQUEUE, "ENQUEUE")
@@ -191,6 +195,7 @@ class Scripts:
         batches: Sequence[tuple[QueueKeys, Sequence[Any]]],
         before: Sequence[bytes] = (),
         limits: Mapping[str, int] | None = None,
+        durable: bool = False,
     ) -> list[list[Any] | tuple[int, bytes]]:
         """Enqueue jobs in one round trip; one reply per batch, in order.
 
@@ -202,9 +207,13 @@ class Scripts:
         it is written all or none; other batches go ENQUEUE_CHUNK jobs per EVALSHA. All are
         safe to resend after an ambiguous network error. ``before``: packed commands that go
         first in the same write (idempotent ones: a workflow's records), replies dropped.
+        ``durable``: each script call is followed on its connection by ``WAIT 1`` (which
+        waits for this connection's writes so far), and ``NotDurable`` is raised when a
+        replica did not acknowledge them within ``DURABLE_TIMEOUT``.
         """
         commands: list[bytes] = list(before)
         owners: list[int] = []
+        wait = pack("WAIT", 1, round(_enqueue_module.DURABLE_TIMEOUT * 1000))
         for b, (keys, jobs) in enumerate(batches):
             limit = limits.get(keys.queue, 0) if limits else 0
             step = max(1, len(jobs)) if limit else ENQUEUE_CHUNK
@@ -216,9 +225,14 @@ class Scripts:
                 job_keys = [keys.job(job[0]) for job in chunk]
                 commands.append(self._enqueue.command([*keys.declared, *job_keys], argv))
                 owners.append(b)
+                if durable:  # behind its script: in a cluster, on the same master
+                    commands.append(wait)
         out: list[list[Any] | tuple[int, bytes]] = [[] for _ in batches]
+        replicas: list[int] = []
         where = ", ".join(_keys_of(keys.stream) for keys, _ in batches)
         replies = (await self._run(self._enqueue, commands, where=where))[len(before) :]
+        if durable:  # every other reply is a WAIT's: how many replicas acknowledged
+            replicas, replies = replies[1::2], replies[::2]
         for b, reply in zip(owners, replies, strict=True):
             if reply and isinstance(reply[0], list):  # refused: {{size, recent id}}
                 out[b] = (int(reply[0][0]), reply[0][1])
@@ -226,6 +240,9 @@ class Scripts:
                 done = out[b]
                 assert isinstance(done, list)
                 done += reply
+        if durable and replicas and min(replicas) < 1:
+            ids = [str(job[0]) for _, jobs in batches for job in jobs]
+            raise NotDurable(ids, min(replicas))
         return out
 
     async def enqueue_one(self, keys: QueueKeys, job: Sequence[Any]) -> Any:
@@ -386,7 +403,7 @@ class Scripts:
 
     async def release_all(self, keys: QueueKeys, consumer: str) -> int:
         streams = [level.stream for level in keys.levels]
-        n: int = await self._call(self._release_all, streams, [GROUP, consumer])
+        n: int = await self._call(self._release_all, [*streams, keys.guard], [GROUP, consumer])
         return n
 
     async def promote(
@@ -432,7 +449,9 @@ class Scripts:
     async def purge(self, keys: QueueKeys, until: bytes, count: int) -> tuple[int, int]:
         """Delete up to ``count`` queued entries with ids up to ``until``, and their queued
         jobs' records: (entries scanned, jobs deleted)."""
-        scanned, jobs = await self._call(self._purge, [keys.stream], [GROUP, until, count])
+        scanned, jobs = await self._call(
+            self._purge, [keys.stream, keys.guard], [GROUP, until, count]
+        )
         return int(scanned), int(jobs)
 
     async def heartbeat(

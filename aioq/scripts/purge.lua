@@ -2,7 +2,7 @@
 -- job's entry in the pending list) with ids up to ARGV[2], and the records of their jobs that
 -- are still queued; their waiters are woken and find the job gone. Returns {entries scanned,
 -- jobs deleted}; 0 entries: done. KEYS: one of the queue's streams (it is called once per
--- priority).
+-- priority), the queue's guard (keys.py).
 --#include helpers
 if redis.replicate_commands then redis.replicate_commands() end
 local STREAM = KEYS[1]

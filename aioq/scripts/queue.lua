@@ -1,7 +1,7 @@
 -- The keys of one queue, as every queue script gets them: KEYS 1 to {{QUEUE_KEYS}} are
 -- QueueKeys.declared (keys.py), each priority's stream, then the scheduled set, the
--- dead-letter stream, the failed index, the recent stream, the rate limits and the workflows'
--- hand-over outbox; a script's own
+-- dead-letter stream, the failed index, the recent stream, the rate limits, the workflows'
+-- hand-over outbox and the guard (never written: see keys.py); a script's own
 -- KEYS follow (from OWN_KEYS). Keys named by data (a job's record, a task's rate log) are built
 -- on the same hash tag, so a script touches one cluster slot.
 --#include helpers
