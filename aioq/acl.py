@@ -44,6 +44,10 @@ PRODUCER_COMMANDS: tuple[str, ...] = (
     "hexists", "hdel", "hincrby", "hsetnx", "persist", "zrangebyscore",
     # job.status(), info(), result(), progress(), a group's results, finding a job's queue
     "hget", "hmget", "hgetall", "zscore", "subscribe", "unsubscribe",
+    # flow control: unique and debounce keys (dedup.lua, and tell.lua's unlock), a limited
+    # queue's size (limit.lua) and waiting for room (XREAD of its recent stream), taking back
+    # a refused broadcast's record
+    "get", "set", "pexpire", "pexpireat", "del", "zcard", "xlen", "xrevrange", "xread",
 )  # fmt: skip
 """Commands an app's producer runs: enqueue (workflows too), status, info, result, progress,
 cancel."""
@@ -53,10 +57,12 @@ WORKER_COMMANDS: tuple[str, ...] = (
     # the streams: groups, reads, claims, leases, acknowledgement (fetch, start, reclaim,
     # renew, release, complete) and the dead-letter and recent streams
     "xgroup|create", "xreadgroup", "xautoclaim", "xclaim", "xpending", "xrange", "xack",
-    "xdel", "xlen", "xgroup|delconsumer",
+    "xdel", "xgroup|delconsumer",
     # job records, scheduled set, rate-limit logs, cron state, pause flag, heartbeats and
     # their throughput buckets
-    "pexpire", "zrange", "zcard", "get", "set", "hkeys", "hlen",
+    "zrange", "hkeys", "hlen",
+    # broadcast copies handed to a worker (broadcast.lua, take.lua)
+    "sadd", "smembers",
     # at start, the maxmemory-policy (a Redis that evicts loses jobs: the worker warns)
     "info|memory",
 )  # fmt: skip
@@ -67,11 +73,12 @@ ROLES = {"producer": PRODUCER_COMMANDS, "worker": WORKER_COMMANDS}
 
 def patterns(app: str, role: str) -> list[str]:
     """The key and channel patterns of ``role`` for ``app``: its queues' keys and channels,
-    and (worker) the per-app heartbeat hash ``aioq:{<app>}:workers``."""
-    out = [f"~aioq:{{{app}:*}}:*", f"&aioq:{{{app}:*}}:*"]
+    and the per-app keys: (worker) ``aioq:{<app>}:*``, the heartbeats and throughput it
+    writes; (producer) the heartbeat hash ``aioq:{<app>}:workers`` alone, which a broadcast
+    reads to learn the live workers."""
     if role == "worker":
-        out.insert(1, f"~aioq:{{{app}}}:*")
-    return out
+        return [f"~aioq:{{{app}:*}}:*", f"~aioq:{{{app}}}:*", f"&aioq:{{{app}:*}}:*"]
+    return [f"~aioq:{{{app}:*}}:*", f"~aioq:{{{app}}}:workers", f"&aioq:{{{app}:*}}:*"]
 
 
 def setuser(app: str, role: str, user: str, password: str) -> str:

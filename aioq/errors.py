@@ -4,6 +4,9 @@
      ├── TaskFailed          job.result(): the job's last attempt raised
      ├── JobCancelled        job.result(): the job was cancelled
      ├── JobNotFound         a Job handle whose id exists in none of the app's queues
+     ├── PermissionDenied    Redis refused a command for the URL's ACL user (NOPERM)
+     ├── QueueFull           enqueue into a queue at its ``queue_limits`` limit
+     ├── NoLiveWorkers       a broadcast enqueued while no live worker serves its queue
      └── RedisUnavailable    the configured Redis does not answer
 
     Retry                    raised *inside* a task to ask for another attempt
@@ -16,12 +19,15 @@ is written to Redis.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 __all__ = [
     "AioqError",
     "JobCancelled",
     "JobNotFound",
+    "NoLiveWorkers",
     "PermissionDenied",
+    "QueueFull",
     "RedisUnavailable",
     "Retry",
     "TaskFailed",
@@ -75,6 +81,48 @@ class PermissionDenied(AioqError):
     def __init__(self, message: str, user: str) -> None:
         super().__init__(message)
         self.user = user
+
+
+class QueueFull(AioqError):
+    """Raised by ``enqueue``, ``enqueue_many`` and a workflow's ``enqueue()`` when the jobs
+    would take a queue of ``App(queue_limits=...)`` past its limit; nothing of the refused
+    queue was written. With ``options(wait_if_full=seconds)`` it is raised only once that long
+    has passed without room.
+
+    ``queue``, ``limit`` and ``size`` (the jobs the queue held: queued, running and scheduled)
+    name the refusal; ``written`` holds the jobs of the same ``enqueue_many`` call that went
+    to other queues and were written (empty for a single enqueue).
+    """
+
+    def __init__(self, queue: str, limit: int, size: int, written: list[Any] | None = None) -> None:
+        super().__init__(
+            f"queue {queue!r} is full: it holds {size} job(s) not finished and its limit is "
+            f"{limit} (App(queue_limits=...)); nothing was enqueued to it"
+        )
+        self.queue = queue
+        self.limit = limit
+        self.size = size
+        self.written: list[Any] = written or []
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.queue, self.limit, self.size, self.written))
+
+
+class NoLiveWorkers(AioqError):
+    """Raised by a broadcast task's ``enqueue()`` when no live worker (one whose heartbeat is
+    fresh) serves its queue: a broadcast runs on the workers live when it is enqueued, so there
+    would be none to run it. Nothing is written."""
+
+    def __init__(self, task: str, queue: str) -> None:
+        super().__init__(
+            f"broadcast of task {task!r}: no live worker serves queue {queue!r}, so no one "
+            "would run it (nothing was enqueued)"
+        )
+        self.task = task
+        self.queue = queue
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.queue))
 
 
 class RedisUnavailable(AioqError, ConnectionError):

@@ -78,7 +78,7 @@ class JobInfo:
     #: succeeded after retries has ``error`` None and its failed attempts here
     history: list[dict[str, Any]] = field(default_factory=list)
     #: a scheduled job's due time (its score in the scheduled set) and why it waits: "delay",
-    #: "retry" (backoff) or "rate limit"; both ``None`` unless the job is scheduled
+    #: "retry" (backoff), "rate limit" or "debounce"; both ``None`` unless the job is scheduled
     due_at: datetime | None = None
     wait_reason: str | None = None
     #: the workflow (chain, group, chord) the job is a step of: its id, ``None`` for a job

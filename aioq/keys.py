@@ -46,6 +46,22 @@ single cluster slot and two apps (or two queues) never collide::
                                         (total, done, fired, mode, then, r:<i> each member's
                                         outcome); lives in the slot of the queue of the step it
                                         hands over to (a chord's callback), expires like the jobs.
+    aioq:{shop:default}:unique:<task>:<key>  string: the id of the job that holds a
+                                        ``unique_for`` key (``dedup.lua``): set when the job is
+                                        written; once it finishes, its hand-over (an "unlock"
+                                        in its ``then``) makes the key expire ``unique_for``
+                                        after its finish. The enqueue script checks the job it
+                                        names, so a key that outlives its job frees nothing early.
+    aioq:{shop:default}:debounce:<task>:<key>  string: the id of the job a ``debounce`` key
+                                        gathers enqueues into while it waits (wait "debounce");
+                                        expires ``DEBOUNCE_SLACK`` ms after its due time.
+    aioq:{shop:default}:handed:<consumer>  set: broadcast copies another worker handed to this
+                                        consumer (``broadcast.lua``), "<priority> <entry id> <job
+                                        id>" each, until it takes them; also the pub/sub channel
+                                        (same name) that tells it so. Expires ``HANDED_TTL`` s
+                                        after the last hand-over.
+    aioq:{shop:default}:broadcast:<id>  hash: a broadcast's copies, worker consumer name -> the
+                                        copy's job id (``broadcast.py``); expires like a workflow.
     aioq:{shop:default}:guard           never written: every script declares it, so while the
                                         queue's slot migrates between Redis Cluster nodes (some
                                         keys moved, some not) Redis refuses the scripts
@@ -106,6 +122,20 @@ CRON_RAN = "cronran:"
 PROGRESS = "progress:"
 FLOWS = "flows"
 FLOW = "flow:"
+UNIQUE = "unique:"
+DEBOUNCE = "debounce:"
+HANDED = "handed:"
+BROADCAST = "broadcast:"
+
+DEBOUNCE_SLACK = 3_600_000
+"""Milliseconds a debounce key outlives its job's due time (the enqueue script checks the
+job it names, so this only bounds how long an unused key stays)."""
+
+HANDED_TTL = 3_600
+"""Seconds a worker's set of handed broadcast copies outlives the last hand-over (a worker
+takes them within a round trip; a dead one never does, and its copies fail after their
+lease, ``broadcast.lua``)."""
+
 GUARD = "guard"
 
 THROUGHPUT_BUCKET = 10
@@ -122,12 +152,14 @@ LUA: dict[str, str] = {
     "QUEUE_KEYS": str(QUEUE_KEYS),
     "THROUGHPUT_BUCKET": str(THROUGHPUT_BUCKET),
     "THROUGHPUT_WINDOW": str(THROUGHPUT_WINDOW),
+    "DEBOUNCE_SLACK": str(DEBOUNCE_SLACK),
+    "HANDED_TTL": str(HANDED_TTL),
     **{
         f"KEY_{name}": value
         for name, value in dict(
             STREAM=STREAM, SCHEDULED=SCHEDULED, DEAD=DEAD, FAILED=FAILED, RECENT=RECENT,
             RATELIMITS=RATELIMITS, CANCEL=CANCEL, JOB=JOB, DONE=DONE, RATE=RATE,
-            RATEWAIT=RATEWAIT, FLOW=FLOW,
+            RATEWAIT=RATEWAIT, FLOW=FLOW, UNIQUE=UNIQUE, DEBOUNCE=DEBOUNCE, HANDED=HANDED,
         ).items()
     },
 }  # fmt: skip
@@ -242,6 +274,22 @@ class QueueKeys:
         data (a job's record, a task's rate log) share their hash tag, so every script stays
         in one cluster slot."""
         return self.levels[0]._declared
+
+    def unique(self, lock: str) -> str:
+        """The ``unique_for`` key ``lock`` ("<task>:<key>") of the queue."""
+        return self.tag + UNIQUE + lock
+
+    def debounce(self, lock: str) -> str:
+        """The ``debounce`` key ``lock`` ("<task>:<key>") of the queue."""
+        return self.tag + DEBOUNCE + lock
+
+    def handed(self, consumer: str) -> str:
+        """The set (and channel) of broadcast copies handed to worker ``consumer``."""
+        return self.tag + HANDED + consumer
+
+    def broadcast(self, broadcast_id: str) -> str:
+        """A broadcast's record: worker -> its copy's job id."""
+        return self.tag + BROADCAST + broadcast_id
 
     def progress(self, job_id: str) -> str:
         return self.tag + PROGRESS + job_id

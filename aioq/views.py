@@ -277,7 +277,7 @@ class JobSummary:
     #: earlier attempts' failures as ``JobInfo.history``, without tracebacks (``info()``)
     history: list[dict[str, Any]] = field(default_factory=list)
     #: as ``JobInfo``: a scheduled job's due time and why it waits ("delay", "retry",
-    #: "rate limit"); ``None`` for other jobs (``list_jobs`` reads the due times)
+    #: "rate limit", "debounce"); ``None`` for other jobs (``list_jobs`` reads the due times)
     due_at: datetime | None = None
     wait_reason: str | None = None
     #: a succeeded job's return value, read by ``recent_jobs`` only (other listings and

@@ -194,6 +194,62 @@ async def test_a_chord_across_queues_on_different_nodes(cluster: LocalCluster, c
         assert await g.results(timeout=10) == [9, 8]
 
 
+async def test_flow_control_on_a_cluster(cluster: LocalCluster) -> None:
+    """Dedup, debounce, a full queue waited on, routes and a broadcast, with queues on
+    different masters: every script stays in its queue's slot."""
+    name = unique_name()
+    queues = cluster.queues_on_each_node(name)
+    app = App(
+        name, redis_url=cluster.url, visibility_timeout=5.0, queue_limits={queues[1]: 1},
+        routes={"routed.*": queues[2]},
+    )  # fmt: skip
+
+    @app.task(queue=queues[0])
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(queue=queues[1])
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.2)
+        return x
+
+    @app.task(name="routed.echo")
+    async def echo(x: int) -> int:
+        return x
+
+    @app.task(broadcast=True, queue=queues[2])
+    async def ping() -> str:
+        return "pong"
+
+    try:
+        assert len({cluster.owner(app.keys(q).tag) for q in queues}) == 3
+        first = await add.options(unique_for=5).enqueue(1, 2)
+        assert (await add.options(unique_for=5).enqueue(1, 2)).id == first.id
+        bounced = await add.options(debounce=0.2, unique_key="k").enqueue(1, 1)
+        assert (await add.options(debounce=0.2, unique_key="k").enqueue(2, 2)).id == bounced.id
+        blocker = await slow.enqueue(1)
+        routed = await echo.enqueue(7)
+        assert routed.queue == queues[2]
+        async with Worker(app, concurrency=4) as w1, Worker(app, concurrency=4) as w2:
+            waited = await slow.options(wait_if_full=10).enqueue(2)  # room once 1 finishes
+            assert await blocker.result(timeout=10) == 1
+            assert await waited.result(timeout=10) == 2
+            assert await first.result(timeout=10) == 3
+            assert await bounced.result(timeout=10) == 4
+            assert await routed.result(timeout=10) == 7
+            await eventually(lambda: _workers_beat(app, 2), 10, "both workers beating")
+            job = await ping.enqueue()
+            assert await job.result(timeout=10) == {w1.consumer: "pong", w2.consumer: "pong"}
+    finally:
+        await app.aclose()
+
+
+async def _workers_beat(app: App, n: int) -> bool:
+    from aioq.views import worker_stats
+
+    return len(await worker_stats(app)) >= n
+
+
 async def test_sigkill_reclaim_on_a_cluster(cluster: LocalCluster) -> None:
     """A worker process SIGKILLed amid jobs on a cluster loses none: another takes over its
     lapsed leases; only what it held runs twice."""

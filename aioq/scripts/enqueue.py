@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .lua import source
 
-ENQUEUE_ARGS = 17
+ENQUEUE_ARGS = 19
 ENQUEUE_CHUNK = 200
 DURABLE_TIMEOUT = 5.0
 """Seconds a ``durable=True`` enqueue waits for a replica to acknowledge its jobs (``WAIT 1``

@@ -33,6 +33,7 @@ local function drop(eid)
   redis.call('XACK', STREAM, GROUP, eid)
   redis.call('XDEL', STREAM, eid)
 end
+--#include broadcast
 
 -- Global rate limits (see ratelimit.py): a sliding-window log of start times per task. The
 -- queue's `ratelimits` hash holds "<limit> <period ms>" per task, and an override under
@@ -115,7 +116,7 @@ local function start(entries, now, out)
       if jid then
         v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
                         'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at', 'worker',
-                        'trace', 'input', 'sig')
+                        'trace', 'input', 'sig', 'for')
         if v.err then
           problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
           v = false
@@ -154,6 +155,8 @@ local function start(entries, now, out)
         finish(jid, 'failed', now, 'error', problem, 'exc_type', 'PoisonJob',
                'deliveries', d + 1)
         drop(eid)
+      elseif v[15] and v[15] ~= CONSUMER then
+        hand_over_copy(eid, jid, v[15], status, d, a, now)   -- a broadcast copy (broadcast.lua)
       elseif not rate_allows(v[5], eid, jid, now) then
         drop(eid)                          -- back in the scheduled set: no slot, no attempt spent
       else
