@@ -1,7 +1,10 @@
 """Passing a workflow on: each finished step tells its successors, exactly once.
 
-A step's successors may live on other queues (other cluster slots), so no one script can
-finish a job and start the next. Instead (``canvas.py`` has the data):
+Successors on the finished job's own queue are told in the very script that finishes it
+(``complete.lua`` with ``tell.lua``: one slot, one atomic step; a chain on one queue, or a
+group's members beside their join, never leave Redis). Successors on other queues (other
+cluster slots) cannot be: no one script may touch two slots. For those (``canvas.py`` has the
+data):
 
 1. the script that finishes a job with successors also puts it into its queue's outbox
    (``keys.flows``): finishing and remembering to tell are one atomic step;
@@ -38,10 +41,18 @@ HandOver = tuple[QueueKeys, Sequence[bytes]]
 """A hand-over (``handover.lua``: id, status, then, payload) and the queue it comes from."""
 
 
-async def hand_over(app: App, pending: Sequence[HandOver]) -> int:
-    """Pass hand-overs on until nothing follows; how many were passed on."""
+async def hand_over(
+    app: App, pending: Sequence[HandOver], left: list[HandOver] | None = None
+) -> int:
+    """Pass hand-overs on until nothing follows; how many were passed on.
+
+    ``left``, when given, holds what is not passed on yet at every moment (the round under
+    way), so a caller interrupted by an error or a cancellation can pass that on later
+    instead of leaving what followed to the sweep."""
     passed = 0
     while pending:
+        if left is not None:
+            left[:] = pending
         records: dict[QueueKeys, list[Any]] = {}
         done: dict[QueueKeys, list[bytes]] = {}
         for source, (hid, status, then, payload) in pending:
@@ -56,6 +67,8 @@ async def hand_over(app: App, pending: Sequence[HandOver]) -> int:
         await app.scripts.handed_over(done)
         passed += len(pending)
         pending = following
+    if left is not None:
+        left.clear()
     return passed
 
 

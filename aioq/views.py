@@ -23,7 +23,8 @@ import orjson
 from redis.exceptions import ResponseError
 
 from .app import App
-from .job import JobStatus
+from .errors import JobNotFound
+from .job import JobInfo, JobStatus
 from .keys import (
     GROUP,
     PRIORITIES,
@@ -121,7 +122,8 @@ class WorkerInfo:
     """A live worker as its last heartbeat described it (``worker/heartbeat.py``).
 
     ``uptime`` and ``last_beat`` are seconds as of the read; ``started_at`` is the worker's
-    own clock (epoch seconds).
+    own clock (epoch seconds). A worker process of ``aioq worker --processes N`` has the pid
+    of its ``supervisor`` and its ``process`` number (1..N); other workers have None.
     """
 
     consumer: str
@@ -134,15 +136,17 @@ class WorkerInfo:
     started_at: float
     uptime: float
     last_beat: float
+    supervisor: int | None = None
+    process: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 async def worker_stats(app: App) -> list[WorkerInfo]:
-    """The app's live workers, by consumer name. Entries whose worker has not beaten for
-    ``STALE_AFTER`` seconds (it died without a clean stop) are left out (``ops.prune_workers``
-    deletes them)."""
+    """The app's live workers, by host, then pid (the processes of one supervisor together,
+    in their order). Entries whose worker has not beaten for ``STALE_AFTER`` seconds (it died
+    without a clean stop) are left out (``ops.prune_workers`` deletes them)."""
     live, _ = await _heartbeats(app)
     return live
 
@@ -179,6 +183,8 @@ async def _heartbeats(app: App) -> tuple[list[WorkerInfo], list[bytes]]:
                 started_at=float(s.get("started_at", 0.0)),
                 uptime=float(s.get("uptime", 0.0)) + ago,
                 last_beat=ago,
+                supervisor=_int_or_none(s.get("supervisor")),
+                process=_int_or_none(s.get("process")),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             stale.append(consumer)  # not a heartbeat: nothing will ever refresh it
@@ -187,7 +193,12 @@ async def _heartbeats(app: App) -> tuple[list[WorkerInfo], list[bytes]]:
             stale.append(consumer)
         else:
             live.append(info)
-    return sorted(live, key=lambda w: w.consumer), stale
+    # the processes of one supervisor side by side, in their order
+    return sorted(live, key=lambda w: (w.host, w.supervisor or w.pid, w.process or 0)), stale
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 async def throughput(app: App) -> list[dict[str, float]]:
@@ -276,6 +287,16 @@ class JobSummary:
 
 def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
+
+
+def info_dict(info: JobInfo) -> dict[str, Any]:
+    """``info`` (``Job.info()``) as JSON-ready values: times as ISO 8601 strings."""
+    d: dict[str, Any] = {name: getattr(info, name) for name in JobInfo.__dataclass_fields__}
+    d["status"] = info.status.value
+    for name in ("enqueued_at", "started_at", "finished_at", "due_at"):
+        d[name] = _iso(d[name])
+    d["history"] = [{**h, "at": _iso(h["at"])} for h in info.history]
+    return d
 
 
 def _summary(job_id: str, queue: str, values: list[bytes | None]) -> JobSummary:
@@ -744,3 +765,195 @@ async def rate_limit_stats(app: App) -> list[dict[str, str]]:
         for task, limit in (await app.rate_limits(q)).items():
             out.append({"queue": q, "task": task, "limit": limit})
     return out
+
+
+# -- workflows --------------------------------------------------------------------------------
+
+STEPS_SHOWN = 50
+"""Steps a workflow view lists by default (a group of 10,000 members is counted, not listed)."""
+
+_STEP_FIELDS = ("status", "wait", "exc_type", "error", "started_at", "finished_at")
+_JOIN_FIELDS = ("total", "done", "fired")
+GONE = "gone"
+"""The status of a step whose record has expired (or was deleted)."""
+PENDING = "pending"
+"""The status of a group (its join) that has not fired: members are still to finish."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStep:
+    """One step of a workflow: a job (``task`` is its task's name) or a group (``task`` is
+    ``None``: the join that collects its members' outcomes, ``done`` of ``total`` so far).
+
+    ``status`` is the job's (a step waiting for earlier ones is ``scheduled`` with
+    ``wait_reason`` "workflow"), a group's ``pending`` until it fired and then how it ended
+    (succeeded, failed, cancelled), or ``gone`` when the record has expired. ``index`` is the
+    step's place in the workflow's list (the order it was planned in: a chain's steps in
+    order, a group before its members); ``result`` marks the step whose outcome is the
+    workflow's (what ``enqueue()`` returned)."""
+
+    index: int
+    queue: str
+    id: str
+    task: str | None
+    status: str
+    wait_reason: str | None = None
+    exc_type: str | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    done: int = 0
+    total: int = 0
+    result: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = "job" if self.task is not None else "group"
+        d["started_at"], d["finished_at"] = _iso(self.started_at), _iso(self.finished_at)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """A workflow's steps as ``workflow_of`` read them: ``steps`` lists at most ``limit`` in
+    workflow order (then any failed ones and the result step past those), ``total`` counts
+    them all, ``by_status`` counts the job steps (not the groups) by status, ``groups`` the
+    groups. ``queue`` is where the workflow's record lives (``keys.flow``)."""
+
+    id: str
+    queue: str
+    total: int
+    groups: int
+    by_status: dict[str, int]
+    steps: list[WorkflowStep]
+    limit: int
+
+    @property
+    def listed_all(self) -> bool:
+        return len(self.steps) == self.total
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "queue": self.queue, "total": self.total, "groups": self.groups,
+            "by_status": self.by_status, "limit": self.limit, "listed_all": self.listed_all,
+            "steps": [s.as_dict() for s in self.steps],
+        }  # fmt: skip
+
+
+async def workflow_of(
+    app: App, job_id: str, queue: str | None = None, limit: int = STEPS_SHOWN
+) -> Workflow | None:
+    """The workflow the job ``job_id`` is a step of, with every step's status; ``job_id`` may
+    also be a group's id (``GroupJob.id``) or the workflow's own (``JobInfo.workflow``).
+    ``None`` when the job is no workflow's step (enqueued alone) or the workflow's record has
+    expired. Raises ``JobNotFound`` when ``queue`` (default: any of the app's queues) has no
+    such job, group or workflow.
+
+    Three pipelined round trips, whatever the workflow's size: the id's records (in every
+    queue at once when ``queue`` is not given), the workflow's record, then one HMGET per
+    step. At most ``limit`` steps are listed (``Workflow`` says which); all are counted.
+    """
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit!r}")
+    names = [queue] if queue is not None else app.queues
+    redis = app.redis
+    async with redis.pipeline(transaction=False) as pipe:
+        for q in names:
+            pipe.hmget(app.keys(q).job(job_id), ("status", "flow"))
+            # a group's join has a total; the workflow's record has its steps
+            pipe.hmget(app.keys(q).flow(job_id), ("total", "flow", "steps"))
+        replies = await pipe.execute(raise_on_error=False)
+    flow: str | None = None
+    for q, (job, record) in zip(names, zip(replies[::2], replies[1::2], strict=True), strict=True):
+        if not isinstance(job, Exception) and job[0] is not None:
+            flow = text_field(job[1]) or ""
+        elif not isinstance(record, Exception) and record[0] is not None:
+            flow = text_field(record[1]) or ""
+        elif not isinstance(record, Exception) and record[2] is not None:
+            flow = f"{q} {job_id}"
+        else:
+            continue
+        break
+    if flow is None:
+        raise JobNotFound(job_id, names)
+    flow_queue, _, flow_id = flow.partition(" ")
+    if not flow_id:
+        return None
+    wf: list[bytes | None] = await redis.hmget(  # type: ignore[assignment]
+        app.keys(flow_queue).flow(flow_id), ("steps", "result")
+    )
+    raw_steps, raw_result = wf
+    plan = json_field(raw_steps)
+    if not isinstance(plan, list):
+        return None
+    steps = [
+        (str(s[0]), str(s[1]), str(s[2]) or None)
+        for s in plan
+        if isinstance(s, list) and len(s) == 3
+    ]
+    outcome = json_field(raw_result)
+    result = (
+        (str(outcome[1]), str(outcome[2]))
+        if isinstance(outcome, list) and len(outcome) == 3
+        else None
+    )
+    return await _read_steps(app, flow_id, flow_queue, steps, result, limit)
+
+
+async def _read_steps(
+    app: App,
+    flow_id: str,
+    flow_queue: str,
+    plan: list[tuple[str, str, str | None]],
+    result: tuple[str, str] | None,
+    limit: int,
+) -> Workflow:
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for q, sid, task in plan:
+            if task is None:
+                pipe.hmget(app.keys(q).flow(sid), _JOIN_FIELDS)
+            else:
+                pipe.hmget(app.keys(q).job(sid), _STEP_FIELDS)
+        replies = await pipe.execute(raise_on_error=False)
+    rows: list[WorkflowStep] = []
+    by_status: dict[str, int] = {}
+    groups = 0
+    for i, ((q, sid, task), values) in enumerate(zip(plan, replies, strict=True)):
+        row = _step(i, q, sid, task, values, (q, sid) == result)
+        rows.append(row)
+        if task is None:
+            groups += 1
+        else:
+            by_status[row.status] = by_status.get(row.status, 0) + 1
+    # past the first ``limit``: what an operator looks for in a big group, the failures, and
+    # the step whose outcome is the workflow's
+    failed = [r.index for r in rows[limit:] if r.status == JobStatus.FAILED.value][:limit]
+    picked = {*range(min(limit, len(rows))), *failed, *(r.index for r in rows if r.result)}
+    shown = [rows[i] for i in sorted(picked)]
+    return Workflow(flow_id, flow_queue, len(rows), groups, by_status, shown, limit)
+
+
+def _step(
+    index: int, queue: str, sid: str, task: str | None, values: Any, is_result: bool
+) -> WorkflowStep:
+    if isinstance(values, Exception):  # not a hash: not aioq's record
+        return WorkflowStep(index, queue, sid, task, GONE, result=is_result)
+    if task is None:
+        total, done, fired = values
+        if total is None:
+            return WorkflowStep(index, queue, sid, None, GONE, result=is_result)
+        return WorkflowStep(
+            index, queue, sid, None, text_field(fired) or PENDING,
+            done=int_field(done), total=int_field(total), result=is_result,
+        )  # fmt: skip
+    v = dict(zip(_STEP_FIELDS, values, strict=True))
+    status = text_field(v["status"])
+    if status is None:
+        return WorkflowStep(index, queue, sid, task, GONE, result=is_result)
+    return WorkflowStep(
+        index, queue, sid, task, status,
+        wait_reason=text_field(v["wait"]) if status == JobStatus.SCHEDULED.value else None,
+        exc_type=text_field(v["exc_type"]), error=text_field(v["error"]),
+        started_at=time_field(v["started_at"]), finished_at=time_field(v["finished_at"]),
+        result=is_result,
+    )  # fmt: skip

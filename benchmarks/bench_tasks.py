@@ -67,6 +67,16 @@ async def sleep() -> None:
 
 
 @app.task
+async def spin(us: int) -> None:
+    """Hold the CPU for ``us`` microseconds (a job whose cost is Python, bench_processes.py)."""
+    rec.started()
+    end = time.perf_counter() + us / 1e6
+    while time.perf_counter() < end:
+        pass
+    rec.done()
+
+
+@app.task
 async def rpc() -> None:
     """The round trip's no-op (bench_worker.py): nothing recorded, the caller times it."""
 
@@ -78,3 +88,17 @@ async def lat(i: int) -> None:
         rec.lat(i, f" {t0!r} {t1!r}")
     else:
         rec.lat(i)
+
+
+@app.task
+async def relay(x: int = 0) -> int:
+    """A chain's step (bench_workflows.py): records its start, returns the previous step's
+    result plus one."""
+    rec.lat(x)
+    return x + 1
+
+
+@app.task
+async def collect(values: list[Any]) -> int:
+    """A chord's callback (bench_workflows.py): how many member results it got."""
+    return len(values)

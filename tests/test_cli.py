@@ -140,6 +140,8 @@ def test_info_with_unreachable_redis_is_one_line(tmp_path: Path) -> None:
         ["mod:app", "--concurrency", "3", "--shutdown-timeout", "2.5", "--embedded-redis"],
         ["mod:app", "--no-burst", "--no-embedded-redis"],
         ["mod:app", "--metrics-port", "9100", "--metrics-host", "0.0.0.0", "--log-format", "json"],
+        ["mod:app", "--processes", "3", "--max-jobs-per-process", "9"],
+        ["mod:app", "--max-memory-per-process", "512.5"],
     ],
 )
 def test_worker_command_has_one_parser(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,7 +152,7 @@ def test_worker_command_has_one_parser(argv: list[str], monkeypatch: pytest.Monk
     from aioq.cli import commands, worker
 
     seen: list[dict[str, object]] = []
-    monkeypatch.setattr(worker, "run", lambda **kw: seen.append(kw))
+    monkeypatch.setattr(worker, "run", lambda **kw: seen.append(kw) or 0)
     assert worker.main(argv) == 0
     result = CliRunner().invoke(commands.cli, ["worker", *argv])
     assert result.exit_code == 0, result.output

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aioq import App, JobCancelled, JobStatus, Worker, current_job, views
+from aioq import App, JobCancelled, JobStatus, Worker, chord, current_job, views
 from aioq.dashboard import JOBS_LIMIT, dashboard
 from aioq.keys import THROUGHPUT_BUCKET, THROUGHPUT_WINDOW, throughput_key, workers_key
 from aioq.worker.heartbeat import HEARTBEAT
@@ -37,6 +37,7 @@ CHROMIUM_ARGS = [
 SCREENSHOT = Path("/tmp/dashboard.png")
 JOBS_SCREENSHOT = Path("/tmp/dashboard-jobs.png")
 TPUT_SCREENSHOT = Path("/tmp/tput.png")  # the first load, after workers finished 30 jobs
+FLOW_SCREENSHOT = Path("/tmp/dashboard-workflow.png")  # a chord's callback opened
 
 
 @pytest.fixture
@@ -52,6 +53,10 @@ async def ops(redis_url: str) -> AsyncIterator[App]:
         if current_job().attempt == 1:
             raise ConnectionError("the first attempt always fails")
         return "second time lucky"
+
+    @app.task
+    async def tsum(values: list[int]) -> int:
+        return sum(values)
 
     yield app
     await app.aclose()
@@ -408,6 +413,25 @@ async def test_page_shows_a_job_and_requeues_a_dead_one(ops: App) -> None:
                 await expect(left).to_have_count(1)
                 await expect(left).to_contain_text("unknown task")
                 await expect(left.locator("button")).to_have_count(0)
+
+                # a workflow's job opens as the workflow's steps, each opening its own view
+                add, tsum = ops.tasks["add"], ops.tasks["tsum"]
+                flow = await chord([add.s(i, i) for i in range(3)], tsum.s()).enqueue()
+                assert await flow.result(timeout=10) == 6
+                await recent.locator(f'tr[data-job="{flow.id}"] a.jobref').click()
+                steps = page.locator("#detail #steps tbody tr")
+                await expect(steps).to_have_count(5)  # the group, its 3 members, the callback
+                await expect(steps.first).to_contain_text("group of 3")
+                await expect(steps.first).to_contain_text("3 / 3 done")
+                callback = page.locator(f'#steps tr.this[data-step="{flow.id}"]')
+                await expect(callback).to_contain_text("this · result")
+                await page.screenshot(path=str(FLOW_SCREENSHOT))
+                member = await steps.nth(1).get_attribute("data-step")
+                await steps.nth(1).locator("a.jobref").click()
+                await expect(page.locator("#detail-title")).to_contain_text(f"Job {member}")
+                await expect(page.locator(f'#steps tr.this[data-step="{member}"]')).to_be_visible()
+                await page.keyboard.press("Escape")
+                await expect(page.locator("#detail")).to_be_hidden()
             finally:
                 worker.stop()
                 await asyncio.wait_for(running, 20)

@@ -99,8 +99,13 @@ async def _parked(app: App, *ws: WorkerProcess) -> None:
 async def test_a_hand_over_told_twice_and_by_two_processes_at_once_acts_once(
     app: App, redis_url: str
 ) -> None:
-    """The hand-overs of a finished chord member, passed on again and again and by another
-    App at the same time, count it once; the callback is started once."""
+    """A chord member on another queue than its group's join is told to the join by a second
+    script: that hand-over, passed on again and again and by another App at the same time,
+    counts the member once; the join fires once and starts the callback once."""
+
+    @app.task(queue="n")
+    async def first(i: int) -> int:
+        return i
 
     @app.task(queue="m")
     async def one(i: int) -> int:
@@ -110,23 +115,23 @@ async def test_a_hand_over_told_twice_and_by_two_processes_at_once_acts_once(
     async def total(values: list[int]) -> int:
         return sum(values)
 
-    job = await chord([one.s(1), one.s(2)], total.s()).enqueue()
-    flow_rec = (await job.info()).workflow
-    assert flow_rec is not None
-    m = app.keys("m")
-    # run both members by hand: fetch and complete them as a worker would, keeping the
-    # hand-overs the completion returned
+    # the join lives beside the first member (queue n); the member on m reaches it remotely
+    job = await chord([first.s(1), one.s(2)], total.s()).enqueue()
     wargs = WorkerArgs("hand", app.max_deliveries, app.result_ttl, app.dead_letter_max)
-    rows = await app.scripts.fetch(m, wargs, 10, 0)
-    assert len(rows) == 2
-    records: list[object] = []
-    for r in rows:
-        records += ["ok", r[0], r[1], r[2], str(r[4].decode()[1:-1]).encode(), "", "", 0]
-    fenced, handed = await app.scripts.complete(m, wargs, records)
-    assert fenced == []
-    assert len(handed) == 2
-    assert await app.redis.zcard(m.flows) == 2  # in the outbox until passed on
 
+    async def run_by_hand(queue: str, value: bytes) -> list[list[bytes]]:
+        keys = app.keys(queue)
+        (r,) = await app.scripts.fetch(keys, wargs, 10, 0)
+        fenced, handed = await app.scripts.complete(
+            keys, wargs, ["ok", r[0], r[1], r[2], value, "", "", 0]
+        )
+        assert fenced == []
+        return handed
+
+    m, n = app.keys("m"), app.keys("n")
+    handed = await run_by_hand("m", b"2")
+    assert len(handed) == 1  # the join, on another queue
+    assert await app.redis.zcard(m.flows) == 1  # in the outbox until passed on
     other = App(app.name, redis_url=redis_url)
     try:
         pending = [(m, h) for h in handed]
@@ -136,10 +141,17 @@ async def test_a_hand_over_told_twice_and_by_two_processes_at_once_acts_once(
         await hand_over(app, pending)
     finally:
         await other.aclose()
+    assert await app.redis.zcard(m.flows) == 0
+    # the member beside its join is counted in its own completion, which fires the join:
+    # what is handed over is the join's start of the callback (another queue)
+    handed = await run_by_hand("n", b"1")
+    assert len(handed) == 1
+    assert b".g" in handed[0][0]  # the join's id (canvas.py names joins "<flow>.g<n>")
+    await asyncio.gather(*(hand_over(app, [(n, h) for h in handed]) for _ in range(3)))
     c = app.keys("c")
     assert await app.redis.xlen(c.stream) == 1  # the callback, queued once
     assert await job.status() is JobStatus.QUEUED
-    assert await app.redis.zcard(m.flows) == 0
+    assert await app.redis.zcard(n.flows) == 0
     async with Worker(app, queues=["c"]):
         assert await job.result(timeout=5) == 3
 
@@ -152,7 +164,7 @@ async def test_a_fenced_completion_does_not_advance_the_workflow(app: App) -> No
     async def first() -> int:
         return 1
 
-    @app.task
+    @app.task(queue="other")  # another queue: the hand-over is a second script there
     async def second(x: int) -> int:
         return x + 1
 
@@ -189,9 +201,13 @@ async def test_a_hand_over_a_dead_worker_left_is_swept_by_another(
     async def step(x: int) -> int:
         return x * 2
 
-    lost = Worker(app)
+    @app.task(queue="other")  # steps alternate queues: every hand-over crosses slots
+    async def step2(x: int) -> int:
+        return x * 2
+
+    lost = Worker(app, queues=["default", "other"])
     lost.completer._on_handed = lambda keys, rows: None  # the worker "dies" before passing on
-    job = await chain(step.s(1), step.s(), step.s()).enqueue()
+    job = await chain(step.s(1), step2.s(), step.s()).enqueue()
     async with lost:
 
         async def first_done() -> bool:
@@ -201,7 +217,7 @@ async def test_a_hand_over_a_dead_worker_left_is_swept_by_another(
     assert await job.status() is JobStatus.SCHEDULED
     monkeypatch.setattr("aioq.handover.SWEEP_AFTER", 0.2)
     monkeypatch.setattr("aioq.worker.flows.SWEEP_EVERY", 0.1)
-    async with Worker(app):
+    async with Worker(app, queues=["default", "other"]):
         assert await job.result(timeout=10) == 8
     assert await app.redis.zcard(app.keys().flows) == 0
     assert await sweep(app, app.keys(), min_age=0) == 0

@@ -123,16 +123,23 @@ def info(
         return
     print_table(
         f"{len(workers)} worker(s) alive",
-        [Column("worker"), Column("host"), Column("pid", justify="right"), Column("queues"),
+        [Column("worker"), Column("host"), Column("pid", justify="right"),
+         Column("process", justify="right"), Column("queues"),
          *(Column(c, justify="right") for c in ("concurrency", "running", "done", "uptime",
                                                  "last heartbeat"))],
         [
-            [w["consumer"], w["host"], str(w["pid"]), ",".join(w["queues"]),
+            [w["consumer"], w["host"], str(w["pid"]), _process(w), ",".join(w["queues"]),
              str(w["concurrency"]), str(w["running"]), str(w["done"]),
              duration(w["uptime"]), f"{w['last_beat']:.1f}s ago"]
             for w in workers
         ],
     )  # fmt: skip
+
+
+def _process(w: dict[str, Any]) -> str:
+    """A process of ``aioq worker --processes N``: "#2 of 4242" (its number, its supervisor's
+    pid); "-" for a worker on its own."""
+    return "-" if w.get("process") is None else f"#{w['process']} of {w['supervisor']}"
 
 
 def _extra_tables(report: dict[str, Any]) -> None:

@@ -110,43 +110,57 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def job_dict(info: JobInfo) -> dict[str, Any]:
-    d: dict[str, Any] = {name: getattr(info, name) for name in JobInfo.__dataclass_fields__}
-    d["status"] = info.status.value
-    for name in ("enqueued_at", "started_at", "finished_at", "due_at"):
-        d[name] = d[name].isoformat() if d[name] is not None else None
-    d["history"] = [
-        {**h, "at": h["at"].isoformat() if h["at"] is not None else None} for h in info.history
-    ]
-    return d
-
-
 def job(
     target: Target,
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="the job id")],
+    job_id: Annotated[
+        str, typer.Argument(metavar="ID", help="a job id (or a group's or workflow's id)")
+    ],
     queue: Annotated[str | None, typer.Option("--queue", "-q", help="the job's queue")] = None,
+    steps: Annotated[
+        int, typer.Option(min=0, help="at most this many workflow steps listed")
+    ] = views.STEPS_SHOWN,
     as_json: Json = False,
 ) -> None:
     """One job: arguments, status, attempts, times, progress, result or error and traceback,
-    and the failures of earlier attempts (its history)."""
+    the failures of earlier attempts (its history), and, for a step of a workflow (chain,
+    group, chord), every step of the workflow with its status."""
     app = load_app(target)
     if queue is not None:
         known_queues(app, [queue])
 
-    async def info() -> JobInfo | None:
+    async def read() -> tuple[JobInfo | None, views.Workflow | None]:
         try:
-            return await app.job(job_id, queue).info()
+            found: JobInfo | None = await app.job(job_id, queue).info()
         except JobNotFound:
-            return None
+            found = None
+        if found is not None and found.workflow is None:
+            return found, None  # a job enqueued alone: no more to read
+        try:
+            where = found.queue if found is not None else queue
+            return found, await views.workflow_of(app, job_id, where, limit=steps)
+        except JobNotFound:
+            return found, None
 
-    found = run(app, info)
-    if found is None:
+    found, flow = run(app, read)
+    if found is None and flow is None:
         typer.echo(f"aioq: no job {job_id!r} in queues {', '.join(app.queues)}", err=True)
         raise typer.Exit(1)
-    d = job_dict(found)
     if as_json:
+        d: dict[str, Any] = views.info_dict(found) if found is not None else {"id": job_id}
+        d["workflow_steps"] = flow.as_dict() if flow is not None else None
+        if found is None and flow is not None:
+            d["workflow"] = flow.id
         echo_json(d)
         return
+    if found is not None:
+        print_job(found)
+    if flow is not None:
+        print_workflow(flow, job_id)
+    elif found is not None and found.workflow is not None:
+        typer.echo(f"workflow {found.workflow}: its record has expired (steps unknown)")
+
+
+def print_job(found: JobInfo) -> None:
     rows: list[tuple[str, str]] = [
         ("task", found.task), ("queue", found.queue), ("priority", str(found.priority)),
         ("status", found.status.value),
@@ -167,13 +181,45 @@ def job(
             (f"attempt {h['attempt']}", f"failed {when(h['at'])}: "
              f"{h['exc_type'] or 'Error'}: {h['error'] or '-'}")
         )  # fmt: skip
-    out = print_fields(f"job {found.id}", rows, whole={"task", "queue", "status", "worker"})
+    if found.workflow is not None:
+        rows.append(("workflow", found.workflow))
+    whole = {"task", "queue", "status", "worker", "workflow"}
+    out = print_fields(f"job {found.id}", rows, whole=whole)
     if found.traceback:
         out.print(found.traceback.rstrip(), markup=False, highlight=False)
     elif found.history and found.history[-1]["traceback"]:
         last = found.history[-1]
         out.print(f"traceback of attempt {last['attempt']}:", markup=False, highlight=False)
         out.print(last["traceback"].rstrip(), markup=False, highlight=False)
+
+
+def print_workflow(flow: views.Workflow, asked: str) -> None:
+    """The workflow's steps as a table, ``asked`` (the id on the command line) marked."""
+    counts = ", ".join(f"{status} {n:,}" for status, n in sorted(flow.by_status.items()))
+    groups = f", {flow.groups:,} group{'s' * (flow.groups != 1)}" if flow.groups else ""
+    title = f"workflow {flow.id}: {flow.total:,} steps{groups} · {counts or 'no jobs'}"
+    rows = []
+    for s in flow.steps:
+        if s.task is None:
+            task, status = f"group of {s.total:,}", f"{s.status}: {s.done:,}/{s.total:,} done"
+        else:
+            task = s.task
+            status = f"{s.status} ({s.wait_reason})" if s.wait_reason else s.status
+            if s.error:
+                status += " · " + first_line(f"{s.exc_type or 'Error'}: {s.error}")
+        marks = [m for m, on in (("this", s.id == asked), ("result", s.result)) if on]
+        rows.append([str(s.index + 1), s.id, task, s.queue, status, ", ".join(marks)])
+    print_table(
+        title,
+        [Column("#", justify="right"), Column("step"), Column("task"), Column("queue"),
+         Column("status", wrap=True), Column("")],
+        rows,
+    )  # fmt: skip
+    if not flow.listed_all:
+        typer.echo(
+            f"{len(flow.steps):,} of {flow.total:,} steps listed: the first {flow.limit:,}, then"
+            " the failed ones and the workflow's result (--steps N lists more)"
+        )
 
 
 # -- the dead-letter stream ---------------------------------------------------------------

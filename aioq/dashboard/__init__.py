@@ -25,7 +25,7 @@ from .. import ops as aioq_ops
 from .. import views
 from ..app import App
 from ..errors import JobCancelled, JobNotFound, RedisUnavailable, TaskFailed
-from ..job import Job, JobStatus
+from ..job import Job, JobInfo, JobStatus
 
 __all__ = ["dashboard"]
 
@@ -34,6 +34,7 @@ FAILED_LIMIT = 20
 DEAD_LIMIT = 100
 JOBS_LIMIT = 20  # queued, scheduled and running jobs listed per queue
 RECENT_LIMIT = 15  # recently finished jobs listed
+STEPS_LIMIT = views.STEPS_SHOWN  # a workflow's steps listed in a job's view (all counted)
 ACTIVE = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
 CANCEL_WAIT = 2.0  # seconds a cancel request waits for a running job's worker to stop it
 
@@ -111,6 +112,34 @@ def dashboard(app: App) -> Starlette:
 
         return await _guarded(act, ok=lambda r: r["outcome"] == aioq_ops.REQUEUED)
 
+    async def job(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        queue = request.query_params.get("queue")  # optional: saves looking the job up
+        if queue is not None and queue not in app.queues:
+            return _error(400, f"unknown queue {queue!r}")
+
+        async def collect() -> dict[str, Any]:
+            try:
+                info: JobInfo | None = await app.job(job_id, queue).info()
+            except JobNotFound:
+                info = None
+            flow = None
+            if info is None or info.workflow is not None:  # a group's or workflow's id too
+                try:
+                    where = info.queue if info is not None else queue
+                    flow = await views.workflow_of(app, job_id, where, limit=STEPS_LIMIT)
+                except JobNotFound:
+                    pass
+            if info is None and flow is None:
+                return {"id": job_id, "error": f"no job {job_id!r} in queues {app.queues}"}
+            return {
+                "id": job_id,
+                "job": views.info_dict(info) if info is not None else None,
+                "workflow": flow.as_dict() if flow is not None else None,
+            }
+
+        return await _guarded(collect, ok=lambda r: "error" not in r, refused=404)
+
     async def cancel(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         queue = request.query_params.get("queue")  # optional: saves looking the job up
@@ -148,6 +177,7 @@ def dashboard(app: App) -> Starlette:
         Route("/api/jobs", jobs, methods=["GET"]),
         Route("/api/dead", dead, methods=["GET"]),
         Route("/api/dead/{entry}/requeue", requeue, methods=["POST"]),
+        Route("/api/jobs/{job_id}", job, methods=["GET"]),
         Route("/api/jobs/{job_id}/cancel", cancel, methods=["POST"]),
         Route("/api/jobs/{job_id}/retry", retry, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -173,14 +203,14 @@ async def _cancel(job: Job[Any]) -> str:
     return (await job.status()).value
 
 
-async def _guarded(work: Any, ok: Any = None) -> Response:
+async def _guarded(work: Any, ok: Any = None, refused: int = 409) -> Response:
     """Run ``work()``; a Redis that does not answer is a 503 with the reason. With ``ok``, an
-    outcome it rejects is a 409 (the body still says what happened)."""
+    outcome it rejects is a 409, or ``refused`` (the body still says what happened)."""
     try:
         result = await work()
     except RedisUnavailable as exc:
         return _error(503, str(exc))
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         return _error(503, f"cannot reach Redis: {exc}")
-    status = 200 if ok is None or ok(result) else 409
+    status = 200 if ok is None or ok(result) else refused
     return _JSON(result, status_code=status)

@@ -11,12 +11,14 @@
 --   cancelled  the running coroutine was cancelled by job.cancel()
 -- A job flagged by job.cancel() ends "cancelled" whatever the record says. Entries are
 -- acknowledged and deleted with one XACK and one XDEL for the whole batch. A finished job of a
--- workflow (its record has `then`) goes into the hand-over outbox (finish.lua) and is returned
--- with its outcome, so the worker tells its successors at once (handover.py): returns
--- {fenced ids, hand-overs}, each hand-over {job id, status, then, payload} as handover.lua's.
+-- workflow (its record has `then`) goes into the hand-over outbox (finish.lua); its successors
+-- on this queue are told here, in the same script (tell.lua: a chain's next step starts, a
+-- group's join counts the member), and those on other queues are returned for the worker to
+-- tell there (handover.py): returns {fenced ids, hand-overs}, each {job id, status, the
+-- successors elsewhere, payload} as handover.lua's.
 --#include start
 --#include history
---#include handover
+--#include tell
 use_level(tonumber(ARGV[6]))
 local now = now_ms()
 local fenced, done, handed = {}, {}, {}
@@ -71,7 +73,7 @@ for i = 7, #ARGV, 8 do
       elseif op ~= 'ok' then
         status, payload = 'failed', failure(jid, rec[7], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
       end
-      handed[#handed + 1] = {jid, status, rec[6], payload}
+      pass_on({jid, status, rec[6], payload}, now, handed)
     end
     done[#done + 1] = eid
   end

@@ -6,6 +6,7 @@
 -- on the same hash tag, so a script touches one cluster slot.
 --#include helpers
 local TAG = tag_of(KEYS[1])                              -- "aioq:{app:queue}:"
+local QUEUE = string.match(TAG, '^aioq:{[^:]*:(.*)}:$')  -- names have no ':' (keys.py)
 local PRIORITIES = {{PRIORITIES}}
 local STREAMS = {}                                       -- by priority, 0 to 9
 for p = 0, PRIORITIES - 1 do STREAMS[p] = KEYS[p + 1] end

@@ -41,6 +41,7 @@ from .fetch import fetch_loop
 from .flows import HandOvers
 from .heartbeat import PausedQueues, heartbeat_loop
 from .lease import LeaseKeeper
+from .recycle import memory_loop
 from .run import Runner
 from .schedule import promote_loop
 from .slots import Slots
@@ -58,7 +59,10 @@ class Worker:
     else ``MissingMetricsExtra``, an ``ImportError``, names it); ``max_loop_block``: seconds
     the event loop may stay blocked (sync code in an async task) while this worker keeps its
     jobs' leases; a worker blocked longer counts as hung and its jobs go to other workers
-    (``lease.py``).
+    (``lease.py``). ``max_jobs`` and ``max_memory`` (MB of resident set) make the worker
+    stop itself gracefully once it has taken that many jobs or grown that big, for a
+    supervisor to replace it (``aioq worker --max-jobs-per-process``; ``recycle.py``):
+    ``recycled`` then says why.
     """
 
     def __init__(
@@ -73,12 +77,20 @@ class Worker:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         max_loop_block: float = 600.0,
+        max_jobs: int | None = None,
+        max_memory: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
         if max_loop_block <= 0:
             raise ValueError(f"max_loop_block must be > 0 seconds, got {max_loop_block!r}")
+        if max_jobs is not None and max_jobs < 1:
+            raise ValueError(f"max_jobs must be >= 1, got {max_jobs!r}")
+        if max_memory is not None and not max_memory > 0:
+            raise ValueError(f"max_memory must be > 0 MB, got {max_memory!r}")
         self.max_loop_block = float(max_loop_block)
+        self.max_jobs, self.max_memory = max_jobs, max_memory
+        self.recycled: str | None = None  # why a limit stopped the worker (recycle.py)
         self._leases: LeaseKeeper | None = None
         self.app = app
         self.concurrency = concurrency
@@ -129,6 +141,19 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to stop gracefully (safe to call from a signal handler)."""
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` was called: fetchers take nothing more."""
+        return self._stop.is_set()
+
+    def recycle(self, reason: str) -> None:
+        """Stop gracefully because a limit was reached (``max_jobs``, ``max_memory``)."""
+        if self._stop.is_set():
+            return  # stopping already (a signal, or a limit reached before)
+        self.recycled = reason
+        log.info("recycling: %s; taking no new jobs, stopping", reason)
+        self.stop()
 
     async def run(self) -> None:
         """Run until ``stop()``, cancellation, or (burst) an empty queue; then drain."""
@@ -189,6 +214,8 @@ class Worker:
             self._loops.append(spawn(promote_loop(self, keys), name=f"aioq-promote-{keys.queue}"))
         if self._summary is not None:
             self._loops.append(spawn(self._summary.run(), name="aioq-summary"))
+        if self.max_memory is not None:
+            self._loops.append(spawn(memory_loop(self, self.max_memory), name="aioq-memory"))
         self._fetchers = [
             spawn(fetch_loop(self, keys), name=f"aioq-fetch-{keys.queue}")
             for keys in self.queue_keys

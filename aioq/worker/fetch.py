@@ -44,6 +44,9 @@ async def fetch_loop(worker: Worker, keys: QueueKeys) -> None:
     drained = False  # the parked read's start found nothing more: park again, no FETCH
     while True:
         n = await slots.take(worker.fetch_size)
+        if worker.stopping:  # take nothing more (the stop path cancels this loop next)
+            slots.give(n)
+            return
         if keys.queue in worker.paused and not recover:  # `aioq pause`: take nothing new
             slots.give(n)
             await worker.paused.wait_resumed(worker, keys)

@@ -67,23 +67,25 @@ class HandOvers:
                 delay = min(delay * 2, 2.0)
 
     async def flush(self) -> None:
-        """Pass on everything pending now; on error it stays pending."""
+        """Pass on everything pending now; on error (or cancellation) what was not passed on
+        yet, including what followed from what was, stays pending."""
         batch, self._pending = self._pending, []
         if not batch:
             return
+        left: list[HandOver] = list(batch)
         self._busy += len(batch)
         try:
-            await hand_over(self._worker.app, batch)
-        except BaseException:
-            self._pending[:0] = batch
-            raise
+            await hand_over(self._worker.app, batch, left)
         finally:
             self._busy -= len(batch)
+            self._pending[:0] = left
         self._worker.woken()  # a next step may be on a stream now (burst fetchers re-check)
 
     async def close(self) -> None:
-        """At stop: pass on what is pending, for a few seconds at most (the outbox keeps the
-        rest for another worker's sweep)."""
+        """At stop (after the loop was cancelled, perhaps amid a hand-over: what it had not
+        passed on is pending again): pass on what is pending, for a few seconds at most (the
+        outbox keeps the rest for another worker's sweep)."""
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(5.0):
-                await self.flush()
+                while self._pending:
+                    await self.flush()

@@ -31,6 +31,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from ..keys import QueueKeys, throughput_key, workers_key
+from ..supervisor import process_identity
 
 if TYPE_CHECKING:
     from .core import Worker
@@ -101,6 +102,7 @@ async def heartbeat_loop(worker: Worker) -> None:
         "pid": os.getpid(),
         "queues": [k.queue for k in worker.queue_keys],
         "started_at": time.time(),
+        **process_identity(),  # under `aioq worker --processes N`: supervisor pid, number
     }
     began = time.monotonic()  # uptime from the monotonic clock: immune to clock changes
     next_beat = 0.0

@@ -45,6 +45,7 @@ class Runner:
         self.redis: Redis  # set when the worker opens (it runs in one event loop)
         self._threads = anyio.CapacityLimiter(min(worker.concurrency, 64))
         self.observer: JobObserver | None = None  # set when metrics or job logs are on
+        self.started = 0  # jobs delivered to this worker (``max_jobs`` counts them)
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.running.values())
@@ -82,6 +83,10 @@ class Runner:
                 t = loop.create_task(self._run_traced(level, d, tracer))
             running[d.entry_id] = t
             self.entries[level.queue, d.job_id] = (level, d.entry_id)
+        self.started += len(rows)
+        limit = self.worker.max_jobs
+        if limit is not None and self.started >= limit:  # once per batch: no per-job cost
+            self.worker.recycle(f"{self.started} jobs taken (the limit is {limit})")
 
     def interrupt(self, keys: QueueKeys, entry_id: bytes) -> bool:
         """Cancel a running job without recording an outcome (lease lost, or shutdown)."""

@@ -59,6 +59,8 @@ async def consumer() -> None:
     async with Worker(app, concurrency=10, queues=["default", "emails"]) as worker:
         assert_type(worker, Worker)
     await Worker(app, burst=True).run()
+    recycling = Worker(app, max_jobs=1000, max_memory=512.0)  # a supervisor replaces it
+    assert_type(recycling.recycled, str | None)
     ctx = current_job()
     assert_type(ctx.attempt, int)
     assert_type(ctx.id, str)

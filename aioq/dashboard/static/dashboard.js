@@ -40,6 +40,12 @@ function shortId(id) {
   return id && id.length > 14 ? id.slice(0, 12) + "…" : id || "—";
 }
 
+// a job id that opens the job's view (the drawer, #job=ID)
+function jobLink(id, text) {
+  return el("a", { class: "jobref", href: "#job=" + encodeURIComponent(id), title: id },
+    text || shortId(id));
+}
+
 function fill(tableId, rows, columns, emptyText) {
   const body = $("#" + tableId + " tbody");
   body.replaceChildren();
@@ -99,12 +105,14 @@ function renderWorkers(workers) {
     el("td", { class: "mono" }, w.consumer),
     el("td", {}, w.host),
     el("td", { class: "num" }, w.pid),
+    // a process of `aioq worker --processes N`: its number and its supervisor's pid
+    el("td", { class: "num muted" }, w.process ? "#" + w.process + " of " + w.supervisor : "-"),
     el("td", {}, ...w.queues.map((q) => el("span", { class: "badge q" }, q))),
     el("td", { class: "num" }, w.running + " / " + w.concurrency),
     el("td", { class: "num" }, w.done),
     el("td", { class: "num" }, duration(w.uptime)),
     el("td", { class: "num muted" }, w.last_beat.toFixed(1) + "s ago"))),
-  8, "No worker alive");
+  9, "No worker alive");
 }
 
 // a progress value as a fraction when it says one: a number in [0, 1], or a count and a
@@ -148,7 +156,7 @@ function renderJobs(body) {
     const started = j.started_at ? " · started " + ago(j.started_at) : "";
     rows.push(el("tr", { "data-job": j.id, "data-status": j.status },
       el("td", {}, el("span", { class: "badge s-" + j.status }, j.status)),
-      el("td", { class: "mono", title: j.id }, shortId(j.id)),
+      el("td", { class: "mono", title: j.id }, jobLink(j.id)),
       el("td", { class: "mono" }, j.task),
       el("td", {}, el("span", { class: "badge q" }, j.queue)),
       el("td", { class: "num" + (j.priority ? "" : " muted") }, j.priority),
@@ -208,7 +216,7 @@ function renderRecent(jobs) {
     if (note) outcome.append(note);
     return el("tr", { "data-job": j.id, "data-status": j.status },
       el("td", {}, el("span", { class: "badge s-" + j.status }, j.status)),
-      el("td", { class: "mono", title: j.id }, shortId(j.id)),
+      el("td", { class: "mono", title: j.id }, jobLink(j.id)),
       el("td", { class: "mono" }, j.task),
       el("td", {}, el("span", { class: "badge q" }, j.queue)),
       el("td", { class: "num" + (j.priority ? "" : " muted") }, j.priority),
@@ -237,7 +245,7 @@ function retryCell(j) {
 function renderFailed(jobs) {
   $("#failed-count").textContent = jobs.length || "";
   fill("failed", jobs.map((j) => el("tr", { "data-job": j.id },
-    el("td", { class: "mono", title: j.id }, shortId(j.id)),
+    el("td", { class: "mono", title: j.id }, jobLink(j.id)),
     el("td", { class: "mono" }, j.task),
     el("td", {}, el("span", { class: "badge q" }, j.queue)),
     el("td", { class: "error", title: (j.exc_type || "") + ": " + (j.error || "") },
@@ -252,7 +260,7 @@ function renderDead(entries) {
   $("#dead-count").textContent = entries.length || "";
   fill("dead", entries.map((d) => el("tr", { "data-entry": d.entry, "data-job": d.job_id || "" },
     el("td", { class: "mono" }, d.entry),
-    el("td", { class: "mono", title: d.job_id || "" }, shortId(d.job_id)),
+    el("td", { class: "mono", title: d.job_id || "" }, d.job_id ? jobLink(d.job_id) : "—"),
     el("td", { class: "mono" }, d.task || "—"),
     el("td", {}, el("span", { class: "badge q" }, d.queue)),
     el("td", { class: "reason" }, d.reason),
@@ -320,6 +328,153 @@ function setLive(ok, text) {
   $("#live-text").textContent = text;
 }
 
+// -- one job: the drawer opened by #job=ID, redrawn with every poll while open -------------
+
+let detailId = null;  // the id in the URL's #job=ID, or null when the drawer is closed
+let detailSeq = 0;    // answers to an earlier id (or poll) are dropped
+
+function badge(status) {
+  return el("span", { class: "badge s-" + status }, status);
+}
+
+function at(iso) {
+  if (!iso) return "—";
+  return iso.replace("T", " ").slice(0, 19) + " UTC · " + ago(iso);
+}
+
+function cut(text, n) {
+  return text.length > n ? text.slice(0, n - 1) + "…" : text;
+}
+
+function took(s) {
+  if (!s.started_at || !s.finished_at) return "";
+  const ms = Date.parse(s.finished_at) - Date.parse(s.started_at);
+  return ms < 1000 ? Math.max(0, ms) + " ms" : duration(ms / 1000);
+}
+
+function openFromHash() {
+  const m = /^#job=(.+)$/.exec(location.hash);
+  detailId = m ? decodeURIComponent(m[1]) : null;
+  $("#detail").hidden = $("#detail-backdrop").hidden = !detailId;
+  if (!detailId) return;
+  $("#detail-title").replaceChildren("Job " + detailId);
+  $("#detail-body").replaceChildren(el("p", { class: "muted" }, "loading…"));
+  loadDetail();
+}
+
+function closeDetail() {
+  history.replaceState(null, "", location.pathname + location.search);
+  openFromHash();
+}
+
+async function loadDetail() {
+  const id = detailId, seq = ++detailSeq;
+  if (!id) return;
+  try {
+    const r = await fetch("api/jobs/" + encodeURIComponent(id));
+    const body = await r.json();
+    if (seq !== detailSeq || id !== detailId) return;
+    if (!r.ok) {
+      $("#detail-body").replaceChildren(el("p", { class: "error" }, body.error || r.statusText));
+      return;
+    }
+    renderDetail(body);
+  } catch (e) {
+    if (seq === detailSeq) $("#detail-body").replaceChildren(el("p", { class: "error" }, String(e)));
+  }
+}
+
+function renderDetail(body) {
+  const parts = [];
+  const j = body.job;
+  if (j) {
+    $("#detail-title").replaceChildren("Job " + j.id + " ", badge(j.status));
+    const rows = [
+      ["task", j.task], ["queue", j.queue],
+      ["status", j.status + (j.wait_reason ? " (" + j.wait_reason + ")" : "")],
+      ["attempts", j.attempts + " (retries allowed: " + j.retries + ")"],
+      ["args", cut(JSON.stringify(j.args), 600)], ["kwargs", cut(JSON.stringify(j.kwargs), 600)],
+      ["enqueued", at(j.enqueued_at)], ["started", at(j.started_at)],
+      ["finished", at(j.finished_at)], ["worker", j.worker || "—"],
+    ];
+    if (j.due_at) rows.push(["due", at(j.due_at)]);
+    if (j.progress !== null && j.progress !== undefined) rows.push(["progress", cut(JSON.stringify(j.progress), 600)]);
+    if (j.status === "succeeded") rows.push(["result", cut(JSON.stringify(j.result), 2000)]);
+    if (j.error) rows.push(["error", (j.exc_type || "Error") + ": " + j.error]);
+    for (const h of j.history || []) {
+      rows.push(["attempt " + h.attempt, "failed " + at(h.at) + ": " + (h.exc_type || "Error") + ": " + (h.error || "")]);
+    }
+    if (j.workflow) rows.push(["workflow", j.workflow]);
+    parts.push(el("div", { class: "panel" }, el("dl", { class: "fields" },
+      ...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", k === "error" ? { class: "error" } : {}, v)]))));
+    if (j.traceback) {
+      parts.push(el("h4", {}, "Traceback"),
+        el("div", { class: "panel" }, el("pre", { class: "traceback" }, j.traceback)));
+    }
+  } else {
+    const step = body.workflow && body.workflow.steps.find((s) => s.id === body.id);
+    $("#detail-title").replaceChildren((step ? "Group " : "Workflow ") + body.id + " ",
+      ...(step ? [badge(step.status)] : []));
+  }
+  if (body.workflow) parts.push(...workflowPart(body.workflow, body.id));
+  else if (j && j.workflow) parts.push(el("p", { class: "muted" }, "The workflow's record has expired."));
+  $("#detail-body").replaceChildren(...parts);
+}
+
+// a workflow as its steps, in the order they were planned (a chain's in order, a group before
+// its members): status, id (each opens its own view), task, queue, outcome
+function workflowPart(w, current) {
+  const counts = Object.entries(w.by_status).sort()
+    .map(([status, n]) => el("span", { class: "badge s-" + status }, status + " " + n));
+  const groups = w.groups ? " · " + w.groups + " group" + (w.groups === 1 ? "" : "s") : "";
+  const rows = w.steps.map((s) => {
+    let outcome;
+    if (s.kind === "group") {
+      const f = s.total ? s.done / s.total : 0;
+      outcome = el("td", { class: "progress" },
+        el("span", { class: "meter" }, el("span", { style: "width: " + (f * 100).toFixed(1) + "%" })),
+        el("span", { class: "mono" }, s.done + " / " + s.total + " done"));
+    } else if (s.error) {
+      outcome = el("td", { class: "error", title: (s.exc_type || "") + ": " + s.error },
+        el("span", { class: "exc" }, s.exc_type || "Error"), ": " + s.error);
+    } else if (s.wait_reason === "workflow") {
+      outcome = el("td", { class: "muted" }, "waits for the steps before it");
+    } else {
+      outcome = el("td", { class: "num muted" }, took(s));
+    }
+    const marks = [s.id === current ? "this" : null, s.result ? "result" : null].filter(Boolean);
+    return el("tr", { "data-step": s.id, "data-status": s.status, "data-kind": s.kind,
+      class: s.id === current ? "this" : "" },
+      el("td", { class: "num muted" }, s.index + 1),
+      el("td", {}, badge(s.status)),
+      el("td", { class: "mono", title: s.id }, jobLink(s.id)),
+      el("td", { class: "mono" }, s.kind === "group" ? "group of " + s.total : s.task),
+      el("td", {}, el("span", { class: "badge q" }, s.queue)),
+      outcome,
+      el("td", { class: "mark" }, marks.join(" · ")));
+  });
+  if (!w.listed_all) {
+    rows.push(el("tr", { class: "more" }, el("td", { colspan: 7 },
+      `${w.steps.length} of ${w.total} steps listed: the first ${w.limit}, then the failed ones `
+      + "and the workflow's result (all are counted above). ",
+      el("code", {}, "aioq job MODULE:APP ID --steps N"), " lists more.")));
+  }
+  return [
+    el("h4", {}, "Workflow ", el("span", { class: "id" }, w.id),
+      " · " + w.total + " step" + (w.total === 1 ? "" : "s") + groups),
+    el("div", { class: "flow-counts" }, ...counts),
+    el("div", { class: "panel" }, el("table", { id: "steps" },
+      el("thead", {}, el("tr", {}, ...["#", "Status", "Step", "Task", "Queue", "Outcome", ""]
+        .map((h, i) => el("th", i === 0 ? { class: "num" } : {}, h)))),
+      el("tbody", {}, ...rows))),
+  ];
+}
+
+window.addEventListener("hashchange", openFromHash);
+document.addEventListener("keydown", (e) => { if (e.key === "Escape" && detailId) closeDetail(); });
+$("#detail-close").addEventListener("click", closeDetail);
+$("#detail-backdrop").addEventListener("click", closeDetail);
+
 let busy = false;
 
 async function refresh() {
@@ -349,6 +504,7 @@ async function refresh() {
     renderCrons(overview.crons);
     renderLimits(overview.rate_limits);
     setLive(true, "live · " + new Date().toLocaleTimeString());
+    if (detailId) loadDetail();
   } catch (e) {
     setLive(false, String(e.message || e));
   } finally {
@@ -356,5 +512,6 @@ async function refresh() {
   }
 }
 
+openFromHash();
 refresh();
 setInterval(refresh, 1000);
