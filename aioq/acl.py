@@ -1,5 +1,5 @@
 """Redis ACL users for one app: a producer and a worker, each with only the commands and the
-key and channel patterns aioq needs (the README quotes ``setuser``'s lines for app "shop").
+key and channel patterns aioq needs (docs/deploying.md quotes ``setuser``'s lines for app "shop").
 
 Every key of an app is ``aioq:{<app>:<queue>}:...`` or ``aioq:{<app>}:...`` (``keys.py``), and
 so is every pub/sub channel (a job's ``done:`` and ``progress:``, a queue's ``cancel``), so
@@ -85,7 +85,7 @@ def setuser(app: str, role: str, user: str, password: str) -> str:
     """The ``ACL SETUSER`` line of a ``role`` ("producer" or "worker") user for ``app``.
 
     ``reset`` first: the user has no other right, whatever it had; ``>password`` adds the
-    password (``<password>`` in the README: put yours there)."""
+    password (``<password>`` in the docs: put yours there)."""
     if role not in ROLES:
         raise ValueError(f"role must be 'producer' or 'worker', got {role!r}")
     rights = [f"+{c}" for c in ROLES[role]]
@@ -116,7 +116,7 @@ def denied(user: str | None, action: str, exc: BaseException) -> PermissionDenie
     need = f"{' '.join(patterns(app, 'worker'))} and aioq's commands" if app else "aioq's keys"
     return PermissionDenied(
         f"Redis user {user!r} may not {action} ({exc}): an aioq user of the app needs {need}, "
-        "as aioq.acl.setuser() writes them (README: Locked down)",
+        "as aioq.acl.setuser() writes them (docs/deploying.md: Locked down)",
         user,
     )
 

@@ -263,9 +263,9 @@ class App:
         hour) caps the task's starts across every worker sharing the Redis; a limited job
         waits in the scheduled set, holding no concurrency slot and spending no retry.
         ``priority`` 0 (default, lowest) to 9: higher starts first within the queue, and lower
-        ones still get a share (see README). ``autoretry_for=(ConnectionError, ...)`` retries
-        only failures with those exception types (subclasses included) and fails the job at
-        once on any other; without it every exception is retried while ``retries`` last.
+        ones still get a share (docs/scheduling.md). ``autoretry_for=(ConnectionError, ...)``
+        retries only failures with those exception types (subclasses included) and fails the
+        job at once on any other; without it every exception is retried while ``retries`` last.
         Without ``queue`` the task goes to the queue of the first of ``routes`` its name
         matches, else to the default queue. ``broadcast=True`` returns a ``BroadcastTask``:
         each enqueue runs once on every live worker serving its queue (``broadcast.py``).

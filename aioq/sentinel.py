@@ -9,7 +9,7 @@ and made again the same way.
 
 Replication is asynchronous: a write the master acknowledged but had not yet sent to its
 replica when it died is not on the new master. ``Options(durable=True)`` makes an enqueue
-wait until a replica has it (``WAIT``), see ``README.md``.
+wait until a replica has it (``WAIT``), see ``docs/deploying.md``.
 """
 
 from __future__ import annotations

@@ -259,7 +259,7 @@ class Task(Generic[P, R]):
         retries), never on an attempt that is retried. ``durable=True``: the enqueue returns
         only once a replica of the master has the job too (Redis ``WAIT``, up to
         ``DURABLE_TIMEOUT`` seconds, else ``NotDurable``), so a failover to that replica keeps
-        it (see README, "Redis Cluster and Sentinel").
+        it (see docs/deploying.md, "Redis Cluster and Sentinel").
 
         ``unique_for=seconds``: while a job of this task with the same key is queued,
         scheduled or running, or finished less than ``seconds`` ago, enqueueing returns that

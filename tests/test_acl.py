@@ -1,5 +1,5 @@
-"""ACL users: the producer and worker users the README gives (its very lines, app name and
-password put in) run every essential of an app, Redis logs no refusal, and another app's
+"""ACL users: the producer and worker users docs/deploying.md gives (its very lines, app name
+and password put in) run every essential of an app, Redis logs no refusal, and another app's
 users are refused this app's jobs with a message naming what and why."""
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ pytestmark = pytest.mark.anyio
 
 
 def readme_lines() -> list[str]:
-    """The ``ACL SETUSER`` lines of the README's "ACL users" section, for app "shop"."""
-    text = (ROOT / "README.md").read_text()
+    """The ``ACL SETUSER`` lines of the docs' "ACL users" section, for app "shop"."""
+    text = (ROOT / "docs" / "deploying.md").read_text()
     section = text[text.index("### ACL users") : text.index("### Signed jobs")]
     return [line for line in section.splitlines() if line.startswith("ACL SETUSER ")]
 
 
 class Users:
-    """An app's producer and worker users on a server, created from the README's lines."""
+    """An app's producer and worker users on a server, created from the docs' lines."""
 
     def __init__(self, server: RedisProcess, admin: redis.Redis, app: str) -> None:
         self.server, self.app = server, app
@@ -79,7 +79,7 @@ def refusals(admin: redis.Redis, *users: Users) -> list[Any]:
 
 
 def test_readme_lines_are_what_acl_setuser_writes() -> None:
-    """The README's lines are aioq.acl's, for app "shop", so the two cannot drift."""
+    """The docs' lines are aioq.acl's, for app "shop", so the two cannot drift."""
     assert readme_lines() == [
         acl.setuser("shop", role, f"shop-{role}", "CHANGE-ME") for role in ("producer", "worker")
     ]
@@ -88,7 +88,7 @@ def test_readme_lines_are_what_acl_setuser_writes() -> None:
 async def test_producer_and_worker_users_run_the_essentials(
     server: RedisProcess, admin: redis.Redis
 ) -> None:
-    """As the README's users: enqueue (async, bulk, by name, sync), results, a retry, a delay,
+    """As the docs' users: enqueue (async, bulk, by name, sync), results, a retry, a delay,
     cancel of a running job, progress, a cron tick, a rate limit, an unknown task buried in
     the dead letters. Redis logged no refusal (not even one a script swallowed)."""
     name = unique_name()
@@ -146,7 +146,7 @@ async def test_producer_and_worker_users_run_the_essentials(
 async def test_flow_control_runs_as_the_readme_users(
     server: RedisProcess, admin: redis.Redis
 ) -> None:
-    """As the README's users: unique and debounced enqueues, a full queue refused and then
+    """As the docs' users: unique and debounced enqueues, a full queue refused and then
     waited on until a job finished, and a broadcast (the producer reads the heartbeats, the
     workers hand copies over and take them). Redis logged no refusal."""
     name = unique_name()
