@@ -3,13 +3,17 @@
 import logging
 
 from .app import App
+from .broadcast import BroadcastJob, BroadcastTask
 from .canvas import Chain, Chord, Group, chain, chord, group
 from .context import JobContext, current_job
 from .errors import (
     AioqError,
     JobCancelled,
     JobNotFound,
+    NoLiveWorkers,
+    NotDurable,
     PermissionDenied,
+    QueueFull,
     RedisUnavailable,
     Retry,
     TaskFailed,
@@ -27,6 +31,8 @@ logging.getLogger("aioq").addHandler(logging.NullHandler())
 __all__ = [
     "AioqError",
     "App",
+    "BroadcastJob",
+    "BroadcastTask",
     "Call",
     "Chain",
     "Chord",
@@ -38,7 +44,10 @@ __all__ = [
     "JobInfo",
     "JobNotFound",
     "JobStatus",
+    "NoLiveWorkers",
+    "NotDurable",
     "PermissionDenied",
+    "QueueFull",
     "RedisUnavailable",
     "Retry",
     "SyncJob",

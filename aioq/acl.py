@@ -1,5 +1,5 @@
 """Redis ACL users for one app: a producer and a worker, each with only the commands and the
-key and channel patterns aioq needs (the README quotes ``setuser``'s lines for app "shop").
+key and channel patterns aioq needs (docs/deploying.md quotes ``setuser``'s lines for app "shop").
 
 Every key of an app is ``aioq:{<app>:<queue>}:...`` or ``aioq:{<app>}:...`` (``keys.py``), and
 so is every pub/sub channel (a job's ``done:`` and ``progress:``, a queue's ``cancel``), so
@@ -46,6 +46,10 @@ PRODUCER_COMMANDS: tuple[str, ...] = (
     "llen", "rpush", "lpos", "lrem", "lmove",
     # job.status(), info(), result(), progress(), a group's results, finding a job's queue
     "hget", "hmget", "hgetall", "zscore", "subscribe", "unsubscribe",
+    # flow control: unique and debounce keys (dedup.lua, and tell.lua's unlock), a limited
+    # queue's size (limit.lua) and waiting for room (XREAD of its recent stream), taking back
+    # a refused broadcast's record
+    "get", "set", "pexpire", "pexpireat", "del", "zcard", "xlen", "xrevrange", "xread",
 )  # fmt: skip
 """Commands an app's producer runs: enqueue (workflows too), status, info, result, progress,
 cancel."""
@@ -55,12 +59,14 @@ WORKER_COMMANDS: tuple[str, ...] = (
     # the streams: groups, reads, claims, leases, acknowledgement (fetch, start, reclaim,
     # renew, release, complete) and the dead-letter and recent streams
     "xgroup|create", "xreadgroup", "xautoclaim", "xclaim", "xpending", "xrange", "xack",
-    "xdel", "xlen", "xgroup|delconsumer",
+    "xdel", "xgroup|delconsumer",
     # job records, scheduled set, rate-limit logs, cron state, pause flag, heartbeats and
     # their throughput buckets
-    "pexpire", "zrange", "zcard", "get", "set", "hkeys", "hlen",
+    "zrange", "hkeys", "hlen",
     # the sweep of the keys with jobs waiting (keyed.lua)
     "lrange",
+    # broadcast copies handed to a worker (broadcast.lua, take.lua)
+    "sadd", "smembers",
     # at start, the maxmemory-policy (a Redis that evicts loses jobs: the worker warns)
     "info|memory",
 )  # fmt: skip
@@ -71,18 +77,19 @@ ROLES = {"producer": PRODUCER_COMMANDS, "worker": WORKER_COMMANDS}
 
 def patterns(app: str, role: str) -> list[str]:
     """The key and channel patterns of ``role`` for ``app``: its queues' keys and channels,
-    and (worker) the per-app heartbeat hash ``aioq:{<app>}:workers``."""
-    out = [f"~aioq:{{{app}:*}}:*", f"&aioq:{{{app}:*}}:*"]
+    and the per-app keys: (worker) ``aioq:{<app>}:*``, the heartbeats and throughput it
+    writes; (producer) the heartbeat hash ``aioq:{<app>}:workers`` alone, which a broadcast
+    reads to learn the live workers."""
     if role == "worker":
-        out.insert(1, f"~aioq:{{{app}}}:*")
-    return out
+        return [f"~aioq:{{{app}:*}}:*", f"~aioq:{{{app}}}:*", f"&aioq:{{{app}:*}}:*"]
+    return [f"~aioq:{{{app}:*}}:*", f"~aioq:{{{app}}}:workers", f"&aioq:{{{app}:*}}:*"]
 
 
 def setuser(app: str, role: str, user: str, password: str) -> str:
     """The ``ACL SETUSER`` line of a ``role`` ("producer" or "worker") user for ``app``.
 
     ``reset`` first: the user has no other right, whatever it had; ``>password`` adds the
-    password (``<password>`` in the README: put yours there)."""
+    password (``<password>`` in the docs: put yours there)."""
     if role not in ROLES:
         raise ValueError(f"role must be 'producer' or 'worker', got {role!r}")
     rights = [f"+{c}" for c in ROLES[role]]
@@ -113,7 +120,7 @@ def denied(user: str | None, action: str, exc: BaseException) -> PermissionDenie
     need = f"{' '.join(patterns(app, 'worker'))} and aioq's commands" if app else "aioq's keys"
     return PermissionDenied(
         f"Redis user {user!r} may not {action} ({exc}): an aioq user of the app needs {need}, "
-        "as aioq.acl.setuser() writes them (README: Locked down)",
+        "as aioq.acl.setuser() writes them (docs/deploying.md: Locked down)",
         user,
     )
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta, tzinfo
-from typing import Any, ParamSpec, TypeVar, Unpack, overload
+from typing import Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .acl import explained
+from .broadcast import BroadcastJob, BroadcastTask, fan_out
+from .cluster import ClusterLane, ClusterResults, Topology, cluster_client
 from .connection import (
     CommandLane,
+    Lane,
     MissingDatabase,
     NotRedis,
     check_url,
@@ -25,12 +29,15 @@ from .connection import (
 )
 from .cron import CatchUp, CronSchedule, parse_every, parse_timezone
 from .env import AppOptions, options_from_env
-from .errors import JobNotFound, RedisUnavailable
+from .errors import JobNotFound, QueueFull, RedisUnavailable
 from .group_job import GroupJob
+from .hosts import is_cluster_url, parse_hosts_url
 from .job import Job
 from .keys import QueueKeys, validate_name
+from .queue_limits import check_limits, wait_for_room
 from .ratelimit import RateLimit, parse_rate
 from .results import ResultListener
+from .routes import Routes
 from .scripts import Scripts
 from .signing import Signer, signing_keys
 from .sync import ClientHolder, SyncClient, SyncJob, enqueue_call
@@ -50,10 +57,18 @@ class _Connection:
     """The Redis client, scripts and result subscription of one event loop."""
 
     def __init__(self, url: str, max_connections: int) -> None:
-        self.redis: Redis = make_client(url, max_connections)
-        self.lane = CommandLane(self.redis, size=min(max_connections, 64))
+        self.redis: Redis
+        self.lane: Lane
+        self.results: ResultListener | ClusterResults
+        if is_cluster_url(url):  # a lane and a subscription per master (cluster.py)
+            topology = Topology(parse_hosts_url(url), max_connections)
+            self.redis = cluster_client(topology.url, max_connections)
+            self.lane, self.results = ClusterLane(topology), ClusterResults(topology)
+        else:
+            self.redis = make_client(url, max_connections)
+            self.lane = CommandLane(self.redis, size=min(max_connections, 64))
+            self.results = ResultListener(self.redis)
         self.scripts = Scripts(self.lane)
-        self.results = ResultListener(self.redis)
 
     async def aclose(self) -> None:
         await self.results.aclose()
@@ -76,6 +91,12 @@ class App:
     puts an HMAC-SHA256 on every job this app enqueues, and makes its workers run signed jobs
     only: an unsigned or tampered job fails with "bad signature" and goes to the dead-letter
     stream (``signing.py``).
+
+    ``queue_limits={"emails": 10_000}`` bounds queues: an enqueue that would take one past
+    its limit (jobs not finished: queued, running, scheduled) raises ``QueueFull`` and writes
+    nothing to it (``queue_limits.py``). ``routes={"emails.*": "emails"}`` sends a task
+    registered without a queue to the queue of the first pattern its name matches
+    (shell-style patterns, ``routes.py``); a worker started for the app serves those queues.
     """
 
     def __init__(
@@ -91,6 +112,8 @@ class App:
         max_connections: int = 200,
         workflow_ttl: int = 7 * 86_400,
         signing_key: bytes | Sequence[bytes] | None = None,
+        queue_limits: Mapping[str, int] | None = None,
+        routes: Mapping[str, str] | None = None,
     ) -> None:
         self._name = validate_name("app", name)
         self._signer = None if signing_key is None else Signer(signing_keys(signing_key))
@@ -110,10 +133,13 @@ class App:
         if workflow_ttl < 1:
             raise ValueError(f"workflow_ttl must be >= 1 second, got {workflow_ttl!r}")
         self.workflow_ttl = int(workflow_ttl)
+        #: queue -> the most jobs not finished it may hold (``queue_limits.py``)
+        self.queue_limits: dict[str, int] = check_limits(queue_limits)
+        self.routes = Routes(routes)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.crons: list[CronSchedule] = []
         self._keys: dict[str, QueueKeys] = {}
-        self._queues: set[str] = {self.default_queue}
+        self._queues: set[str] = {self.default_queue, *self.routes.queues}
         self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
             weakref.WeakKeyDictionary()
         )
@@ -168,7 +194,11 @@ class App:
             del self._connections[loop]  # its loop is gone: nothing can use them
         self._name, self._redis_url = new_name, new_url
         self._keys.clear()  # they spell the old name
-        self._queues = {self.default_queue, *(t.queue for t in self.tasks.values())}
+        self._queues = {
+            self.default_queue,
+            *self.routes.queues,
+            *(t.queue for t in self.tasks.values()),
+        }
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} redis={redacted(self.redis_url)!r}>"
@@ -196,7 +226,24 @@ class App:
         concurrency_key: ConcurrencyKey | None = None,
         key_concurrency: int | None = None,
         key_rate_limit: str | None = None,
+        broadcast: Literal[False] = False,
     ) -> _TaskDecorator: ...
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retries: int = 0,
+        backoff: Backoff = 1.0,
+        timeout: float | None = None,
+        rate_limit: str | None = None,
+        priority: int = 0,
+        autoretry_for: AutoRetry | None = None,
+        broadcast: Literal[True],
+    ) -> _BroadcastDecorator: ...
 
     def task(
         self,
@@ -214,28 +261,34 @@ class App:
         concurrency_key: ConcurrencyKey | None = None,
         key_concurrency: int | None = None,
         key_rate_limit: str | None = None,
-    ) -> Task[Any, Any] | _TaskDecorator:
+        broadcast: bool = False,
+    ) -> Task[Any, Any] | _TaskDecorator | _BroadcastDecorator:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
         ``rate_limit="10/m"`` (N/s, N/m, N/h; the unit also sec, second, min, minute, hr or
         hour) caps the task's starts across every worker sharing the Redis; a limited job
         waits in the scheduled set, holding no concurrency slot and spending no retry.
         ``priority`` 0 (default, lowest) to 9: higher starts first within the queue, and lower
-        ones still get a share (see README). ``autoretry_for=(ConnectionError, ...)`` retries
-        only failures with those exception types (subclasses included) and fails the job at
-        once on any other; without it every exception is retried while ``retries`` last.
+        ones still get a share (docs/scheduling.md). ``autoretry_for=(ConnectionError, ...)``
+        retries only failures with those exception types (subclasses included) and fails the
+        job at once on any other; without it every exception is retried while ``retries`` last.
+        Without ``queue`` the task goes to the queue of the first of ``routes`` its name
+        matches, else to the default queue. ``broadcast=True`` returns a ``BroadcastTask``:
+        each enqueue runs once on every live worker serving its queue (``broadcast.py``).
 
         Flow control by key: ``concurrency_key`` (a function of the job's arguments returning a
         string, run at enqueue, or one string for every job; ``task.options(concurrency_key=
         ...)`` gives one job's) puts each job under a key; at most ``key_concurrency`` jobs of
         one key run at once and at most ``key_rate_limit`` start per period, across every
         worker, keys served in turn (a key with neither limit runs one job at a time). A job
-        waiting for its key holds no slot and spends no retry (see README).
+        waiting for its key holds no slot and spends no retry (docs/flow-control.md).
         """
         decorator = _TaskDecorator(
             self, name, queue, retries, backoff, timeout, rate_limit, priority, autoretry_for,
             (concurrency_key, key_concurrency, key_rate_limit),
         )  # fmt: skip
+        if broadcast:
+            return _BroadcastDecorator(decorator)
         return decorator if fn is None else decorator(fn)
 
     def cron(
@@ -306,6 +359,11 @@ class App:
                 out.setdefault(name, text)
         return out
 
+    def route(self, task: str) -> str:
+        """The queue a task named ``task`` goes to when nothing names one: the first of
+        ``routes`` it matches, else the default queue."""
+        return self.routes.queue_for(task) or self.default_queue
+
     def _register(self, task: Task[Any, Any]) -> None:
         if task.name in self.tasks:
             raise ValueError(
@@ -352,7 +410,7 @@ class App:
     def scripts(self) -> Scripts:
         return self._connection().scripts
 
-    def _results(self) -> ResultListener:
+    def _results(self) -> ResultListener | ClusterResults:
         return self._connection().results
 
     async def aclose(self) -> None:
@@ -443,7 +501,7 @@ class App:
                 f"{', '.join(sorted(self.tasks))}); a task's default name is its function's "
                 "__name__, without the module"
             )
-        return Task(self, _unknown, name=name, queue=self.default_queue)
+        return Task(self, _unknown, name=name, queue=self.route(name))
 
     def job(self, job_id: str, queue: str | None = None) -> Job[Any]:
         """A handle to an existing job id (no I/O); ``queue`` when it is not a known one."""
@@ -462,53 +520,144 @@ class App:
         """An immutable workflow step of a task known by name (see ``task.si()``)."""
         return Call(self._named_task(name), args, kwargs, Options(), immutable=True)
 
+    async def broadcast(self, name: str, /, *args: Any, **kwargs: Any) -> BroadcastJob[Any]:
+        """Enqueue a broadcast task by name (``broadcast.py``): one copy per live worker of
+        its queue. A registered task must be a broadcast one; an app with no tasks (a
+        producer) sends it to the task's routed queue."""
+        task = self._named_task(name)
+        if self.tasks and not task.broadcast:
+            raise TypeError(f"task {name!r} is not a broadcast task: use app.enqueue({name!r})")
+        return await fan_out(self, Call(task, args, kwargs, Options()))
+
+    def broadcast_job(self, broadcast_id: str, queue: str | None = None) -> BroadcastJob[Any]:
+        """A handle to a broadcast by its id (``BroadcastJob.id``), e.g. in another process;
+        ``queue`` defaults to the default queue (no I/O until it is used)."""
+        return BroadcastJob(self, broadcast_id, queue or self.default_queue)
+
     def group_job(self, group_id: str, queue: str | None = None) -> GroupJob:
         """A handle to an enqueued group by its id (``GroupJob.id``), e.g. in another process
         (no I/O; without ``queue`` the first call finds it in the app's known queues)."""
         return GroupJob(self, group_id, queue)
 
     async def _enqueue_call(self, call: Call[R]) -> Job[R]:
+        if call.task.broadcast:
+            raise _not_broadcast(call)
         if call.options.on_success is not None or call.options.on_failure is not None:
             from .canvas import enqueue_call_with_callbacks
 
             return await enqueue_call_with_callbacks(self, call)
         queue, job = call.prepare()
-        keys = self.keys(queue)
         self._queues.add(queue)  # one of `queues` from now on
-        await self._send([(keys, [job])], ((queue, job),))
-        return Job(self, job[0], queue)
+        durable = call.options.durable
+        if queue in self.queue_limits or durable:
+            waits = [call.options.wait_if_full]
+            outcome = (await self._write([(queue, job)], waits, durable=durable))[0]
+        else:  # the hot path: one script call, nothing to wait for
+            prepared = ((queue, job),)
+            spans = publish(prepared)
+            keys = self.keys(queue)
+            if spans is None:
+                outcome = await self._call(self.scripts.enqueue_one(keys, job))
+            else:
+                with spans:
+                    outcome = await self._call(self.scripts.enqueue_one(keys, job))
+        return Job(self, _job_id(job, outcome), queue)
 
     async def enqueue_many(self, calls: Iterable[Call[R]]) -> list[Job[R]]:
         """Enqueue many calls in one round trip; each is idempotent on its job id.
 
         Every call is validated and encoded before anything is sent; the jobs go as one
-        script call per 200 jobs of a queue, all written at once.
+        script call per 200 jobs of a queue, all written at once, except into a queue of
+        ``queue_limits``: its jobs go in one script call, written all or none. When they do
+        not fit, ``QueueFull`` names that queue (after waiting for room as long as the
+        shortest ``wait_if_full`` of its calls asks); jobs of the same call to other queues
+        are written all the same, and listed in the exception's ``written``.
         """
+        calls = list(calls)
+        for c in calls:
+            if c.task.broadcast:
+                raise _not_broadcast(c)
         prepared = [c.prepare() for c in calls]
         if not prepared:
             return []
-        by_queue: dict[str, list[Any]] = {}
-        for queue, job in prepared:
-            by_queue.setdefault(queue, []).append(job)
-        batches = [(self.keys(q), jobs) for q, jobs in by_queue.items()]
-        self._queues.update(by_queue)  # each one of `queues` from now on
-        await self._send(batches, prepared)
-        return [Job(self, job[0], queue) for queue, job in prepared]
+        self._queues.update({q for q, _ in prepared})  # each one of `queues` from now on
+        waits = [c.options.wait_if_full for c in calls]
+        durable = any(c.options.durable for c in calls)
+        outcomes = await self._write(prepared, waits, durable=durable)
+        return [
+            # bytes: the id of the job holding its dedup key (inline: the bulk path's cost)
+            Job(self, o.decode() if o.__class__ is bytes else job[0], queue)
+            for (queue, job), o in zip(prepared, outcomes, strict=True)
+        ]
+
+    async def _write(
+        self,
+        prepared: Sequence[tuple[str, list[Any]]],
+        waits: Sequence[float | None],
+        before: Sequence[bytes] = (),
+        durable: bool = False,
+    ) -> list[Any]:
+        """Enqueue prepared jobs grouped by queue, honouring ``queue_limits``; one outcome
+        per job (``Scripts.enqueue``). A refused queue is waited on for room as long as the
+        shortest of its jobs' ``waits`` (``wait_if_full``; ``None`` is no wait) allows and
+        tried again alone, else ``QueueFull``. ``durable``: as ``_send``'s."""
+        by_queue: dict[str, list[int]] = {}
+        for i, (queue, _) in enumerate(prepared):
+            by_queue.setdefault(queue, []).append(i)
+        if len(by_queue) == 1 and prepared[0][0] not in self.queue_limits:  # the usual case
+            only = [(self.keys(prepared[0][0]), [job for _, job in prepared])]
+            reply = (await self._send(only, prepared, before, durable=durable))[0]
+            assert isinstance(reply, list)  # no limit: never refused
+            return reply
+        outcomes: list[Any] = [None] * len(prepared)
+        deadlines: dict[str, float] = {}
+        pending = list(by_queue)
+        while True:
+            batches = [(self.keys(q), [prepared[i][1] for i in by_queue[q]]) for q in pending]
+            sent = [prepared[i] for q in pending for i in by_queue[q]]
+            replies = await self._send(batches, sent, before, durable=durable)
+            before = ()
+            refused: list[tuple[str, int, bytes]] = []
+            for q, reply in zip(pending, replies, strict=True):
+                if isinstance(reply, tuple):
+                    refused.append((q, *reply))
+                else:
+                    for i, o in zip(by_queue[q], reply, strict=True):
+                        outcomes[i] = o
+            if not refused:
+                return outcomes
+            pending = []
+            for q, size, after in refused:
+                if q not in deadlines:
+                    wait = min((waits[i] or 0.0) for i in by_queue[q])
+                    deadlines[q] = time.monotonic() + wait
+                if not await wait_for_room(self, self.keys(q), after, deadlines[q]):
+                    written: list[Job[Any]] = [
+                        Job(self, _job_id(prepared[i][1], o), prepared[i][0])
+                        for i, o in enumerate(outcomes)
+                        if o is not None
+                    ]
+                    raise QueueFull(q, self.queue_limits[q], size, written)
+                pending.append(q)
 
     async def _send(
         self,
         batches: list[tuple[QueueKeys, list[Any]]],
         prepared: Sequence[tuple[str, list[Any]]],
         before: Sequence[bytes] = (),
-    ) -> None:
+        limits: bool = True,
+        durable: bool = False,
+    ) -> list[list[Any] | tuple[int, bytes]]:
         """Enqueue prepared jobs, with the caller's trace context in each (``tracing.py``);
-        ``before``: packed commands sent first in the same write (a workflow's records)."""
+        ``before``: packed commands sent first in the same write (a workflow's records).
+        ``limits``: apply ``queue_limits`` (a workflow checks them before it writes);
+        ``durable``: return once a replica has them (``Scripts.enqueue``)."""
         spans = publish(prepared)  # None when no span was made (tracing is off)
+        caps = self.queue_limits if limits else None
         if spans is None:
-            await self._call(self.scripts.enqueue(batches, before))
-        else:
-            with spans:
-                await self._call(self.scripts.enqueue(batches, before))
+            return await self._call(self.scripts.enqueue(batches, before, caps, durable))
+        with spans:
+            return await self._call(self.scripts.enqueue(batches, before, caps, durable))
 
     async def _find_job(self, job_id: str, group: bool = False) -> QueueKeys:
         queues = self.queues
@@ -556,6 +705,7 @@ class _TaskDecorator:
         self.priority = priority
         self.autoretry_for = autoretry_for
         self.keyed = keyed  # concurrency_key, key_concurrency, key_rate_limit
+        self.broadcast = False
 
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
@@ -566,16 +716,32 @@ class _TaskDecorator:
         name = self.name or getattr(fn, "__name__", None)
         if not name:
             raise ValueError(f"cannot infer a task name from {fn!r}; pass name=")
-        queue = self.app.keys(self.queue).queue
+        queue = self.app.keys(self.queue or self.app.route(name)).queue
         task: Task[Any, Any] = Task(
             self.app, fn, name=name, queue=queue, retries=self.retries,
             backoff=self.backoff, timeout=self.timeout, rate_limit=self.rate_limit,
-            priority=self.priority, autoretry_for=self.autoretry_for,
+            priority=self.priority, autoretry_for=self.autoretry_for, broadcast=self.broadcast,
             concurrency_key=self.keyed[0], key_concurrency=self.keyed[1],
             key_rate_limit=self.keyed[2],
         )  # fmt: skip
         self.app._register(task)
         return task
+
+
+class _BroadcastDecorator:
+    """What ``@app.task(broadcast=True, ...)`` returns: registers a ``BroadcastTask``."""
+
+    def __init__(self, decorator: _TaskDecorator) -> None:
+        self._decorator = decorator
+        decorator.broadcast = True
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> BroadcastTask[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> BroadcastTask[P, R]: ...
+
+    def __call__(self, fn: Callable[..., Any], /) -> BroadcastTask[Any, Any]:
+        return BroadcastTask(self._decorator(fn))
 
 
 class _CronDecorator:
@@ -662,6 +828,20 @@ class _NamedOptions:
     def si(self, *args: Any, **kwargs: Any) -> Call[Any]:
         """An immutable workflow step with these options (see ``Task.si``)."""
         return Call(self._task, args, kwargs, self._options, immutable=True)
+
+
+def _job_id(job: list[Any], outcome: Any) -> str:
+    """The id of the job an enqueue resolved to: its own, or (bytes) the one holding its
+    dedup key."""
+    return outcome.decode() if isinstance(outcome, bytes) else str(job[0])
+
+
+def _not_broadcast(call: Call[Any]) -> TypeError:
+    return TypeError(
+        f"task {call.task.name!r} is a broadcast task: enqueue it with its BroadcastTask "
+        f"(await {call.task.name}.enqueue(...)) or app.broadcast({call.task.name!r}, ...), which "
+        "return a BroadcastJob"
+    )
 
 
 def _unknown(*args: Any, **kwargs: Any) -> Any:

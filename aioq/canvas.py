@@ -22,6 +22,7 @@ How the hand-overs happen, exactly once, is ``handover.py``'s.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
 import orjson
 
 from .connection import pack
+from .errors import QueueFull
+from .queue_limits import room, wait_for_room
 from .task import Call
 
 if TYPE_CHECKING:
@@ -219,6 +222,11 @@ class _Plan:
         return self._group(step, preds, on, False)
 
     def _call(self, call: Call[Any], preds: list[_Node], on: str) -> _Node:
+        if call.task.broadcast:
+            raise TypeError(
+                f"{call!r}: a broadcast task cannot be a workflow step or callback (it runs "
+                "once per worker, and a workflow hands on one result)"
+            )
         node = _Node(call.options.job_id or os.urandom(16).hex(), call.queue, call, bool(preds))
         node.piped = bool(preds) and not call.immutable
         passing = "none" if call.immutable else ("id" if on == "fail" else "value")
@@ -274,6 +282,7 @@ async def _enqueue(app: App, step: Step, workflow: bool = True) -> Any:
     hold = app.workflow_ttl
     held: list[tuple[str, list[Any]]] = []
     heads: list[tuple[str, list[Any]]] = []
+    waits: dict[str, list[float | None]] = {}  # the heads' wait_if_full, by queue
     records: list[bytes] = []
     steps: list[list[str]] = []
     for n in plan.nodes:  # validated and encoded before anything is sent
@@ -291,6 +300,8 @@ async def _enqueue(app: App, step: Step, workflow: bool = True) -> Any:
             job_id=n.id, piped=n.piped, then=then, flow=flow, hold=hold if n.held else None
         )
         (held if n.held else heads).append(prepared)
+        if not n.held:
+            waits.setdefault(prepared[0], []).append(n.call.options.wait_if_full)
         steps.append([n.queue, n.id, n.call.task.name])
     if workflow:
         key = app.keys(result.queue).flow(plan.flow_id)
@@ -300,14 +311,36 @@ async def _enqueue(app: App, step: Step, workflow: bool = True) -> Any:
                  "result", orjson.dumps([kind, result.queue, result.id]))
         )  # fmt: skip
         records.append(pack("EXPIRE", key, hold + app.result_ttl))
+    await _admit(app, waits)
     # first what waits (joins, held steps, the workflow's record), then what starts
-    await app._send(_batches(app, held), held, before=records)
-    await app._send(_batches(app, heads), heads)
+    durable = any(n.call is not None and n.call.options.durable for n in plan.nodes)
+    await app._send(_batches(app, held), held, before=records, limits=False, durable=durable)
+    await app._send(_batches(app, heads), heads, limits=False, durable=durable)
     for queue, _ in held + heads:
         app._queues.add(queue)
     if result.call is None:
         return GroupJob(app, result.id, result.queue, result.total)
     return Job(app, result.id, result.queue)
+
+
+async def _admit(app: App, waits: dict[str, list[float | None]]) -> None:
+    """``queue_limits`` for a workflow: the steps that start at once must fit their queues,
+    checked just before anything is written (waiting for room as long as the shortest of
+    their ``wait_if_full``), else ``QueueFull`` and nothing is written. Not atomic with the
+    writes, so workflows admitted at the same moment may take a queue past its limit by
+    their first steps; later steps enter their queue when their predecessors start them."""
+    for queue, asked in waits.items():
+        limit = app.queue_limits.get(queue)
+        if limit is None:
+            continue
+        keys = app.keys(queue)
+        deadline = time.monotonic() + min((w or 0.0) for w in asked)
+        while True:
+            size, after = await room(app, keys)
+            if size + len(asked) <= limit:
+                break
+            if not await wait_for_room(app, keys, after, deadline):
+                raise QueueFull(queue, limit, size)
 
 
 def _batches(app: App, prepared: list[tuple[str, list[Any]]]) -> list[tuple[Any, list[Any]]]:

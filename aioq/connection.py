@@ -14,9 +14,10 @@ import contextlib
 import inspect
 import os
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+import redis
 from hiredis import pack_command as _hiredis_pack  # redis[hiredis] is a dependency
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, SSLConnection
@@ -26,6 +27,8 @@ from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .hosts import is_hosts_url, parse_hosts_url
 
 CONNECT_TIMEOUT = 5.0
 """Seconds to open a connection and, until the server has once answered like a Redis, to
@@ -65,10 +68,20 @@ def check_url(url: str, source: str = "redis_url") -> str:
 
     if not isinstance(url, str):
         raise ValueError(f"{source} must be a string, got {type(url).__name__}")
+    if is_hosts_url(url):  # redis+cluster://, redis+sentinel:// (hosts.py)
+        hosts = parse_hosts_url(url, source)
+        try:  # its user, password and query, as a data node's URL has them
+            check_url(hosts.node_url(*hosts.hosts[0]), source)
+        except ValueError as exc:
+            raise bad(str(exc).partition(" is not a Redis URL: ")[2] or str(exc)) from None
+        return url
     parts = urlsplit(url)
     if parts.scheme not in _SCHEMES:
         scheme = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-        raise bad(f"{scheme} (use redis://HOST[:PORT][/DB], rediss:// or unix:///PATH)")
+        raise bad(
+            f"{scheme} (use redis://HOST[:PORT][/DB], rediss://, unix:///PATH, "
+            "redis+cluster://HOST:PORT,... or redis+sentinel://HOST:PORT,.../SERVICE/DB)"
+        )
     if not url.startswith(f"{parts.scheme}://"):
         raise bad(f"expected {parts.scheme}:// (two slashes) before the host or path")
     try:
@@ -153,7 +166,7 @@ class MissingDatabase(RedisError):
     """The server refused to ``SELECT`` the URL's database (it has fewer)."""
 
 
-def _connection_class(cls: type[Any]) -> type[Any]:
+def wrap_connection_class(cls: type[Any]) -> type[Any]:
     """A subclass of a redis-py connection class that packs commands with hiredis and, until
     one connection of its pool has once been answered like a Redis, bounds the handshake.
 
@@ -226,18 +239,48 @@ def make_client(url: str, max_connections: int) -> Redis:
     """A client for ``url`` whose commands retry with backoff through reconnections.
 
     The pool blocks (up to 20 s) rather than failing when every connection is in use, so a
-    burst of concurrent enqueues waits instead of erroring.
+    burst of concurrent enqueues waits instead of erroring. A sentinel URL gives a client of
+    the master the sentinels name (``sentinel.py``; a cluster's is ``cluster.py``'s).
     """
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
+    options: dict[str, Any] = dict(
         timeout=20,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=6),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_connect_timeout=CONNECT_TIMEOUT,  # the URL's own query parameter wins
     )
-    pool.connection_class = _connection_class(pool.connection_class)
+    if is_hosts_url(url):
+        from .sentinel import sentinel_client
+
+        return sentinel_client(parse_hosts_url(url), max_connections, **options)
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, **options)
+    pool.connection_class = wrap_connection_class(pool.connection_class)
     return Redis.from_pool(pool)
+
+
+def sync_client(url: str, **options: Any) -> redis.Redis:
+    """A blocking client for any of aioq's URLs (the lease thread's own connection)."""
+    if is_hosts_url(url):
+        hosts = parse_hosts_url(url)
+        if hosts.cluster:
+            from .cluster import sync_cluster_client
+
+            return sync_cluster_client(hosts, **options)
+        from .sentinel import sync_sentinel_client
+
+        return sync_sentinel_client(hosts, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+class Lane(Protocol):
+    """What ``Scripts`` sends through: a ``CommandLane``, or a cluster's ``ClusterLane``."""
+
+    user: str | None  # the ACL user it connects as (named when Redis refuses a command)
+
+    async def call(
+        self, packed: bytes | list[bytes], replies: int = 1, *, idempotent: bool = True
+    ) -> list[Any]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class ReplyLost(RedisConnectionError):

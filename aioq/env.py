@@ -13,6 +13,10 @@ One variable per option, named after it: ``AIOQ_`` and the option in capitals.
     AIOQ_WORKFLOW_TTL         workflow_ttl       whole seconds >= 1
     AIOQ_SIGNING_KEY          signing_key        the key as text (UTF-8); several: comma-separated,
                                                  the first signing
+    AIOQ_QUEUE_LIMITS         queue_limits       queue=limit pairs, comma-separated:
+                                                 "emails=10000,reports=50"
+    AIOQ_ROUTES               routes             pattern=queue pairs, comma-separated, first
+                                                 match wins: "emails.*=emails,reports.*=slow"
 
 An unset or empty variable leaves the option's default (``VAR=`` in a compose file means
 "not set"). A value that does not parse, or is out of range, is a ``ValueError`` naming the
@@ -44,6 +48,8 @@ class AppOptions(TypedDict, total=False):
     max_connections: int
     workflow_ttl: int
     signing_key: bytes | list[bytes] | None
+    queue_limits: dict[str, int] | None
+    routes: dict[str, str] | None
 
 
 Parser = Callable[[str, str], Any]
@@ -90,6 +96,37 @@ def _signing_keys(variable: str, raw: str) -> bytes | list[bytes]:
     return keys[0] if len(keys) == 1 else keys
 
 
+def _pairs(variable: str, raw: str, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in raw.split(","):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name or not value:
+            raise ValueError(f"{variable}={raw!r}: expected {what} pairs, comma-separated")
+        out[name] = value
+    return out
+
+
+def _limits(variable: str, raw: str) -> dict[str, int]:
+    from .queue_limits import check_limits
+
+    pairs = _pairs(variable, raw, "queue=limit")
+    try:
+        return check_limits({q: int(v) for q, v in pairs.items()})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{variable}={raw!r}: {exc} (expected queue=limit, limit >= 1)") from None
+
+
+def _routes(variable: str, raw: str) -> dict[str, str]:
+    from .routes import Routes
+
+    pairs = _pairs(variable, raw, "pattern=queue")
+    try:
+        Routes(pairs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{variable}={raw!r}: {exc}") from None
+    return pairs
+
+
 def _url(variable: str, raw: str) -> str:
     return check_url(raw, variable)  # its message names the variable, the password hidden
 
@@ -106,6 +143,8 @@ VARIABLES: dict[str, tuple[str, Parser]] = {
     "max_connections": ("AIOQ_MAX_CONNECTIONS", _whole(1)),
     "workflow_ttl": ("AIOQ_WORKFLOW_TTL", _whole(1)),
     "signing_key": ("AIOQ_SIGNING_KEY", _signing_keys),
+    "queue_limits": ("AIOQ_QUEUE_LIMITS", _limits),
+    "routes": ("AIOQ_ROUTES", _routes),
 }
 
 

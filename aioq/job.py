@@ -82,8 +82,9 @@ class JobInfo:
     #: succeeded after retries has ``error`` None and its failed attempts here
     history: list[dict[str, Any]] = field(default_factory=list)
     #: a scheduled job's due time (its score in the scheduled set) and why it waits: "delay",
-    #: "retry" (backoff), "rate limit" or "key rate limit"; a queued job's wait_reason is
-    #: "key limit" while it waits for a place on its concurrency key; else both ``None``
+    #: "retry" (backoff), "rate limit", "key rate limit" or "debounce"; a queued job's
+    #: wait_reason is "key limit" while it waits for a place on its concurrency key; else both
+    #: ``None``
     due_at: datetime | None = None
     wait_reason: str | None = None
     #: the workflow (chain, group, chord) the job is a step of: its id, ``None`` for a job

@@ -46,8 +46,29 @@ single cluster slot and two apps (or two queues) never collide::
                                         (total, done, fired, mode, then, r:<i> each member's
                                         outcome); lives in the slot of the queue of the step it
                                         hands over to (a chord's callback), expires like the jobs.
+    aioq:{shop:default}:unique:<task>:<key>  string: the id of the job that holds a
+                                        ``unique_for`` key (``dedup.lua``): set when the job is
+                                        written; once it finishes, its hand-over (an "unlock"
+                                        in its ``then``) makes the key expire ``unique_for``
+                                        after its finish. The enqueue script checks the job it
+                                        names, so a key that outlives its job frees nothing early.
+    aioq:{shop:default}:debounce:<task>:<key>  string: the id of the job a ``debounce`` key
+                                        gathers enqueues into while it waits (wait "debounce");
+                                        expires ``DEBOUNCE_SLACK`` ms after its due time.
+    aioq:{shop:default}:handed:<consumer>  set: broadcast copies another worker handed to this
+                                        consumer (``broadcast.lua``), "<priority> <entry id> <job
+                                        id>" each, until it takes them; also the pub/sub channel
+                                        (same name) that tells it so. Expires ``HANDED_TTL`` s
+                                        after the last hand-over.
+    aioq:{shop:default}:broadcast:<id>  hash: a broadcast's copies, worker consumer name -> the
+                                        copy's job id (``broadcast.py``); expires like a workflow.
+    aioq:{shop:default}:guard           never written: every script declares it, so while the
+                                        queue's slot migrates between Redis Cluster nodes (some
+                                        keys moved, some not) Redis refuses the scripts
+                                        (TRYAGAIN) rather than run one on half the keys
+                                        (``cluster.py``).
 
-Flow control by key (``scripts/keyed.lua``; README "Flow control by key"). A keyed job belongs
+Flow control by key (``scripts/keyed.lua``; docs/flow-control.md). A keyed job belongs
 to the *group* ``<task>\0<key>`` (its task's name, a NUL, its concurrency key: keys are per
 task), written ``<g>`` below::
 
@@ -134,6 +155,21 @@ KEYRATE = "keyrate:"
 KEYRATEWAIT = "keyratewait:"
 KEY_SEP = "\0"
 """Between the task and the concurrency key in a group's name (keys.py docstring)."""
+UNIQUE = "unique:"
+DEBOUNCE = "debounce:"
+HANDED = "handed:"
+BROADCAST = "broadcast:"
+
+DEBOUNCE_SLACK = 3_600_000
+"""Milliseconds a debounce key outlives its job's due time (the enqueue script checks the
+job it names, so this only bounds how long an unused key stays)."""
+
+HANDED_TTL = 3_600
+"""Seconds a worker's set of handed broadcast copies outlives the last hand-over (a worker
+takes them within a round trip; a dead one never does, and its copies fail after their
+lease, ``broadcast.lua``)."""
+
+GUARD = "guard"
 
 THROUGHPUT_BUCKET = 10
 """Seconds per bucket of the throughput hash (one bar of the dashboard's chart)."""
@@ -145,7 +181,7 @@ KEY_CHECK_MS = 5_000
 """How often a place held on a key is checked against its job's record, and a key with jobs
 waiting is swept (``scripts/keyed.lua``): a place nothing holds comes back within that."""
 
-QUEUE_KEYS = PRIORITIES + 8
+QUEUE_KEYS = PRIORITIES + 9
 """How many KEYS ``QueueKeys.declared`` gives a script: the queue's keys it may touch."""
 
 LUA: dict[str, str] = {
@@ -154,13 +190,15 @@ LUA: dict[str, str] = {
     "THROUGHPUT_BUCKET": str(THROUGHPUT_BUCKET),
     "THROUGHPUT_WINDOW": str(THROUGHPUT_WINDOW),
     "KEY_CHECK_MS": str(KEY_CHECK_MS),
+    "DEBOUNCE_SLACK": str(DEBOUNCE_SLACK),
+    "HANDED_TTL": str(HANDED_TTL),
     **{
         f"KEY_{name}": value
         for name, value in dict(
             STREAM=STREAM, SCHEDULED=SCHEDULED, DEAD=DEAD, FAILED=FAILED, RECENT=RECENT,
             RATELIMITS=RATELIMITS, CANCEL=CANCEL, JOB=JOB, DONE=DONE, RATE=RATE,
-            RATEWAIT=RATEWAIT, FLOW=FLOW, KEYRUN=KEYRUN, KEYWAIT=KEYWAIT, KEYRATE=KEYRATE,
-            KEYRATEWAIT=KEYRATEWAIT,
+            RATEWAIT=RATEWAIT, FLOW=FLOW, UNIQUE=UNIQUE, DEBOUNCE=DEBOUNCE, HANDED=HANDED,
+            KEYRUN=KEYRUN, KEYWAIT=KEYWAIT, KEYRATE=KEYRATE, KEYRATEWAIT=KEYRATEWAIT,
         ).items()
     },
 }  # fmt: skip
@@ -190,7 +228,7 @@ class QueueKeys:
             declared = (
                 *(level.stream for level in levels),
                 self.scheduled, self.dead, self.failed, self.recent, self.ratelimits,
-                self.flows, self.keyed, self.keylimits,
+                self.flows, self.keyed, self.keylimits, self.guard,
             )  # fmt: skip
             object.__setattr__(self, "_declared", declared)
 
@@ -284,14 +322,33 @@ class QueueKeys:
         return _data_key(self.tag + KEYRATE, group)
 
     @property
+    def guard(self) -> str:
+        return self.tag + GUARD
+
+    @property
     def declared(self) -> tuple[str, ...]:
         """The KEYS of every script of the queue: each priority's stream (0 first), then the
         scheduled set, the dead-letter stream, the failed index, the recent stream, the rate
-        limits, the hand-over outbox, the index of keys with jobs waiting and the declared
-        key limits (``queue.lua`` names them). Keys named by data (a
-        job's record, a task's rate log) share their hash tag, so every script stays in one
-        cluster slot."""
+        limits, the hand-over outbox, the index of keys with jobs waiting, the declared key
+        limits and the guard (``queue.lua`` names them). Keys named by data (a job's record, a
+        task's rate log) share their hash tag, so every script stays in one cluster slot."""
         return self.levels[0]._declared
+
+    def unique(self, lock: str) -> str:
+        """The ``unique_for`` key ``lock`` ("<task>:<key>") of the queue."""
+        return self.tag + UNIQUE + lock
+
+    def debounce(self, lock: str) -> str:
+        """The ``debounce`` key ``lock`` ("<task>:<key>") of the queue."""
+        return self.tag + DEBOUNCE + lock
+
+    def handed(self, consumer: str) -> str:
+        """The set (and channel) of broadcast copies handed to worker ``consumer``."""
+        return self.tag + HANDED + consumer
+
+    def broadcast(self, broadcast_id: str) -> str:
+        """A broadcast's record: worker -> its copy's job id."""
+        return self.tag + BROADCAST + broadcast_id
 
     def progress(self, job_id: str) -> str:
         return self.tag + PROGRESS + job_id

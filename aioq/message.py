@@ -18,20 +18,22 @@ A job record is a Redis hash (key layout in ``keys.py``) with these fields::
     error, exc_type, traceback              the failure the job ended with (absent unless it
                  failed for good: a failure that is retried moves to ``history``)
     wait         why a scheduled job waits: "delay" (enqueued with delay/eta), "retry" (a
-                 retry's backoff), "rate limit" (its task's limit turned it away) or "key rate
-                 limit" (its key's); its due time is its score in the queue's scheduled set
-                 (a queued job waiting for a place on its key has none: it is in its key's
-                 list, keyed.lua)
+                 retry's backoff), "rate limit" (its task's limit turned it away), "key rate
+                 limit" (its key's) or "debounce" (gathering enqueues of its key,
+                 ``dedup.py``); its due time is its score in the queue's scheduled set (a
+                 queued job waiting for a place on its key has none: it is in its key's list,
+                 keyed.lua)
+    for          the consumer name of the worker a broadcast copy is for (``broadcast.py``)
     keyed        a keyed job's limits and concurrency key: "<concurrency> <rate n> <rate
-                 period ms> <key>", 0 for no such limit (``Task.key_limits``); one field, so a
-                 job without a key costs the worker's reads one missing field
+                 period ms> <key>", 0 for no such limit (``Task.key_limits``)
     history      JSON list of earlier attempts' failures, oldest first, the last 10:
                  {attempt, error, exc_type, at (epoch ms), traceback (the newest only)}
     progress     JSON value set by ``current_job().set_progress``
     progress_seq how many values it has set (published with each, see ``job.progress()``)
     trace        JSON object of the enqueuer's trace context (W3C ``traceparent``, ...), written
                  only when there was one to carry (``tracing.py``)
-    then         JSON list of the workflow steps to tell when the job finishes (``canvas.py``)
+    then         JSON list of the workflow steps to tell when the job finishes (``canvas.py``),
+                 or the "unlock" of a ``unique_for`` job's key (``dedup.py``)
     flow         "<queue> <id>" of the workflow the job is a step of (its record: ``keys.flow``)
     input        JSON value the step gets as its first argument from its predecessor (its
                  result, a chord's list of results, or a failed job's id for ``on_failure``)

@@ -25,7 +25,8 @@ UNITS = {
     "m": "m", "min": "m", "minute": "m",
     "h": "h", "hr": "h", "hour": "h",
 }  # fmt: skip
-"""Every unit a rate string may use, and the period it stands for (the README lists them)."""
+"""Every unit a rate string may use, and the period it stands for (docs/scheduling.md lists
+them)."""
 _PATTERN = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
 
 

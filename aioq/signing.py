@@ -14,7 +14,7 @@ built on them), and checked once, where every started job is read (``Runner.star
 ``worker/run.py``). Several keys rotate: the first signs, every one verifies.
 
 Not signed: the status, counters, priority, delay and expiry, and the trace context; the
-README says what that leaves open.
+docs/deploying.md says what that leaves open.
 """
 
 from __future__ import annotations

@@ -32,9 +32,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .acl import explained
-from .connection import CONNECT_TIMEOUT
-from .errors import JobNotFound
+from .connection import CONNECT_TIMEOUT, sync_client
+from .errors import JobNotFound, QueueFull
+from .hosts import is_hosts_url
 from .job import STATE_FIELDS, JobInfo, JobStatus, outcome, pushed_outcome, record_info
+from .queue_limits import ROOM_RECHECK
 from .scripts import CANCEL, ENQUEUE
 from .tracing import publish
 
@@ -52,22 +54,30 @@ class SyncClient:
     as the async client's, so the same SHA1s): shared by every thread."""
 
     def __init__(self, url: str, max_connections: int) -> None:
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=20,  # a thread waits this long for a free connection, then errors
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=6),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            socket_connect_timeout=CONNECT_TIMEOUT,  # the URL's own query parameter wins
-        )
-        self.redis: redis.Redis = redis.Redis(connection_pool=pool)
+        self.redis: redis.Redis
+        if is_hosts_url(url):  # a cluster or sentinels: their own clients (connection.py)
+            self.redis = sync_client(
+                url, max_connections=max_connections, socket_connect_timeout=CONNECT_TIMEOUT
+            )
+        else:
+            pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=20,  # a thread waits this long for a free connection, then errors
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=6),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                socket_connect_timeout=CONNECT_TIMEOUT,  # the URL's own query parameter wins
+            )
+            self.redis = redis.Redis(connection_pool=pool)
         # register_script: EVALSHA, and after NOSCRIPT (a restarted Redis) SCRIPT LOAD + again
         self.enqueue = self.redis.register_script(ENQUEUE)
         self.cancel = self.redis.register_script(CANCEL)
 
     def close(self) -> None:
         self.redis.close()
-        self.redis.connection_pool.disconnect()
+        pool = getattr(self.redis, "connection_pool", None)  # a cluster client has none
+        if pool is not None:
+            pool.disconnect()
 
 
 class ClientHolder:
@@ -119,24 +129,42 @@ def call(app: App, fn: Callable[[], T], action: str) -> T:
 
 
 def enqueue_call(app: App, c: Call[R]) -> SyncJob[R]:
-    """Enqueue one call with the blocking client: one round trip (``App._enqueue_call``'s)."""
+    """Enqueue one call with the blocking client: one round trip (``App._enqueue_call``'s),
+    with ``queue_limits`` and ``wait_if_full`` as there (``queue_limits.py``)."""
     no_event_loop("enqueue_sync()")
+    if c.task.broadcast:
+        raise TypeError(
+            f"task {c.task.name!r} is a broadcast task: enqueue it with await "
+            f"{c.task.name}.enqueue(...), which returns a BroadcastJob"
+        )
     queue, job = c.prepare()
     keys = app.keys(queue)
     app._queues.add(queue)  # one of `queues` from now on
     client = app._sync()
     spans = publish(((queue, job),))  # None when no span was made (tracing is off)
+    limit = app.queue_limits.get(queue, 0)
+    deadline = time.monotonic() + (c.options.wait_if_full or 0.0)
 
-    def send() -> None:
-        client.enqueue(keys=[*keys.declared, keys.job(job[0])], args=job)
+    def send() -> Any:
+        while True:
+            reply = client.enqueue(keys=[*keys.declared, keys.job(job[0])], args=[limit, *job])
+            if not (reply and isinstance(reply[0], list)):
+                return reply[0]
+            size, after = reply[0]  # refused: the queue is full
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QueueFull(queue, limit, int(size))
+            # woken by a job of the queue finishing, as the async producer is
+            block = max(1, round(min(left, ROOM_RECHECK) * 1000))
+            client.redis.xread({keys.recent: after}, count=1, block=block)
 
     action = f"run aioq's ENQUEUE script (EVALSHA) on the keys {keys.tag}*"
     if spans is None:
-        call(app, send, action)
+        outcome = call(app, send, action)
     else:
         with spans:
-            call(app, send, action)
-    return SyncJob(app, job[0], queue)
+            outcome = call(app, send, action)
+    return SyncJob(app, outcome.decode() if isinstance(outcome, bytes) else job[0], queue)
 
 
 class SyncJob(Generic[R]):

@@ -10,6 +10,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
+from .dedup import NO_DEDUP
+from .dedup import check as check_dedup
+from .dedup import seconds as check_seconds
+from .dedup import values as dedup_values
 from .keys import PRIORITIES, validate_name
 from .message import encode_call, job_fields, timeout_text
 from .ratelimit import RateLimit, parse_rate
@@ -53,6 +57,11 @@ class Options:
     priority: int | None = None
     on_success: Call[Any] | None = None  # enqueued with the result as first argument
     on_failure: Call[Any] | None = None  # enqueued with the job's id once it failed for good
+    durable: bool = False  # the enqueue returns once a replica has the job (WAIT)
+    unique_for: float | None = None  # seconds after the job finished that its key stays held
+    unique_key: str | None = None  # the dedup/debounce key (default: hash of the arguments)
+    debounce: float | None = None  # seconds after the latest enqueue of the key it is due
+    wait_if_full: float | None = None  # seconds to wait for room in a full queue (queue_limits)
     concurrency_key: str | None = None  # the job's key (else the task's concurrency_key)
 
 
@@ -104,12 +113,13 @@ class Call(Generic[R]):
         then: bytes = b"",
         flow: str = "",
         hold: int | None = None,
+        for_worker: str = "",
     ) -> tuple[str, list[Any]]:
         """Validate and encode: the queue, and the job's values for the enqueue script (job id,
         delay ms, eta ms, expires-in ms, expires-at ms, ``job_fields``, then the workflow's:
-        ``then``, ``flow`` and ``hold``, the signature, then the concurrency key and its
-        limits, see ``enqueue_job.lua``). Writes nothing; a ``concurrency_key`` function runs
-        here.
+        ``then``, ``flow`` and ``hold``, the signature, the dedup value (``dedup.py``), the
+        worker a broadcast copy is for, then the concurrency key and its limits, see
+        ``enqueue_job.lua``). Writes nothing; a ``concurrency_key`` function runs here.
 
         ``piped``: the job receives its predecessor's result as its first positional argument
         (a mutable step of a workflow), so the arguments are checked with it in front."""
@@ -144,11 +154,21 @@ class Call(Generic[R]):
         fields = job_fields(task.name, queue, args, kwargs, retries, timeout, priority)
         delay = round(opts.delay * 1000)
         held = "" if hold is None else max(1, hold)
+        dedup = NO_DEDUP
+        if opts.unique_for is not None or opts.debounce is not None:
+            if then or flow or hold is not None:
+                raise ValueError(
+                    f"{self!r}: unique_for=/debounce= apply to jobs enqueued alone, not to a "
+                    "workflow's steps or jobs with on_success=/on_failure= (a duplicate would "
+                    "leave the workflow without its step)"
+                )
+            dedup, then, debounce_ms = dedup_values(task, opts, queue, self.args, self.kwargs)
+            delay = debounce_ms or delay
         key = self._concurrency_key(piped)
         limits = task.key_limits if key else ""  # "" with a key: the workers' declared ones
         return queue, [
-            job_id, delay, eta_ms, expires_in, expires_at, *fields, then, flow, held, sig, key,
-            limits,
+            job_id, delay, eta_ms, expires_in, expires_at, *fields, then, flow, held, sig, dedup,
+            for_worker, key, limits,
         ]  # fmt: skip
 
     def _concurrency_key(self, piped: bool) -> str:
@@ -200,6 +220,7 @@ class Task(Generic[P, R]):
         rate_limit: str | None = None,
         priority: int = 0,
         autoretry_for: AutoRetry | None = None,
+        broadcast: bool = False,
         concurrency_key: ConcurrencyKey | None = None,
         key_concurrency: int | None = None,
         key_rate_limit: str | None = None,
@@ -210,6 +231,11 @@ class Task(Generic[P, R]):
             raise ValueError(f"task {name!r}: retries must be >= 0, got {retries!r}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"task {name!r}: timeout must be > 0 seconds, got {timeout!r}")
+        if broadcast and rate_limit is not None:
+            raise ValueError(
+                f"task {name!r}: a broadcast task runs once per worker when enqueued; "
+                f"rate_limit={rate_limit!r} does not apply to it"
+            )
         if not callable(backoff) and backoff < 0:
             raise ValueError(f"task {name!r}: backoff must be >= 0 seconds, got {backoff!r}")
         self.app = app
@@ -225,6 +251,8 @@ class Task(Generic[P, R]):
         self.autoretry_for = (
             None if autoretry_for is None else _exception_types(name, autoretry_for)
         )
+        #: each enqueue runs once on every live worker serving the queue (``broadcast.py``)
+        self.broadcast = bool(broadcast)
         if concurrency_key is not None and not callable(concurrency_key):
             check_key(name, concurrency_key, "concurrency_key is")
         self.concurrency_key = concurrency_key
@@ -269,6 +297,11 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         on_success: Call[Any] | None = None,
         on_failure: Call[Any] | None = None,
+        durable: bool = False,
+        unique_for: float | timedelta | None = None,
+        unique_key: str | None = None,
+        debounce: float | timedelta | None = None,
+        wait_if_full: float | timedelta | None = None,
         concurrency_key: str | None = None,
     ) -> TaskOptions[P, R]:
         """The same task with per-enqueue options.
@@ -279,11 +312,35 @@ class Task(Generic[P, R]):
         starts first within its queue) overrides the task's. ``on_success=notify.s()`` is
         enqueued with the result as its first argument once the job succeeds;
         ``on_failure=alert.s()`` with the job's id once it has failed for good (after its
-        retries), never on an attempt that is retried. ``concurrency_key="tenant-7"`` is the
-        job's key (instead of the task's ``concurrency_key``), limited by the task's
-        ``key_concurrency`` and ``key_rate_limit`` (one at a time when it has neither).
+        retries), never on an attempt that is retried. ``durable=True``: the enqueue returns
+        only once a replica of the master has the job too (Redis ``WAIT``, up to
+        ``DURABLE_TIMEOUT`` seconds, else ``NotDurable``), so a failover to that replica keeps
+        it (see docs/deploying.md, "Redis Cluster and Sentinel").
+
+        ``unique_for=seconds``: while a job of this task with the same key is queued,
+        scheduled or running, or finished less than ``seconds`` ago, enqueueing returns that
+        job and writes nothing. ``debounce=seconds``: one job per key waits, with the latest
+        arguments, until ``seconds`` after the latest enqueue. The key is ``unique_key``, or a
+        hash of the arguments (``dedup.py``). ``wait_if_full=seconds``: a queue at its
+        ``App(queue_limits=...)`` limit is waited on for room that long before ``QueueFull``.
+
+        ``concurrency_key="tenant-7"`` is the job's key (instead of the task's
+        ``concurrency_key``), limited by the task's ``key_concurrency`` and ``key_rate_limit``
+        (one at a time when it has neither).
         """
         opts = _options(self.name, job_id, queue, retries, timeout, delay, eta, expires, priority)
+        if not isinstance(durable, bool):
+            raise TypeError(f"task {self.name!r}: durable must be True or False, got {durable!r}")
+        if durable:
+            opts = replace(opts, durable=True)
+        if unique_for is not None or debounce is not None or unique_key is not None:
+            u, d, k = check_dedup(
+                self.name, unique_for, debounce, unique_key, opts.delay, eta is not None, job_id
+            )
+            opts = replace(opts, unique_for=u, debounce=d, unique_key=k)
+        if wait_if_full is not None:
+            w = check_seconds(self.name, "wait_if_full", wait_if_full, 0.0, False)
+            opts = replace(opts, wait_if_full=w)
         if concurrency_key is not None:
             opts = replace(
                 opts, concurrency_key=check_key(self.name, concurrency_key, "concurrency_key is")

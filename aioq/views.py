@@ -23,6 +23,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from .app import App
+from .cluster import scan
 from .errors import JobNotFound
 from .job import KEY_LIMIT, JobInfo, JobStatus
 from .keys import (
@@ -177,10 +178,10 @@ async def _heartbeats(app: App) -> tuple[list[WorkerInfo], list[bytes]]:
     from .worker.heartbeat import STALE_AFTER
 
     async with app.redis.pipeline(transaction=False) as pipe:
-        pipe.time()
+        _time_at(pipe, workers_key(app.name))
         pipe.hgetall(workers_key(app.name))
         (secs, micros), raw = await pipe.execute()
-    now_ms = secs * 1000 + micros // 1000
+    now_ms = int(secs) * 1000 + int(micros) // 1000
     live: list[WorkerInfo] = []
     stale: list[bytes] = []
     for consumer, data in raw.items():
@@ -216,6 +217,12 @@ def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _time_at(pipe: Any, key: str) -> None:
+    """Queue a read of Redis' clock on the server holding ``key`` (in a cluster, the node the
+    scripts writing it stamp their times with); replies [seconds, microseconds]."""
+    pipe.eval("return redis.call('TIME')", 1, key)
+
+
 async def throughput(app: App) -> list[dict[str, float]]:
     """Jobs the app's workers finished, per ``THROUGHPUT_BUCKET`` (10 s) bucket of the last
     ``THROUGHPUT_WINDOW`` (10 minutes), oldest first, from the hash their heartbeats write
@@ -227,9 +234,10 @@ async def throughput(app: App) -> list[dict[str, float]]:
     from .worker.heartbeat import HEARTBEAT
 
     async with app.redis.pipeline(transaction=False) as pipe:
-        pipe.time()
+        _time_at(pipe, throughput_key(app.name))
         pipe.hgetall(throughput_key(app.name))
         (secs, micros), raw = await pipe.execute()
+    secs, micros = int(secs), int(micros)
     counts: dict[int, int] = {}
     for start, jobs in raw.items():
         if start.isdigit() and jobs.lstrip(b"-").isdigit():
@@ -284,8 +292,8 @@ class JobSummary:
     #: earlier attempts' failures as ``JobInfo.history``, without tracebacks (``info()``)
     history: list[dict[str, Any]] = field(default_factory=list)
     #: as ``JobInfo``: a scheduled job's due time and why it waits ("delay", "retry",
-    #: "rate limit", "key rate limit"), or "key limit" for a queued job waiting for a place
-    #: on its key; ``None`` for other jobs (``list_jobs`` reads the due times)
+    #: "rate limit", "key rate limit", "debounce"), or "key limit" for a queued job waiting
+    #: for a place on its key; ``None`` for other jobs (``list_jobs`` reads the due times)
     due_at: datetime | None = None
     wait_reason: str | None = None
     #: a succeeded job's return value, read by ``recent_jobs`` only (other listings and
@@ -648,7 +656,7 @@ async def _scanned_jobs(
     cursor: int = 0
     while True:
         found: list[bytes]
-        cursor, found = await redis.scan(cursor, match=match, count=1000)  # type: ignore[assignment]
+        cursor, found = await scan(redis, cursor, match, 1000)
         if found:
             async with redis.pipeline(transaction=False) as pipe:
                 for key in found:

@@ -1,5 +1,5 @@
-"""ACL users: the producer and worker users the README gives (its very lines, app name and
-password put in) run every essential of an app, Redis logs no refusal, and another app's
+"""ACL users: the producer and worker users docs/deploying.md gives (its very lines, app name
+and password put in) run every essential of an app, Redis logs no refusal, and another app's
 users are refused this app's jobs with a message naming what and why."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from aioq import (
     JobCancelled,
     JobStatus,
     PermissionDenied,
+    QueueFull,
     TaskFailed,
     Worker,
     acl,
@@ -38,14 +39,14 @@ pytestmark = pytest.mark.anyio
 
 
 def readme_lines() -> list[str]:
-    """The ``ACL SETUSER`` lines of the README's "ACL users" section, for app "shop"."""
-    text = (ROOT / "README.md").read_text()
+    """The ``ACL SETUSER`` lines of the docs' "ACL users" section, for app "shop"."""
+    text = (ROOT / "docs" / "deploying.md").read_text()
     section = text[text.index("### ACL users") : text.index("### Signed jobs")]
     return [line for line in section.splitlines() if line.startswith("ACL SETUSER ")]
 
 
 class Users:
-    """An app's producer and worker users on a server, created from the README's lines."""
+    """An app's producer and worker users on a server, created from the docs' lines."""
 
     def __init__(self, server: RedisProcess, admin: redis.Redis, app: str) -> None:
         self.server, self.app = server, app
@@ -78,7 +79,7 @@ def refusals(admin: redis.Redis, *users: Users) -> list[Any]:
 
 
 def test_readme_lines_are_what_acl_setuser_writes() -> None:
-    """The README's lines are aioq.acl's, for app "shop", so the two cannot drift."""
+    """The docs' lines are aioq.acl's, for app "shop", so the two cannot drift."""
     assert readme_lines() == [
         acl.setuser("shop", role, f"shop-{role}", "CHANGE-ME") for role in ("producer", "worker")
     ]
@@ -87,7 +88,7 @@ def test_readme_lines_are_what_acl_setuser_writes() -> None:
 async def test_producer_and_worker_users_run_the_essentials(
     server: RedisProcess, admin: redis.Redis
 ) -> None:
-    """As the README's users: enqueue (async, bulk, by name, sync), results, a retry, a delay,
+    """As the docs' users: enqueue (async, bulk, by name, sync), results, a retry, a delay,
     cancel of a running job, progress, a cron tick, a rate limit, an unknown task buried in
     the dead letters. Redis logged no refusal (not even one a script swallowed)."""
     name = unique_name()
@@ -140,6 +141,56 @@ async def test_producer_and_worker_users_run_the_essentials(
     producer.close()
     for a in (producer, worker_app):
         await a.aclose()
+
+
+async def test_flow_control_runs_as_the_readme_users(
+    server: RedisProcess, admin: redis.Redis
+) -> None:
+    """As the docs' users: unique and debounced enqueues, a full queue refused and then
+    waited on until a job finished, and a broadcast (the producer reads the heartbeats, the
+    workers hand copies over and take them). Redis logged no refusal."""
+    name = unique_name()
+    users = Users(server, admin, name)
+    limits = {"queue_limits": {"default": 2}}
+    producer = App(name, redis_url=users.url("producer"), **limits)  # type: ignore[arg-type]
+    worker_app = App(name, redis_url=users.url("worker"), **limits)  # type: ignore[arg-type]
+    add, ping = _flow_tasks(producer)
+    _flow_tasks(worker_app)
+    first = await add.options(unique_for=5).enqueue(1, 2)
+    assert (await add.options(unique_for=5).enqueue(1, 2)).id == first.id
+    bounced = await add.options(debounce=0.2, unique_key="k").enqueue(1, 1)
+    assert (await add.options(debounce=0.2, unique_key="k").enqueue(2, 2)).id == bounced.id
+    with pytest.raises(QueueFull):  # the unique job and the debounced one fill it
+        await add.enqueue(0, 0)
+    waiter = asyncio.ensure_future(add.options(wait_if_full=10).enqueue(3, 3))
+    async with Worker(worker_app, concurrency=2) as w1, Worker(worker_app, concurrency=1) as w2:
+        assert await (await waiter).result(timeout=10) == 6
+        assert await first.result(timeout=10) == 3
+        assert await bounced.result(timeout=10) == 4
+        await eventually(lambda: _beating(producer, 2), 10, "both workers beating")
+        job = await ping.enqueue()
+        assert await job.result(timeout=10) == {w1.consumer: "pong", w2.consumer: "pong"}
+    assert refusals(admin, users) == []
+    for a in (producer, worker_app):
+        await a.aclose()
+
+
+def _flow_tasks(app: App) -> tuple[Any, Any]:
+    @app.task
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(broadcast=True, queue="fanout")
+    async def ping() -> str:
+        return "pong"
+
+    return add, ping
+
+
+async def _beating(app: App, n: int) -> bool:
+    from aioq.views import worker_stats
+
+    return len(await worker_stats(app)) >= n
 
 
 async def _is(job: Any, status: JobStatus) -> bool:

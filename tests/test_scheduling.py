@@ -152,7 +152,8 @@ def test_rate_strings_parse() -> None:
     ],
 )  # fmt: skip
 def test_every_documented_unit_parses(text: str, period_ms: int) -> None:
-    """The README lists exactly these spellings; the parser takes exactly these."""
+    """The docs (docs/scheduling.md) list exactly these spellings; the parser takes exactly
+    these."""
     assert parse_rate(text) == RateLimit(10, period_ms)
     assert str(parse_rate("7/minute")) == "7/m"
 

@@ -1,5 +1,5 @@
-"""``aioq.testing``: a user's FastAPI test exactly as the README shows it (run by pytest in a
-subprocess, with the plugin loaded by its entry point and by ``-p``), and what ``drain``,
+"""``aioq.testing``: a user's FastAPI test exactly as docs/testing.md shows it (run by pytest
+in a subprocess, with the plugin loaded by its entry point and by ``-p``), and what ``drain``,
 ``queued``, ``isolated`` and ``redis_server`` promise, against real Redis."""
 
 from __future__ import annotations
@@ -24,17 +24,18 @@ pytestmark = pytest.mark.anyio
 
 
 def _readme_block(first_line: str) -> str:
-    """The README's code block whose first line is ``first_line``."""
-    readme = (ROOT / "README.md").read_text()
-    found = re.search(r"```\w*\n(" + re.escape(first_line) + r"\n.*?)```", readme, re.S)
-    assert found, f"no README code block starting {first_line!r}"
+    """The code block of the "Testing your code" page (docs/testing.md) whose first line is
+    ``first_line``."""
+    page = (ROOT / "docs" / "testing.md").read_text()
+    found = re.search(r"```\w*\n(" + re.escape(first_line) + r"\n.*?)```", page, re.S)
+    assert found, f"no code block starting {first_line!r} in docs/testing.md"
     return found.group(1)
 
 
 @pytest.fixture
 def user_project(tmp_path: Path) -> Path:
     """A user's project: the README's shop.py (examples/quickstart.py), its pytest
-    configuration and its test, as the README shows them."""
+    configuration and its test, as docs/testing.md shows them."""
     shutil.copy(ROOT / "examples" / "quickstart.py", tmp_path / "shop.py")
     (tmp_path / "pyproject.toml").write_text(_readme_block("# pyproject.toml"))
     (tmp_path / "tests").mkdir()

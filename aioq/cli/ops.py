@@ -480,6 +480,8 @@ def enqueue(
         raise fail(f"unknown task {task!r}: app {app.name!r} has {known}")
     if queue is not None:
         known_queues(app, [queue])
+    if app.tasks[task].broadcast:
+        raise fail(f"task {task!r} is a broadcast task: enqueue it from Python (BroadcastTask)")
     try:
         call = app.options(task, queue=queue, job_id=job_id, delay=delay or None, priority=priority)
         prepared = call.call(*positional, **named)

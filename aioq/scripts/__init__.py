@@ -11,7 +11,7 @@ Redis ``TIME`` so workers with skewed clocks agree. Field names of the job hash 
 
     enqueue.py   ENQUEUE and CRON: writing jobs
     worker.py    the worker's path: FETCH, START_NEW, RECLAIM, RECOVER, COMPLETE, RENEW,
-                 RELEASE_ALL, PROMOTE, and CANCEL, on a shared ``_PRELUDE`` (start.lua)
+                 RELEASE_ALL, PROMOTE, CANCEL and TAKE, on a shared ``_PRELUDE`` (start.lua)
     flows.py     workflows' hand-overs: FLOW and SWEEP
     ops.py       the operations: REQUEUE_DEAD, RETRY, PURGE, PURGE_KEYED, HEARTBEAT, PROGRESS
     helpers.py   ``helpers.lua``, the Lua helpers every script may include
@@ -23,15 +23,17 @@ so are the private Lua pieces that tests and benchmarks build on (``_PRELUDE``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
 from ..acl import denied, refused
-from ..connection import CommandLane, pack
+from ..connection import Lane, pack
+from ..errors import NotDurable
 from ..keys import GROUP, QueueKeys
-from .enqueue import CRON, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
+from . import enqueue as _enqueue_module
+from .enqueue import CRON, DURABLE_TIMEOUT, ENQUEUE, ENQUEUE_ARGS, ENQUEUE_CHUNK
 from .flows import FLOW, FLOW_ARGS, FLOW_CHUNK, SWEEP
 from .helpers import _HELPERS as _HELPERS
 from .ops import HEARTBEAT, PROGRESS, PROGRESS_SHA, PURGE, PURGE_KEYED, REQUEUE_DEAD, RETRY
@@ -47,12 +49,14 @@ from .worker import (
     RELEASE_ALL,
     RENEW,
     START_NEW,
+    TAKE,
 )
 
 __all__ = [
     "CANCEL",
     "COMPLETE",
     "CRON",
+    "DURABLE_TIMEOUT",
     "ENQUEUE",
     "ENQUEUE_ARGS",
     "ENQUEUE_CHUNK",
@@ -75,6 +79,7 @@ __all__ = [
     "RETRY",
     "START_NEW",
     "SWEEP",
+    "TAKE",
     "Scripts",
     "WorkerArgs",
 ]
@@ -96,9 +101,10 @@ class _Script:
 
 
 class Scripts:
-    """Every script, called through typed methods over one ``CommandLane``."""
+    """Every script, called through typed methods over one ``CommandLane`` (or a cluster's
+    ``ClusterLane``)."""
 
-    def __init__(self, lane: CommandLane) -> None:
+    def __init__(self, lane: Lane) -> None:
         self._lane = lane
         self._user: str | None = lane.user  # named when Redis refuses a command (NOPERM)
         self._enqueue = _Script(ENQUEUE, "ENQUEUE")
@@ -111,6 +117,7 @@ class Scripts:
         self._release_all = _Script(RELEASE_ALL, "RELEASE_ALL")
         self._promote = _Script(PROMOTE, "PROMOTE")
         self._cancel = _Script(CANCEL, "CANCEL")
+        self._take = _Script(TAKE, "TAKE")
         # operations (ops.py)
         self._requeue_dead = _Script(REQUEUE_DEAD, "REQUEUE_DEAD")
         self._retry = _Script(RETRY, "RETRY")
@@ -187,29 +194,64 @@ class Scripts:
         return (await self._run(script, [script.command(keys, args)], idempotent, where))[0]
 
     async def enqueue(
-        self, batches: Sequence[tuple[QueueKeys, Sequence[Any]]], before: Sequence[bytes] = ()
-    ) -> list[int]:
-        """Enqueue jobs, one written/existed flag (1/0) each, in order; one round trip.
+        self,
+        batches: Sequence[tuple[QueueKeys, Sequence[Any]]],
+        before: Sequence[bytes] = (),
+        limits: Mapping[str, int] | None = None,
+        durable: bool = False,
+    ) -> list[list[Any] | tuple[int, bytes]]:
+        """Enqueue jobs in one round trip; one reply per batch, in order.
 
-        ``batches`` pairs a queue with its jobs, each the ENQUEUE_ARGS values of one job.
-        Every ENQUEUE_CHUNK jobs of a queue make one EVALSHA, all written at once; they are
+        ``batches`` pairs a queue with its jobs, each the ENQUEUE_ARGS values of one job. A
+        batch's reply is its jobs' outcomes (1 written, 0 the id existed, or bytes: the id of
+        the job holding its dedup key), or, for a queue with a limit in ``limits`` (by queue
+        name) that the jobs would take past it, ``(size, newest recent id)``: nothing of that
+        batch was written (``queue_limits.py``). A batch to a limited queue is one EVALSHA, so
+        it is written all or none; other batches go ENQUEUE_CHUNK jobs per EVALSHA. All are
         safe to resend after an ambiguous network error. ``before``: packed commands that go
         first in the same write (idempotent ones: a workflow's records), replies dropped.
+        ``durable``: each script call is followed on its connection by ``WAIT 1`` (which
+        waits for this connection's writes so far), and ``NotDurable`` is raised when a
+        replica did not acknowledge them within ``DURABLE_TIMEOUT``.
         """
         commands: list[bytes] = list(before)
-        for keys, jobs in batches:
-            for i in range(0, len(jobs), ENQUEUE_CHUNK):
-                chunk = jobs[i : i + ENQUEUE_CHUNK]
-                argv: list[Any] = []
+        owners: list[int] = []
+        wait = pack("WAIT", 1, round(_enqueue_module.DURABLE_TIMEOUT * 1000))
+        for b, (keys, jobs) in enumerate(batches):
+            limit = limits.get(keys.queue, 0) if limits else 0
+            step = max(1, len(jobs)) if limit else ENQUEUE_CHUNK
+            for i in range(0, len(jobs), step):
+                chunk = jobs[i : i + step]
+                argv: list[Any] = [limit]
                 for job in chunk:
                     argv += job
                 job_keys = [keys.job(job[0]) for job in chunk]
                 commands.append(self._enqueue.command([*keys.declared, *job_keys], argv))
-        out: list[int] = []
+                owners.append(b)
+                if durable:  # behind its script: in a cluster, on the same master
+                    commands.append(wait)
+        out: list[list[Any] | tuple[int, bytes]] = [[] for _ in batches]
+        replicas: list[int] = []
         where = ", ".join(_keys_of(keys.stream) for keys, _ in batches)
-        for reply in (await self._run(self._enqueue, commands, where=where))[len(before) :]:
-            out += reply
+        replies = (await self._run(self._enqueue, commands, where=where))[len(before) :]
+        if durable:  # every other reply is a WAIT's: how many replicas acknowledged
+            replicas, replies = replies[1::2], replies[::2]
+        for b, reply in zip(owners, replies, strict=True):
+            if reply and isinstance(reply[0], list):  # refused: {{size, recent id}}
+                out[b] = (int(reply[0][0]), reply[0][1])
+            else:
+                done = out[b]
+                assert isinstance(done, list)
+                done += reply
+        if durable and replicas and min(replicas) < 1:
+            ids = [str(job[0]) for _, jobs in batches for job in jobs]
+            raise NotDurable(ids, min(replicas))
         return out
+
+    async def enqueue_one(self, keys: QueueKeys, job: Sequence[Any]) -> Any:
+        """``enqueue`` of one job into a queue without a limit: its outcome."""
+        command = self._enqueue.command([*keys.declared, keys.job(job[0])], [0, *job])
+        return (await self._run(self._enqueue, [command], where=_keys_of(keys.stream)))[0][0]
 
     async def cron(
         self,
@@ -348,6 +390,14 @@ class Scripts:
                 if isinstance(reply, Exception):
                     raise reply
 
+    async def take_handed(self, keys: QueueKeys, worker: WorkerArgs) -> list[Any]:
+        """The broadcast copies other workers handed to this one on the queue, as started-job
+        rows (see TAKE); each hand-over is returned once."""
+        rows: list[Any] = await self._call(
+            self._take, [*keys.declared, keys.handed(worker.args[1])], worker.args
+        )
+        return rows
+
     async def renew(self, keys: QueueKeys, consumer: str, entry_ids: list[Any]) -> list[bytes]:
         lost: list[bytes] = await self._call(
             self._renew, [keys.stream], [GROUP, consumer, *entry_ids]
@@ -356,7 +406,7 @@ class Scripts:
 
     async def release_all(self, keys: QueueKeys, consumer: str) -> int:
         streams = [level.stream for level in keys.levels]
-        n: int = await self._call(self._release_all, streams, [GROUP, consumer])
+        n: int = await self._call(self._release_all, [*streams, keys.guard], [GROUP, consumer])
         return n
 
     async def promote(
@@ -402,7 +452,9 @@ class Scripts:
     async def purge(self, keys: QueueKeys, until: bytes, count: int) -> tuple[int, int]:
         """Delete up to ``count`` queued entries with ids up to ``until``, and their queued
         jobs' records: (entries scanned, jobs deleted)."""
-        scanned, jobs = await self._call(self._purge, [keys.stream], [GROUP, until, count])
+        scanned, jobs = await self._call(
+            self._purge, [keys.stream, keys.guard], [GROUP, until, count]
+        )
         return int(scanned), int(jobs)
 
     async def purge_keyed(self, keys: QueueKeys, count: int, result_ttl: int) -> tuple[int, int]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from .lua import source
 
-ENQUEUE_ARGS = 19
+ENQUEUE_ARGS = 21
 ENQUEUE_CHUNK = 200
+DURABLE_TIMEOUT = 5.0
+"""Seconds a ``durable=True`` enqueue waits for a replica to acknowledge its jobs (``WAIT 1``
+behind the enqueue, in the same write) before it raises ``NotDurable``."""
 ENQUEUE = source("enqueue", ENQUEUE_ARGS=ENQUEUE_ARGS)
 CRON = source("cron")

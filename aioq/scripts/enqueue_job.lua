@@ -4,15 +4,16 @@
 -- the trace context, tracing.py; recorded when not ""), then (the JSON list of successors a
 -- workflow step tells when it finishes, canvas.py; ""), flow (the workflow's "<queue> <id>";
 -- ""), hold (seconds; "": not held), sig (the job's signature, signing.py; recorded when not
--- ""). A held job is a workflow step waiting for its
+-- ""), dedup ("" or "<mode> <window ms> <lock>", dedup.lua) and for (the worker a broadcast
+-- copy is for, broadcast.lua; "": any). A held job is a workflow step waiting for its
 -- predecessors: recorded `scheduled` with wait "workflow", in no stream or set, its delay and
 -- expiry kept for when flow.lua starts it, and the record expires after `hold` seconds unless
 -- started. Then the concurrency key ("": none) and its limits (keyed.lua; "": those the
 -- workers' code declares for the task, key_declared), written together as the record's
--- `keyed`: a keyed job due now goes
--- onto its stream only while its key has a place, else it waits for one (keyed.lua). Returns
--- 1 when written, 0 when the id
--- existed (then nothing is written: a retried enqueue cannot duplicate a job). A job due now is
+-- `keyed`: a keyed job due now goes onto its stream only while its key has a place, else it
+-- waits for one (keyed.lua). Returns 1 when written, 0 when the id existed (then nothing is
+-- written: a retried enqueue cannot duplicate a job), or the id of the job holding its dedup
+-- key (nothing written, but a debounced job's arguments and due time). A job due now is
 -- stamped with the time of its stream entry id (Redis' clock), so it costs no TIME call; the
 -- worker creates the consumer group if the stream is new (NOGROUP), at id 0, so nothing
 -- enqueued first is missed.
@@ -25,10 +26,17 @@ local function time_ms()
   if not clock then clock = now_ms() end   -- one TIME per call, however many jobs
   return clock
 end
+--#include dedup
 
 local function enqueue_job(key, a)
   if redis.call('EXISTS', key) == 1 then return 0 end
   local jid = ARGV[a + 1]
+  local d = nil
+  if ARGV[a + 18] ~= '' then
+    d = dedup().of(ARGV[a + 18])
+    local holder = DEDUP.holder(d)
+    if holder then return DEDUP.hit(d, holder, a) end
+  end
   local delay, eta = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local status, stamp = 'queued', nil
   local hold = ARGV[a + 16]
@@ -46,14 +54,14 @@ local function enqueue_job(key, a)
   local level = level_of(ARGV[a + 12])
   local stream = STREAMS[level]                          -- the stream of the job's priority
   local keyed = nil
-  if ARGV[a + 18] ~= '' then
-    local limits = ARGV[a + 19]
+  if ARGV[a + 20] ~= '' then
+    local limits = ARGV[a + 21]
     if limits == '' then limits = key_declared(ARGV[a + 6]) end
-    keyed = limits .. ' ' .. ARGV[a + 18]
+    keyed = limits .. ' ' .. ARGV[a + 20]
     if not stamp then                                    -- due now: a place, or it waits
       local c, n = key_limits(limits)
       stamp = time_ms()
-      key_enter(jid, level, ARGV[a + 6] .. '\0' .. ARGV[a + 18], key_cap(c, n), stamp, true)
+      key_enter(jid, level, ARGV[a + 6] .. '\0' .. ARGV[a + 20], key_cap(c, n), stamp, true)
     end
   end
   if not stamp then                                      -- due now (held jobs have a stamp)
@@ -84,6 +92,7 @@ local function enqueue_job(key, a)
   if ARGV[a + 14] ~= '' then redis.call('HSET', key, 'then', ARGV[a + 14]) end
   if ARGV[a + 15] ~= '' then redis.call('HSET', key, 'flow', ARGV[a + 15]) end
   if status == 'scheduled' and hold == '' then redis.call('HSET', key, 'wait', 'delay') end
+  if ARGV[a + 19] ~= '' then redis.call('HSET', key, 'for', ARGV[a + 19]) end
   if keyed then
     redis.call('HSET', key, 'keyed', keyed)
     if not KEYS_MARKED then                              -- once per call: keyed.lua, with_keyed
@@ -91,5 +100,6 @@ local function enqueue_job(key, a)
       KEYS_MARKED = true
     end
   end
+  if d then DEDUP.claim(d, jid) end
   return 1
 end

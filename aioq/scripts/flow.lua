@@ -1,5 +1,6 @@
 -- Tell workflow steps of one queue how their predecessors ended (handover.py). KEYS: the
--- queue's (queue.lua). ARGV: 1 result ttl (s), then records of 8: kind ("start" or "join"),
+-- queue's (queue.lua). ARGV: 1 result ttl (s), then records of 8: kind ("start", "join" or
+-- "unlock"),
 -- id, on ("ok"/"fail"), pass ("value"/"id"/"none"), member index, and the predecessor's
 -- status, id and payload (handover.lua). Every record may be applied any number of times
 -- with the same effect, which is what makes a hand-over exactly once however often a crashed
@@ -8,7 +9,9 @@
 --          `input`, the first argument the worker gives it) when `on` matches the outcome,
 --          and is cancelled otherwise (with the failure as its `cause` when one is upstream);
 --   join   the member's outcome is kept under its index once (HSETNX), counted once; the
---          join fires once: at the last member, or the first failure unless in "collect" mode.
+--          join fires once: at the last member, or the first failure unless in "collect" mode;
+--   unlock a `unique_for` job finished (dedup.lua): its key (id) expires the window (member
+--          index, ms) after its finish, if the job still holds it.
 -- Whatever this finishes that has successors of its own goes into this queue's outbox in the
 -- same call, and is returned as hand-overs for the caller to pass on. A step or join told again
 -- after it was finished so returns its hand-over again while it is still in the outbox: a

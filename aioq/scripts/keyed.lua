@@ -1,4 +1,4 @@
--- Flow control by key (README "Flow control by key"; key layout in keys.py). A job whose record
+-- Flow control by key (docs/flow-control.md; key layout in keys.py). A job whose record
 -- holds `keyed`, "<concurrency> <rate n> <rate period ms> <key>" (its task's limits, 0 for
 -- none, and its concurrency key; one field, so a job without one costs the hot path's reads
 -- one missing field each) belongs to the group g = key_group(task, keyed); key_parse
@@ -20,7 +20,7 @@
 -- parked worker's XREADGROUP wakes on it), so a key with room never waits for a poll; and the
 -- streams never hold more than `cap` entries of one key, so a key that enqueues its first job
 -- waits behind at most the places of the other keys (and the unkeyed jobs before it), never
--- behind another key's backlog: the fairness bound of the README.
+-- behind another key's backlog: the fairness bound of docs/flow-control.md.
 --
 -- A worker killed while running a key's jobs: their records still say "running" and their
 -- entries stay pending for the dead consumer, so the jobs keep their places until their leases

@@ -2,8 +2,8 @@
 -- job's entry in the pending list) with ids up to ARGV[2], and the records of their jobs that
 -- are still queued; their waiters are woken and find the job gone. Returns {entries scanned,
 -- jobs deleted}; 0 entries: done. KEYS: one of the queue's streams (it is called once per
--- priority). A keyed job deleted gives its key's place up without passing it on (PURGE_KEYED
--- has deleted the jobs waiting for it first).
+-- priority), the queue's guard (keys.py). A keyed job deleted gives its key's place up
+-- without passing it on (PURGE_KEYED has deleted the jobs waiting for it first).
 --#include helpers
 if redis.replicate_commands then redis.replicate_commands() end
 local STREAM = KEYS[1]

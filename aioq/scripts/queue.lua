@@ -1,8 +1,9 @@
 -- The keys of one queue, as every queue script gets them: KEYS 1 to {{QUEUE_KEYS}} are
 -- QueueKeys.declared (keys.py), each priority's stream, then the scheduled set, the
 -- dead-letter stream, the failed index, the recent stream, the rate limits, the workflows'
--- hand-over outbox, the index of keys with jobs waiting and the key limits declared by the
--- workers' code (keyed.lua); a script's own KEYS follow (from OWN_KEYS). Keys named by data (a job's record, a task's rate log) are built
+-- hand-over outbox, the index of keys with jobs waiting, the key limits declared by the workers'
+-- code (keyed.lua) and the guard (never written: see keys.py); a script's own KEYS follow
+-- (from OWN_KEYS). Keys named by data (a job's record, a task's rate log) are built
 -- on the same hash tag, so a script touches one cluster slot.
 --#include helpers
 local TAG = tag_of(KEYS[1])                              -- "aioq:{app:queue}:"

@@ -1,11 +1,12 @@
 -- Hand every entry still pending for this consumer back to its stream at once (shutdown), then
--- remove the consumer. KEYS: the queue's streams. ARGV: group, consumer. Returns how many jobs
--- went back.
+-- remove the consumer. KEYS: the queue's streams, then its guard (keys.py). ARGV: group,
+-- consumer. Returns how many jobs went back.
 --#include helpers
 local GROUP, CONSUMER = ARGV[1], ARGV[2]
 local JOBP = tag_of(KEYS[1]) .. '{{KEY_JOB}}'
 local n = 0
-for _, STREAM in ipairs(KEYS) do
+for k = 1, #KEYS - 1 do
+local STREAM = KEYS[k]
 while true do
   local p = redis.pcall('XPENDING', STREAM, GROUP, '-', '+', 500, CONSUMER)
   if type(p) ~= 'table' or p.err or #p == 0 then break end

@@ -33,6 +33,7 @@ local function drop(eid)
   redis.call('XACK', STREAM, GROUP, eid)
   redis.call('XDEL', STREAM, eid)
 end
+--#include broadcast
 
 -- Rate limits (see ratelimit.py): a sliding-window log of start times per task (window.lua),
 -- and per key for a keyed job with a key_rate_limit (keyed.lua). The queue's `ratelimits` hash
@@ -102,7 +103,7 @@ local function start(entries, now, out)
   out = out or {}
   START_FIELDS = START_FIELDS or with_keyed({
     'status', 'cancel', 'deliveries', 'attempts', 'task', 'args', 'kwargs', 'timeout',
-    'retries', 'expires_at', 'worker', 'trace', 'input', 'sig'})
+    'retries', 'expires_at', 'worker', 'trace', 'input', 'sig', 'for'})
   for _, e in ipairs(entries) do
     local eid, fields = e[1], e[2]
     if not fields then
@@ -153,7 +154,7 @@ local function start(entries, now, out)
         drop(eid)
       elseif TERMINAL[status] or status == 'scheduled' then
         drop(eid)                                           -- cancelled while queued, or stale
-        local g, c, n = key_parse(TERMINAL[status] and v[5], v[15])
+        local g, c, n = key_parse(TERMINAL[status] and v[5], v[16])
         if g then
           -- a keyed job cancelled while it waited for a place, and given one since: the place
           -- goes on, and its record, kept until now (cancel.lua), expires as any finished one
@@ -172,8 +173,10 @@ local function start(entries, now, out)
         finish(jid, 'failed', now, 'error', problem, 'exc_type', 'PoisonJob',
                'deliveries', d + 1)
         drop(eid)
+      elseif v[15] and v[15] ~= CONSUMER then
+        hand_over_copy(eid, jid, v[15], status, d, a, now)   -- a broadcast copy (broadcast.lua)
       else
-        local g, c, n, p = key_parse(v[5], v[15])
+        local g, c, n, p = key_parse(v[5], v[16])
         if not rate_allows(v[5], eid, jid, now, g, n, p) then
           drop(eid)                        -- back in the scheduled set: no slot, no attempt spent
         else

@@ -45,7 +45,9 @@ local function cancel_held(jid, key, has_then, cause, now)
 end
 
 -- Tell step or join `id` (kind "start" or "join") that predecessor `src` ended with `st` and
--- `payload`; what this finishes that has successors is appended to `out` as hand-overs.
+-- `payload`; what this finishes that has successors is appended to `out` as hand-overs. Kind
+-- "unlock" is no step: `src` is a `unique_for` job that finished (dedup.lua), `id` its key and
+-- `idx` the window (ms); the key, if `src` still holds it, expires the window after the finish.
 local function tell(kind, id, on, pass, idx, st, src, payload, now, out)
   local upstream_failed = st == 'failed' or (st == 'cancelled' and payload ~= '')
   if kind == 'start' then
@@ -102,6 +104,13 @@ local function tell(kind, id, on, pass, idx, st, src, payload, now, out)
           end
         end
       end
+    end
+  elseif kind == 'unlock' then
+    local lock = TAG .. '{{KEY_UNIQUE}}' .. id
+    if redis.pcall('GET', lock) == src then
+      local at = (tonumber(redis.call('HGET', JOBP .. src, 'finished_at')) or now) +
+                 (tonumber(idx) or 0)
+      if at <= now then redis.call('DEL', lock) else redis.call('PEXPIREAT', lock, at) end
     end
   end
 end

@@ -34,6 +34,7 @@ from ..metrics import (
     require_prometheus,
 )
 from ..scripts import WorkerArgs
+from .broadcast import broadcast_queues, handed_loop
 from .cancel import cancel_loop
 from .complete import Completer
 from .cron import cron_loop, served_schedules
@@ -235,6 +236,9 @@ class Worker:
             spawn(fetch_loop(self, keys), name=f"aioq-fetch-{keys.queue}")
             for keys in self.queue_keys
         ]
+        broadcasts = broadcast_queues(self)
+        if broadcasts:  # stops with the fetchers: it starts jobs too
+            self._fetchers.append(spawn(handed_loop(self, broadcasts), name="aioq-broadcast"))
         self.started_at = time.time()
         self._ready.set()
         log.info(

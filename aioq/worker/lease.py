@@ -28,9 +28,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import redis
 from redis.exceptions import RedisError
 
+from ..connection import sync_client
 from ..keys import GROUP, PRIORITIES, QueueKeys
 from ..scripts import RENEW
 
@@ -61,7 +61,7 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._run, name="aioq-lease", daemon=True)
         # its own connection: the loop's are asyncio objects, and may be busy or stalled
         timeout = max(1.0, min(self.interval, 10.0))
-        self._redis = redis.Redis.from_url(
+        self._redis = sync_client(
             worker.app.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self._renew = self._redis.register_script(RENEW)

@@ -3,8 +3,8 @@
 
     aioq worker examples.celery_migration.aioq_version:app     # every queue, and the crons
 
-No beat process: every worker fires the cron ticks and each runs once. The routes are the
-tasks' ``queue=``; retries are for ``ConnectionError`` only, as in the Celery version.
+No beat process: every worker fires the cron ticks and each runs once. ``task_routes`` are
+the app's ``routes``; retries are for ``ConnectionError`` only, as in the Celery version.
 """
 
 from typing import Any
@@ -13,12 +13,14 @@ from aioq import App, Job, JobNotFound, current_job
 
 from .mail import deliver
 
-app = App("newsletter")  # Redis from $AIOQ_REDIS_URL, default redis://localhost:6379/0
+app = App(
+    "newsletter",  # Redis from $AIOQ_REDIS_URL, default redis://localhost:6379/0
+    routes={"newsletter.send_email": "emails", "newsletter.build_report": "reports"},
+)
 
 
 @app.task(
     name="newsletter.send_email",
-    queue="emails",
     autoretry_for=(ConnectionError,),
     retries=5,
     backoff=2.0,  # exponential with jitter: about 2, 4, 8 ... s
@@ -28,7 +30,7 @@ async def send_email(to: str, subject: str) -> str:
     return deliver(to, subject, attempt=current_job().attempt)
 
 
-@app.task(name="newsletter.build_report", queue="reports", timeout=300)
+@app.task(name="newsletter.build_report", timeout=300)
 async def build_report(day: str) -> dict[str, Any]:
     return {"day": day, "sent": 0}
 
