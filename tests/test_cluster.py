@@ -422,6 +422,8 @@ async def test_no_script_runs_on_half_a_migrating_queue(cluster: LocalCluster) -
         await app.redis.zadd(keys.failed, {"x": 1})
         await app.redis.xadd(keys.recent, {"ids": "[]"})
         await app.redis.zadd(keys.flows, {"x": 1})
+        await app.redis.zadd(keys.keyed, {"x": 1})
+        await app.redis.hset(keys.keylimits, "", "1")
         present = [await app.redis.exists(k) for k in keys.declared]
         assert present == [1] * (len(keys.declared) - 1) + [0]  # all but the guard
         source = cluster.begin_migration(slot, target)
