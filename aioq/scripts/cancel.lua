@@ -12,9 +12,10 @@ if status == 'queued' or status == 'scheduled' then
   redis.call('ZREM', SCHEDULED, ARGV[1])
   local k = redis.call('HMGET', JOB, 'task', 'keyed', 'priority')
   local g, c, n = key_parse(k[1], k[2])
-  local cap, level = g and key_cap(c, n), level_of(k[3])
+  local cap, level = g and keyed().cap(c, n), level_of(k[3])
   local waiting = g and status == 'queued'
-                  and not redis.call('LPOS', KEYRUNP .. g, key_member(ARGV[1], level, cap))
+                  and not redis.call('LPOS', TAG .. '{{KEY_KEYRUN}}' .. g,
+                                     keyed().member(ARGV[1], level, cap))
   KEY_KNOWN = g and {g, cap, level} or false
   finish(ARGV[1], 'cancelled', now_ms())
   -- waiting for a place on its key: it stays in its key's list until its turn (keyed.lua), and

@@ -24,12 +24,19 @@
 use_level(tonumber(ARGV[6]))
 local now = now_ms()
 local fenced, done, handed = {}, {}, {}
-local FIELDS = with_keyed({'attempts', 'worker', 'status', 'cancel', 'error', 'then', 'task'})
+local read_keyed = keys_used()                   -- the `keyed` field too: keyed.lua
 for i = 7, #ARGV, 8 do
   local op, eid, jid, att = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = JOBP .. jid
   -- pcall: a foreign key of another type is not ours to write
-  local rec = redis.pcall('HMGET', key, unpack(FIELDS))
+  local rec
+  if read_keyed then
+    rec = redis.pcall('HMGET', key, 'attempts', 'worker', 'status', 'cancel', 'error', 'then',
+                      'task', 'keyed')
+  else
+    rec = redis.pcall('HMGET', key, 'attempts', 'worker', 'status', 'cancel', 'error', 'then',
+                      'task')
+  end
   if not rec.err and rec[1] == att and rec[2] == CONSUMER and rec[3] ~= 'running' then
     -- this very outcome, written by a first send of this batch whose reply was lost: no one
     -- else writes a record that still names this consumer and attempt but is not running
@@ -40,7 +47,7 @@ for i = 7, #ARGV, 8 do
     if rec[4] then op = 'cancelled' end        -- job.cancel() won the race with the outcome
     local final = op ~= 'retry'
     local g, c, n = key_parse(rec[7], rec[8])
-    local cap = g and key_cap(c, n)
+    local cap = g and keyed().cap(c, n)
     if final then
       THEN_KNOWN = rec[6] ~= false
       KEY_KNOWN = g and {g, cap, LEVEL} or false
@@ -69,9 +76,9 @@ for i = 7, #ARGV, 8 do
       if delay > 0 then
         redis.call('HSET', key, 'wait', 'retry')            -- why it waits (its backoff)
         redis.call('ZADD', SCHEDULED, now + delay, jid)
-        if g then key_release(jid, LEVEL, g, cap, now) end
+        if g then keyed().release(jid, LEVEL, g, cap, now) end
       elseif g then
-        key_enter(jid, LEVEL, g, cap, now)                 -- or it waits for a place
+        keyed().enter(jid, LEVEL, g, cap, now)             -- or it waits for a place
       else
         redis.call('XADD', STREAM, '*', 'id', jid)
       end

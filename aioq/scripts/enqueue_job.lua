@@ -53,15 +53,16 @@ local function enqueue_job(key, a)
   end
   local level = level_of(ARGV[a + 12])
   local stream = STREAMS[level]                          -- the stream of the job's priority
-  local keyed = nil
+  local kfield = nil                                     -- the record's `keyed`
   if ARGV[a + 20] ~= '' then
     local limits = ARGV[a + 21]
-    if limits == '' then limits = key_declared(ARGV[a + 6]) end
-    keyed = limits .. ' ' .. ARGV[a + 20]
+    local K = keyed()
+    if limits == '' then limits = K.declared(ARGV[a + 6]) end
+    kfield = limits .. ' ' .. ARGV[a + 20]
     if not stamp then                                    -- due now: a place, or it waits
-      local c, n = key_limits(limits)
+      local c, n = K.limits(limits)
       stamp = time_ms()
-      key_enter(jid, level, ARGV[a + 6] .. '\0' .. ARGV[a + 20], key_cap(c, n), stamp, true)
+      K.enter(jid, level, ARGV[a + 6] .. '\0' .. ARGV[a + 20], K.cap(c, n), stamp, true)
     end
   end
   if not stamp then                                      -- due now (held jobs have a stamp)
@@ -93,8 +94,8 @@ local function enqueue_job(key, a)
   if ARGV[a + 15] ~= '' then redis.call('HSET', key, 'flow', ARGV[a + 15]) end
   if status == 'scheduled' and hold == '' then redis.call('HSET', key, 'wait', 'delay') end
   if ARGV[a + 19] ~= '' then redis.call('HSET', key, 'for', ARGV[a + 19]) end
-  if keyed then
-    redis.call('HSET', key, 'keyed', keyed)
+  if kfield then
+    redis.call('HSET', key, 'keyed', kfield)
     if not KEYS_MARKED then                              -- once per call: keyed.lua, with_keyed
       redis.call('HSETNX', KEYLIMITS, '', '1')
       KEYS_MARKED = true

@@ -55,9 +55,9 @@ local function finish(jid, status, now, ...)
   if k == nil then
     local r = redis.call('HMGET', key, 'task', 'keyed', 'priority')
     local g, c, n = key_parse(r[1], r[2])
-    k = g and {g, key_cap(c, n), level_of(r[3])} or false
+    k = g and {g, keyed().cap(c, n), level_of(r[3])} or false
   end
-  if k then key_release(jid, k[3], k[1], k[2], now) end
+  if k then keyed().release(jid, k[3], k[1], k[2], now) end
 end
 
 -- A script's reply, once the jobs it finished are noted in the queue's `recent` stream (one

@@ -36,36 +36,12 @@ local function key_group(task, keyed)
   return task .. '\0' .. key
 end
 
--- Flow control by key (keyed.lua). key_limits: the limits "<concurrency> <rate n> <rate period
--- ms>[ <key>]" as numbers (concurrency 0: none; n, period 0: none). key_cap: a key's number of
--- places, its concurrency or, limited by rate only, its rate's n. key_parse: the group, and the
--- limits, of a job of `task` whose `keyed` field is `keyed` (nil: no key), in one match.
--- key_member / key_unmember: a job in its key's lists, "<priority>:<places>:<job id>".
-local function key_limits(spec)
-  local c, n, p = string.match(spec or '', '^(%d+) (%d+) (%d+)')
-  if not c then return 1, 0, 0 end                   -- not aioq's: one at a time, the safe side
-  return tonumber(c), tonumber(n), tonumber(p)
-end
-
-local function key_cap(c, n)
-  if c > 0 then return c end
-  if n > 0 then return n end
-  return 1
-end
-
+-- key_parse (flow control by key, keyed.lua): the group, and the limits (concurrency, rate n,
+-- rate period ms; 0: none), of a job of `task` whose `keyed` field is `keyed`, in one match;
+-- nil for a job without a key.
 local function key_parse(task, keyed)
   if not keyed or not task then return nil end
   local c, n, p, key = string.match(keyed, '^(%d+) (%d+) (%d+) (.+)$')
   if not c then return nil end
   return task .. '\0' .. key, tonumber(c), tonumber(n), tonumber(p)
-end
-
-local function key_member(jid, level, cap)
-  return level .. ':' .. cap .. ':' .. jid
-end
-
-local function key_unmember(m)
-  local level, cap, jid = string.match(m, '^(%d):(%d+):(.*)$')
-  if not level then return 0, 1, m end
-  return tonumber(level), tonumber(cap), jid
 end

@@ -26,12 +26,12 @@ for _, jid in ipairs(ids) do
       if not g then
         redis.call('XADD', STREAMS[level_of(rec[3])], '*', 'id', jid)
         moved = moved + 1
-      elseif key_enter(jid, level_of(rec[3]), g, key_cap(c, n), now) then
+      elseif keyed().enter(jid, level_of(rec[3]), g, keyed().cap(c, n), now) then
         moved = moved + 1                                -- else its key has no place: it waits
       end
     end
   end
 end
-moved = moved + key_sweep(now, 20)
+moved = moved + keyed().sweep(now, 20)
 local nxt = redis.call('ZRANGE', SCHEDULED, 0, 0, 'WITHSCORES')
 return noted({moved, tonumber(nxt[2]) or -1, now})

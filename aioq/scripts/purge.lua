@@ -23,7 +23,8 @@ for _, e in ipairs(entries) do
   if v and not v.err and v[1] == 'queued' then
     local g, c, n = key_parse(v[2], v[3])
     if g then                                             -- the place it held on its key
-      redis.call('LREM', KEYRUNP .. g, 1, key_member(jid, level_of(v[4]), key_cap(c, n)))
+      local places = (c > 0 and c) or (n > 0 and n) or 1    -- keyed.lua's key_cap, key_member
+      redis.call('LREM', KEYRUNP .. g, 1, level_of(v[4]) .. ':' .. places .. ':' .. jid)
     end
     redis.call('DEL', JOBP .. jid)
     redis.call('PUBLISH', DONEP .. jid, 'purged')

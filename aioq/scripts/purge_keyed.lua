@@ -10,11 +10,11 @@ local budget = tonumber(ARGV[1])
 local scanned, jobs = 0, 0
 for _, g in ipairs(redis.call('ZRANGE', KEYED, 0, budget - 1)) do
   if budget <= 0 then break end
-  local wait = KEYWAITP .. g
+  local wait = TAG .. '{{KEY_KEYWAIT}}' .. g
   local ids = redis.call('LPOP', wait, budget)
   if ids then
     for _, m in ipairs(ids) do
-      local _, _, jid = key_unmember(m)                  -- "<priority>:<places>:<job id>"
+      local _, _, jid = keyed().unmember(m)              -- "<priority>:<places>:<job id>"
       local status = redis.pcall('HGET', JOBP .. jid, 'status')
       if status == 'queued' then
         redis.call('DEL', JOBP .. jid)

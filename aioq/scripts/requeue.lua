@@ -27,6 +27,6 @@ local function requeue(jid)
   if not g then
     redis.call('XADD', STREAMS[level_of(r[1])], '*', 'id', jid)
   else
-    key_enter(jid, level_of(r[1]), g, key_cap(c, n), now_ms())   -- or it waits for a place
+    keyed().enter(jid, level_of(r[1]), g, keyed().cap(c, n), now_ms())  -- or it waits
   end
 end

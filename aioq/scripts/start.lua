@@ -74,11 +74,12 @@ local function rate_allows(task, eid, jid, now, g, kn, kp)
   if not lim and not keyrate then return true end
   local due, why = nil, nil
   if keyrate then
-    due = window_due(KEYRATEP .. g, KEYRATEWP .. g, kn, kp, jid, now)
+    due = window().due(TAG .. '{{KEY_KEYRATE}}' .. g, TAG .. '{{KEY_KEYRATEWAIT}}' .. g, kn, kp,
+                       jid, now)
     why = 'key rate limit'
   end
   if lim and not due then
-    due = window_due(RATEP .. task, RATEW .. task, lim[1], lim[2], jid, now)
+    due = window().due(RATEP .. task, RATEW .. task, lim[1], lim[2], jid, now)
     why = 'rate limit'
   end
   if due then
@@ -87,8 +88,8 @@ local function rate_allows(task, eid, jid, now, g, kn, kp)
     return false
   end
   local member = LEVEL .. ':' .. eid                      -- entry ids repeat across levels
-  if lim then window_add(RATEP .. task, member, lim[2], now) end
-  if keyrate then window_add(KEYRATEP .. g, member, kp, now) end
+  if lim then window().add(RATEP .. task, member, lim[2], now) end
+  if keyrate then window().add(TAG .. '{{KEY_KEYRATE}}' .. g, member, kp, now) end
   return true
 end
 
@@ -98,12 +99,9 @@ end
 -- JSON value a workflow step gets from its predecessor as first argument, nil for others), sig
 -- (its signature, nil when unsigned: the worker checks it, signing.py). A keyed job of a key
 -- limited by rate only gives its key's place back once it starts.
-local START_FIELDS = nil
 local function start(entries, now, out)
   out = out or {}
-  START_FIELDS = START_FIELDS or with_keyed({
-    'status', 'cancel', 'deliveries', 'attempts', 'task', 'args', 'kwargs', 'timeout',
-    'retries', 'expires_at', 'worker', 'trace', 'input', 'sig', 'for'})
+  local read_keyed = keys_used()                 -- the `keyed` field too: keyed.lua
   for _, e in ipairs(entries) do
     local eid, fields = e[1], e[2]
     if not fields then
@@ -127,7 +125,15 @@ local function start(entries, now, out)
       -- One HMGET reads everything and one HSET starts the job: two commands per job.
       local v, hashed = false, false
       if jid then
-        v = redis.pcall('HMGET', JOBP .. jid, unpack(START_FIELDS))
+        if read_keyed then                         -- two literal lists: no table per job
+          v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
+                          'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at',
+                          'worker', 'trace', 'input', 'sig', 'for', 'keyed')
+        else
+          v = redis.pcall('HMGET', JOBP .. jid, 'status', 'cancel', 'deliveries', 'attempts',
+                          'task', 'args', 'kwargs', 'timeout', 'retries', 'expires_at',
+                          'worker', 'trace', 'input', 'sig', 'for')
+        end
         if v.err then
           problem = problem or ('key ' .. JOBP .. jid .. ' is not a job record: ' .. v.err)
           v = false
@@ -158,7 +164,8 @@ local function start(entries, now, out)
         if g then
           -- a keyed job cancelled while it waited for a place, and given one since: the place
           -- goes on, and its record, kept until now (cancel.lua), expires as any finished one
-          key_release(jid, LEVEL, g, key_cap(c, n), now)
+          local K = keyed()
+          K.release(jid, LEVEL, g, K.cap(c, n), now)
           if TTL > 0 then redis.call('EXPIRE', JOBP .. jid, TTL) end
         end
       elseif v[2] then
@@ -184,7 +191,7 @@ local function start(entries, now, out)
                      'worker', CONSUMER, 'deliveries', d + 1, 'attempts', a + 1)
           out[#out + 1] = {eid, jid, a + 1, v[5], v[6], v[7], v[8], v[9], LEVEL, v[12], v[13],
                            v[14]}
-          if g and c == 0 then key_release(jid, LEVEL, g, key_cap(c, n), now) end
+          if g and c == 0 then keyed().release(jid, LEVEL, g, keyed().cap(c, n), now) end
         end
       end
     end

@@ -23,7 +23,7 @@ local function start_held(jid, key, v, input, now)
     if not g then
       redis.call('XADD', STREAMS[level], '*', 'id', jid)
     else
-      key_enter(jid, level, g, key_cap(c, n), now)         -- or it waits for a place
+      keyed().enter(jid, level, g, keyed().cap(c, n), now)   -- or it waits for a place
     end
   end
 end
